@@ -1,0 +1,286 @@
+//! The whole command-line surface as clap derive types (SPEC §1). Help text, man pages and shell
+//! completions are all derived from these types, so this is the only place a flag is defined.
+//!
+//! This module depends on nothing in the crate except `model` (for value parsers), which keeps
+//! `gen` and the completion freshness test independent of the server code.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::parse_duration;
+
+/// Run and operate a durable connector gateway.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kheishctl",
+    version,
+    about = "Run and operate a durable connector gateway",
+    long_about = "Run and operate a durable connector gateway: generic HTTP webhooks, Slack, \
+Telegram and external sidecar connectors, with durable ingress receipts and at-least-once delivery.\n\n\
+Examples:\n  kheishctl validate examples/kheishctl.toml\n  kheishctl sign --connector orders --body payload.json --format curl",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every subcommand (SPEC §1.1).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The state root directory (created 0700 when a command needs to write).
+    ///
+    /// Defaults to $XDG_STATE_HOME/kheishctl, else ~/.local/state/kheishctl.
+    /// Example: --state-root /var/lib/kheishctl
+    #[arg(long, global = true, env = "KHEISH_STATE_ROOT", value_name = "DIR")]
+    pub state_root: Option<PathBuf>,
+
+    /// The TOML connector file.
+    ///
+    /// Example: --connectors-config examples/kheishctl.toml
+    #[arg(
+        long,
+        global = true,
+        env = "KHEISH_CONNECTORS_CONFIG",
+        value_name = "FILE"
+    )]
+    pub connectors_config: Option<PathBuf>,
+
+    /// Machine-readable output on stdout (one JSON document).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Only log errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log more (debug level); overrides KHEISH_LOG.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    /// When to color human output; NO_COLOR is honoured under `auto`.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+/// `--color` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The subcommands. Only subcommands that work are listed here.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Validate(ValidateArgs),
+    Sign(SignArgs),
+    RotateSecret(RotateSecretArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
+}
+
+/// Validate a connector file and the secrets it references.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Validate a connector file and, when a state root exists, every secret it \
+references (env vars present and non-empty, secret-store slots present and non-empty). Every \
+problem is reported in one run as FILE:LINE:COL with the connector and field it concerns; secret \
+values are never printed.\n\n\
+Exit status: 0 when there is no error (warnings allowed unless --deny-warnings), 1 when there is, \
+4 when the file or the state root cannot be read.\n\n\
+Examples:\n  kheishctl validate examples/kheishctl.toml\n  kheishctl validate --offline --json connectors.toml\n  KHEISH_CONNECTORS_CONFIG=connectors.toml kheishctl validate --deny-warnings"
+)]
+pub struct ValidateArgs {
+    /// The connector file (overrides --connectors-config).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Skip checks that need the environment or the state root (env vars, secret slots).
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Treat warnings (inline secrets, ignored secret sources) as errors.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// Signature schemes `sign` can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SignScheme {
+    /// X-Kheish-Timestamp / X-Kheish-Signature: v1=HMAC(v1:METHOD:PATH:TS:BODY).
+    Kheish,
+    /// X-Slack-Request-Timestamp / X-Slack-Signature: v0=HMAC(v0:TS:BODY).
+    Slack,
+}
+
+/// Output formats of `sign`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SignFormat {
+    /// Two header lines.
+    Headers,
+    /// One JSON object.
+    Json,
+    /// A ready-to-run curl command.
+    Curl,
+}
+
+/// Sign a request body the way ingress verifies it.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Compute the signature a client must send to a connector (SPEC §7.2), or \
+verify one with --verify. The secret comes from a connector's configured HMAC secret \
+(--connector), an environment variable, a file or a secret-store slot; it is never taken as a \
+plain argument and never printed.\n\n\
+Examples:\n  kheishctl sign --connectors-config examples/kheishctl.toml --connector orders --body payload.json\n  \
+kheishctl sign --secret-env ORDERS_HMAC --url 'http://127.0.0.1:4000/v1/connectors/http/orders?src=ci' --body - --format curl < payload.json\n  \
+kheishctl sign --scheme slack --secret-file slack.secret --body event.json --timestamp 1531420618\n  \
+kheishctl sign --secret-env ORDERS_HMAC --path /v1/connectors/http/orders --timestamp 1710000000 --body payload.json --verify v1=f13a..."
+)]
+#[command(group(clap::ArgGroup::new("secret").required(true).args(["connector", "secret_env", "secret_file", "secret_ref"])))]
+pub struct SignArgs {
+    /// The request body to sign: a file, or - for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub body: PathBuf,
+
+    /// Use this HTTP connector's HMAC secret and its ingress path /v1/connectors/http/NAME.
+    #[arg(long, value_name = "NAME")]
+    pub connector: Option<String>,
+
+    /// Read the secret from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Option<String>,
+
+    /// Read the secret from this file (one trailing newline is stripped).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Read the secret from this secret-store slot in the state root.
+    #[arg(long, value_name = "REF")]
+    pub secret_ref: Option<String>,
+
+    /// The request target exactly as it will be sent (path and query), e.g. /v1/connectors/http/orders?src=a.
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    pub path: Option<String>,
+
+    /// The full URL; gives host (for curl) and path+query at once.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The HTTP method that is signed.
+    #[arg(long, default_value = "POST", value_name = "METHOD")]
+    pub method: String,
+
+    /// Unix timestamp in seconds to sign with (default: now).
+    #[arg(long, value_name = "UNIX")]
+    pub timestamp: Option<i64>,
+
+    /// The signature scheme.
+    #[arg(long, value_enum, default_value_t = SignScheme::Kheish)]
+    pub scheme: SignScheme,
+
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = SignFormat::Headers)]
+    pub format: SignFormat,
+
+    /// Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time).
+    #[arg(long, value_name = "SIGNATURE")]
+    pub verify: Option<String>,
+}
+
+/// Write a new value into a secret-store slot.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Write a new value into secret slot REF in the state root's encrypted \
+secret store. File and stdin input strip one trailing newline. --generate creates a random \
+URL-safe value and prints it once on stdout; otherwise nothing secret is printed.\n\n\
+With --grace, the previous value is still accepted for that long wherever the slot verifies an \
+inbound request (bearer token, HMAC secret, Slack signing secret, Telegram secret token, external \
+shared token); outbound use switches at once. Rotations are recorded without values.\n\n\
+Examples:\n  kheishctl rotate-secret connectors.http.orders.hmac_secret --generate --grace 10m\n  \
+printf %s \"$TOKEN\" | kheishctl rotate-secret connectors.slack.support.bot_token --stdin\n  \
+kheishctl rotate-secret connectors.http.orders.bearer_token --from-env NEW_ORDERS_TOKEN --json"
+)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_env", "from_file", "stdin", "generate"])))]
+pub struct RotateSecretArgs {
+    /// The secret ref (slot name), e.g. connectors.http.orders.hmac_secret.
+    #[arg(value_name = "REF")]
+    pub secret_ref: String,
+
+    /// Take the new value from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub from_env: Option<String>,
+
+    /// Take the new value from this file (one trailing newline is stripped).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Take the new value from standard input (one trailing newline is stripped).
+    #[arg(long)]
+    pub stdin: bool,
+
+    /// Generate a random URL-safe value and print it once on stdout.
+    #[arg(long)]
+    pub generate: bool,
+
+    /// Bytes of entropy for --generate (16..=1024).
+    #[arg(long, requires = "generate", value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(16..=1024))]
+    pub bytes: u16,
+
+    /// Keep accepting the previous value for inbound verification for this long (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<std::time::Duration>,
+}
+
+/// Shells `completions` can generate for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+    Elvish,
+}
+
+/// Print a shell completion script.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Print a shell completion script generated from this binary's CLI \
+definition; the same bytes are checked in under completions/.\n\n\
+Examples:\n  kheishctl completions bash > ~/.local/share/bash-completion/completions/kheishctl\n  \
+kheishctl completions zsh > \"${fpath[1]}/_kheishctl\"\n  kheishctl completions fish > ~/.config/fish/completions/kheishctl.fish"
+)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// Print a man page (for packagers).
+#[derive(Debug, Args)]
+#[command(
+    hide = true,
+    long_about = "Print the roff man page of kheishctl or of one subcommand; the \
+same bytes are checked in under man/.\n\nExample:\n  kheishctl man validate > kheishctl-validate.1"
+)]
+pub struct ManArgs {
+    /// The subcommand whose page to print (default: the kheishctl.1 overview).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,10 @@
+//! `sign` subcommand (placeholder while the skeleton is built).
+
+use anyhow::Result;
+
+use super::Context;
+use crate::exit::ExitStatus;
+
+pub fn run(_ctx: &Context, _args: crate::cli::SignArgs) -> Result<ExitStatus> {
+    anyhow::bail!("not built yet")
+}

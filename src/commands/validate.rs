@@ -1,0 +1,10 @@
+//! `validate` subcommand (placeholder while the skeleton is built).
+
+use anyhow::Result;
+
+use super::Context;
+use crate::exit::ExitStatus;
+
+pub fn run(_ctx: &Context, _args: crate::cli::ValidateArgs) -> Result<ExitStatus> {
+    anyhow::bail!("not built yet")
+}

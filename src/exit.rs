@@ -1,0 +1,124 @@
+//! The process exit codes of SPEC §1.2, as one enum, and the mapping from typed errors to them.
+//!
+//! Nothing else in the crate picks a numeric exit code: commands return an [`ExitStatus`] or an
+//! error, and `main` turns an error into a status with [`status_for`].
+
+use std::process::ExitCode;
+
+/// Exit status of a `kheishctl` invocation (SPEC §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: success.
+    Success,
+    /// 1: the command ran and found a failure (invalid config, signature mismatch, dead letter,
+    /// lookup found nothing).
+    Failure,
+    /// 2: usage error; clap exits with this itself, we use it only for usage problems clap cannot
+    /// see (for example a flag combination that depends on a file's content).
+    Usage,
+    /// 3: a deadline passed with work left (`drain-deliveries --timeout`).
+    Deadline,
+    /// 4: the state root or the config could not be opened or parsed (I/O, corrupt database,
+    /// schema newer than this binary).
+    Unavailable,
+}
+
+impl ExitStatus {
+    /// The numeric code of this status.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::Deadline => 3,
+            ExitStatus::Unavailable => 4,
+        }
+    }
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> ExitCode {
+        ExitCode::from(status.code())
+    }
+}
+
+/// An error that carries the exit status it must produce. Library code wraps errors in it (or
+/// returns a typed error listed in [`status_for`]) where the spec fixes the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StatusError {
+    pub status: ExitStatus,
+    pub message: String,
+}
+
+impl StatusError {
+    pub fn new(status: ExitStatus, message: impl Into<String>) -> StatusError {
+        StatusError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Picks the exit status for an error that reached `main`: typed errors anywhere in the chain
+/// decide; anything else is a plain failure (1). Never matches on message text.
+pub fn status_for(err: &anyhow::Error) -> ExitStatus {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<StatusError>() {
+            return e.status;
+        }
+        if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::config::LoadError>() {
+            let _ = e;
+            return ExitStatus::Unavailable;
+        }
+    }
+    ExitStatus::Failure
+}
+
+/// True when the error chain contains a broken pipe (stdout closed by `head` and the like);
+/// `main` exits 0 then, as ripgrep does.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_the_spec_table() {
+        let table = [
+            (ExitStatus::Success, 0),
+            (ExitStatus::Failure, 1),
+            (ExitStatus::Usage, 2),
+            (ExitStatus::Deadline, 3),
+            (ExitStatus::Unavailable, 4),
+        ];
+        for (status, code) in table {
+            assert_eq!(status.code(), code, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn status_error_in_chain_decides() {
+        let err = anyhow::Error::new(StatusError::new(ExitStatus::Deadline, "late"))
+            .context("draining deliveries");
+        assert_eq!(status_for(&err), ExitStatus::Deadline);
+        assert_eq!(status_for(&anyhow::anyhow!("plain")), ExitStatus::Failure);
+    }
+
+    #[test]
+    fn broken_pipe_is_detected_through_context() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe");
+        let err = anyhow::Error::new(io).context("writing stdout");
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

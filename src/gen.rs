@@ -1,0 +1,1 @@
+//! Renders man pages and completion scripts from the clap definition in `cli`.

@@ -1,0 +1,1 @@
+//! The inbound pipeline. For now: request signatures (`auth`), shared with `sign`.

@@ -1,0 +1,26 @@
+//! kheishctl: run and operate a durable connector gateway.
+//!
+//! Crate map, in reading order (ARCHITECTURE.md has the invariants):
+//! - [`cli`]: the clap definition, the single source of every flag, man page and completion.
+//! - [`gen`]: renders man pages and completion scripts from [`cli`].
+//! - [`exit`]: the spec's exit codes and the error → code mapping.
+//! - [`output`]: the only writer of stdout/stderr.
+//! - [`model`]: pure domain types (connector names, reply targets, diagnostics).
+//! - [`config`]: the connector file: parsing and validation with positions.
+//! - [`secrets`]: the `Secret` type, secret sources and the encrypted secret store.
+//! - [`store`]: the state root and its SQLite database (the only SQL).
+//! - [`net`]: outbound address policy (public-IP guard).
+//! - [`ingress`]: the inbound pipeline; for now the request signatures.
+//! - [`commands`]: one thin module per subcommand.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod gen;
+pub mod ingress;
+pub mod model;
+pub mod net;
+pub mod output;
+pub mod secrets;
+pub mod store;

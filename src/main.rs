@@ -1,0 +1,21 @@
+//! The `kheishctl` binary: parse the command line, run the command, map the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use kheishctl::cli::Cli;
+use kheishctl::exit::{is_broken_pipe, status_for, ExitStatus};
+use kheishctl::{commands, output};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(status) => status.into(),
+        Err(err) if is_broken_pipe(&err) => ExitStatus::Success.into(),
+        Err(err) => {
+            output::print_fatal(&err);
+            status_for(&err).into()
+        }
+    }
+}
