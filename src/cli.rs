@@ -36,7 +36,7 @@ pub struct GlobalArgs {
     ///
     /// Defaults to $XDG_STATE_HOME/kheishctl, else ~/.local/state/kheishctl.
     /// Example: --state-root /var/lib/kheishctl
-    #[arg(long, global = true, env = "KHEISH_STATE_ROOT", value_name = "DIR")]
+    #[arg(long, global = true, env = "KHEISH_STATE_ROOT", value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub state_root: Option<PathBuf>,
 
     /// The TOML connector file.
@@ -98,7 +98,7 @@ Examples:\n  kheishctl validate examples/kheishctl.toml\n  kheishctl validate --
 )]
 pub struct ValidateArgs {
     /// The connector file (overrides --connectors-config).
-    #[arg(value_name = "FILE")]
+    #[arg(value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub file: Option<PathBuf>,
 
     /// Skip checks that need the environment or the state root (env vars, secret slots).
@@ -145,10 +145,11 @@ kheishctl sign --secret-env ORDERS_HMAC --path /v1/connectors/http/orders --time
 #[command(group(clap::ArgGroup::new("secret").required(true).args(["connector", "secret_env", "secret_file", "secret_ref"])))]
 pub struct SignArgs {
     /// The request body to sign: a file, or - for standard input.
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", value_hint = clap::ValueHint::FilePath)]
     pub body: PathBuf,
 
-    /// Use this HTTP connector's HMAC secret and its ingress path /v1/connectors/http/NAME.
+    /// Use this HTTP connector's HMAC secret and its ingress path /v1/connectors/http/NAME
+    /// (with --scheme slack: that Slack connector's signing secret).
     #[arg(long, value_name = "NAME")]
     pub connector: Option<String>,
 
@@ -157,7 +158,7 @@ pub struct SignArgs {
     pub secret_env: Option<String>,
 
     /// Read the secret from this file (one trailing newline is stripped).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub secret_file: Option<PathBuf>,
 
     /// Read the secret from this secret-store slot in the state root.
@@ -165,11 +166,13 @@ pub struct SignArgs {
     pub secret_ref: Option<String>,
 
     /// The request target exactly as it will be sent (path and query), e.g. /v1/connectors/http/orders?src=a.
+    ///
+    /// With --format curl the command then targets http://127.0.0.1:4000 (the serve default).
     #[arg(long, value_name = "PATH", conflicts_with = "url")]
     pub path: Option<String>,
 
     /// The full URL; gives host (for curl) and path+query at once.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_hint = clap::ValueHint::Url)]
     pub url: Option<String>,
 
     /// The HTTP method that is signed.
@@ -177,7 +180,7 @@ pub struct SignArgs {
     pub method: String,
 
     /// Unix timestamp in seconds to sign with (default: now).
-    #[arg(long, value_name = "UNIX")]
+    #[arg(long, value_name = "UNIX", value_parser = clap::value_parser!(i64).range(0..))]
     pub timestamp: Option<i64>,
 
     /// The signature scheme.
@@ -189,7 +192,10 @@ pub struct SignArgs {
     pub format: SignFormat,
 
     /// Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time).
-    #[arg(long, value_name = "SIGNATURE")]
+    ///
+    /// Needs the --timestamp the request carried; the age window is not applied, so a captured
+    /// request can be checked later.
+    #[arg(long, value_name = "SIGNATURE", requires = "timestamp")]
     pub verify: Option<String>,
 }
 
@@ -217,7 +223,7 @@ pub struct RotateSecretArgs {
     pub from_env: Option<String>,
 
     /// Take the new value from this file (one trailing newline is stripped).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub from_file: Option<PathBuf>,
 
     /// Take the new value from standard input (one trailing newline is stripped).
@@ -241,10 +247,15 @@ pub struct RotateSecretArgs {
 /// Shells `completions` can generate for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Shell {
+    /// Bash (bash-completion).
     Bash,
+    /// Zsh (put the file on $fpath as _kheishctl).
     Zsh,
+    /// Fish.
     Fish,
+    /// PowerShell.
     Powershell,
+    /// Elvish.
     Elvish,
 }
 

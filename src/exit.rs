@@ -63,15 +63,22 @@ impl StatusError {
 /// Picks the exit status for an error that reached `main`: typed errors anywhere in the chain
 /// decide; anything else is a plain failure (1). Never matches on message text.
 pub fn status_for(err: &anyhow::Error) -> ExitStatus {
+    // A status attached with `.context(StatusError …)` is found by anyhow's own downcast, not by
+    // walking the chain of sources.
+    if let Some(e) = err.downcast_ref::<StatusError>() {
+        return e.status;
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<StatusError>() {
             return e.status;
         }
+        if let Some(e) = cause.downcast_ref::<crate::secrets::SecretError>() {
+            return e.exit_status();
+        }
         if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
             return e.exit_status();
         }
-        if let Some(e) = cause.downcast_ref::<crate::config::LoadError>() {
-            let _ = e;
+        if cause.is::<crate::config::LoadError>() {
             return ExitStatus::Unavailable;
         }
     }
@@ -112,6 +119,13 @@ mod tests {
             .context("draining deliveries");
         assert_eq!(status_for(&err), ExitStatus::Deadline);
         assert_eq!(status_for(&anyhow::anyhow!("plain")), ExitStatus::Failure);
+    }
+
+    #[test]
+    fn status_attached_as_context_decides() {
+        let err =
+            anyhow::anyhow!("inner").context(StatusError::new(ExitStatus::Unavailable, "outer"));
+        assert_eq!(status_for(&err), ExitStatus::Unavailable);
     }
 
     #[test]

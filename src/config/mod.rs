@@ -263,3 +263,60 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     };
     Ok(validate::parse_str(&display, &text))
 }
+
+/// A secret source that cannot be used, as found by a caller-supplied check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretProblem {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// Runs `check` on every secret source the config names (connector secret fields and external
+/// `credential_slots`) and turns each problem into a diagnostic at the field that named it.
+/// `check` does the environment / secret-store look-ups, so this stays free of I/O; an `Err`
+/// from it (the state root cannot be read) stops the walk.
+pub fn check_secret_sources<E>(
+    config: &Config,
+    file: &str,
+    mut check: impl FnMut(&SecretSource) -> Result<Option<SecretProblem>, E>,
+) -> Result<Vec<Diagnostic>, E> {
+    let mut out = Vec::new();
+    let mut push = |kind: ConnectorKind,
+                    name: &ConnectorName,
+                    field: String,
+                    loc: Location,
+                    p: SecretProblem| {
+        out.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.to_string(),
+            line: loc.line,
+            column: loc.column,
+            connector_kind: Some(kind),
+            connector: Some(name.to_string()),
+            field: Some(field),
+            message: p.message,
+            help: p.help,
+        });
+    };
+    for (kind, name, field) in config.secret_fields() {
+        if let Some(problem) = check(&field.source)? {
+            push(kind, name, field.key.clone(), field.location, problem);
+        }
+    }
+    for c in &config.external {
+        let Some(cp) = &c.child_process else { continue };
+        for (key, secret_ref) in &cp.credential_slots {
+            if let Some(problem) = check(&SecretSource::StoreRef(secret_ref.clone()))? {
+                push(
+                    ConnectorKind::External,
+                    &c.common.name,
+                    format!("child_process.credential_slots.{key}"),
+                    cp.location,
+                    problem,
+                );
+            }
+        }
+    }
+    out.sort_by_key(|d| (d.line, d.column));
+    Ok(out)
+}

@@ -1,22 +1,476 @@
-//! The state root: one directory holding `state.db` (SQLite) and the master key. The only module
-//! that imports rusqlite or contains SQL.
+//! The state root (SPEC §3): one directory, mode 0700, holding `state.db` (SQLite, WAL) and, when
+//! no master key is configured, `master.key`. The only module that imports rusqlite or contains
+//! SQL.
+//!
+//! The store knows nothing about HTTP, clap, TOML or cryptography: callers pass and receive plain
+//! values (the secret store hands it sealed bytes), and no rusqlite type appears in its public
+//! API, so another backend can later sit behind the same functions.
+//!
+//! Opening is safe from several processes at once: the directory and file are created with
+//! create-if-absent semantics, every connection has a busy timeout, and migrations run in an
+//! `IMMEDIATE` transaction (see [`migrations`]).
+
+pub mod migrations;
+pub mod secret_slots;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::exit::ExitStatus;
 
-/// Errors opening or using the state root.
+/// The database file inside the state root.
+pub const DB_FILE: &str = "state.db";
+
+/// How long a connection waits for another process's write lock before failing with
+/// [`StoreError::Busy`]. Writes are short transactions, so this is generous.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// Errors opening or using the state root. Every variant maps to exit 4 (SPEC §1.2).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state root {path}: {source}")]
+    /// A file-system operation on the state root failed.
+    #[error("cannot access the state root `{path}`; check --state-root / KHEISH_STATE_ROOT and its permissions")]
     Io {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
+    },
+    /// The state root directory could not be created.
+    #[error(
+        "cannot create the state root directory `{path}`; check --state-root / KHEISH_STATE_ROOT"
+    )]
+    CreateDir {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The state root path exists but is not a directory.
+    #[error("the state root `{path}` is not a directory; point --state-root / KHEISH_STATE_ROOT at a directory")]
+    NotADirectory { path: String },
+    /// `state.db` could not be created or opened.
+    #[error("cannot open the state database `{path}`; check the state root's permissions")]
+    OpenDb {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `state.db` is not a SQLite database, or SQLite found it damaged.
+    #[error("the state database `{path}` is not a valid SQLite database (corrupt or not a kheishctl state root); restore it from a backup or move it away")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database was written by a newer kheishctl; it is left untouched.
+    #[error("the state database `{path}` has schema version {found}, newer than this kheishctl supports ({supported}); upgrade kheishctl (the database was not modified)")]
+    NewerSchema {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    /// Another process held the write lock for longer than the busy timeout.
+    #[error("the state database `{path}` stayed locked by another process while {op}; retry, or check for a stuck kheishctl process")]
+    Busy { path: String, op: String },
+    /// Any other SQLite failure.
+    #[error("state database `{path}`: {op} failed")]
+    Sqlite {
+        path: String,
+        op: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
 impl StoreError {
-    /// The exit status an error of this kind produces (SPEC §1.2).
+    /// The exit status an error of this kind produces (SPEC §1.2): the state root could not be
+    /// opened or used, so always 4.
     pub fn exit_status(&self) -> ExitStatus {
         ExitStatus::Unavailable
+    }
+}
+
+/// Classifies a rusqlite error by its SQLite result code (never by message text).
+pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    let code = match &err {
+        rusqlite::Error::SqliteFailure(e, _) => Some(e.code),
+        _ => None,
+    };
+    match code {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_string(),
+            source: Box::new(err),
+        },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy {
+            path: path.to_string(),
+            op: op.to_string(),
+        },
+        _ => StoreError::Sqlite {
+            path: path.to_string(),
+            op: op.to_string(),
+            source: Box::new(err),
+        },
+    }
+}
+
+/// An open state root: the directory and one connection to its database. Each thread that needs
+/// the database opens its own `Store` (connections are cheap; WAL lets readers run beside a
+/// writer).
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    root: PathBuf,
+    /// `state.db`'s path as text, for error messages.
+    db_path: String,
+}
+
+impl Store {
+    /// Opens the state root, creating the directory (0700), `state.db` (0600) and the schema as
+    /// needed. An existing directory keeps the permissions its owner gave it.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        ensure_root_dir(root)?;
+        let db = root.join(DB_FILE);
+        if !db.exists() {
+            create_initialized_db(root, &db)?;
+        }
+        Store::connect(root, &db)
+    }
+
+    /// Opens the state root only if it already exists; never creates a directory or file.
+    /// `Ok(None)` when the directory or `state.db` is absent. A database at an older schema is
+    /// migrated; a newer one is refused untouched.
+    pub fn open_existing(root: &Path) -> Result<Option<Store>, StoreError> {
+        match fs::metadata(root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::NotADirectory {
+                    path: root.display().to_string(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: root.display().to_string(),
+                    source: e,
+                })
+            }
+        }
+        let db = root.join(DB_FILE);
+        match fs::metadata(&db) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::OpenDb {
+                    path: db.display().to_string(),
+                    source: e,
+                })
+            }
+        }
+        Store::connect(root, &db).map(Some)
+    }
+
+    /// The state root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens an existing `db` file: connection settings, the newer-schema check (before any
+    /// write), WAL, then migrations.
+    fn connect(root: &Path, db: &Path) -> Result<Store, StoreError> {
+        let db_path = db.display().to_string();
+        let conn = open_configured(db, &db_path)?;
+        migrations::migrate(&conn, &db_path)?;
+        Ok(Store {
+            conn,
+            root: root.to_path_buf(),
+            db_path,
+        })
+    }
+
+    /// Reads one `store_meta` value.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM store_meta WHERE key = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err("reading store metadata", e))
+    }
+
+    /// Writes a `store_meta` value unless the key already has one; returns whether it wrote.
+    /// Two processes racing to initialise the same key both end up reading the winner's value.
+    pub fn meta_insert_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT INTO store_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                rusqlite::params![key, value],
+            )
+            .map_err(|e| self.err("writing store metadata", e))?;
+        Ok(n == 1)
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn err(&self, op: &str, e: rusqlite::Error) -> StoreError {
+        sqlite_error(&self.db_path, op, e)
+    }
+}
+
+/// Creates the state root with mode 0700 unless it exists. Parents are created like `mkdir -p`.
+fn ensure_root_dir(root: &Path) -> Result<(), StoreError> {
+    let display = || root.display().to_string();
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => return Err(StoreError::NotADirectory { path: display() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StoreError::Io {
+                path: display(),
+                source: e,
+            })
+        }
+    }
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| StoreError::CreateDir {
+            path: display(),
+            source: e,
+        })?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(root) {
+        // The umask can only clear bits, but set the mode explicitly so the result does not
+        // depend on it. Only a directory we just created is touched.
+        Ok(()) => fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StoreError::CreateDir {
+                path: display(),
+                source: e,
+            }
+        }),
+        // Another process created it between our check and our mkdir.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && root.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(StoreError::NotADirectory { path: display() })
+        }
+        Err(e) => Err(StoreError::CreateDir {
+            path: display(),
+            source: e,
+        }),
+    }
+}
+
+/// Opens a connection to an existing database file and applies the connection settings. Checks
+/// the schema version before anything writes; runs no migration.
+fn open_configured(db: &Path, db_path: &str) -> Result<Connection, StoreError> {
+    // No CREATE flag: the file was created by us with mode 0600 (or by an earlier run); if it
+    // vanished in between, failing is better than SQLite creating it with the umask's mode.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn =
+        Connection::open_with_flags(db, flags).map_err(|e| sqlite_error(db_path, "opening", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sqlite_error(db_path, "setting the busy timeout", e))?;
+
+    // Refuse a newer schema before anything can write: switching to WAL rewrites the header.
+    // Reading the version also proves the file is a SQLite database (SQLITE_NOTADB otherwise).
+    let found = migrations::user_version(&conn, db_path)?;
+    migrations::refuse_newer(found, db_path)?;
+
+    // WAL lets readers run beside the one writer. The mode is persistent and every database we
+    // create is already in it (see `create_initialized_db`), so this is normally a no-op; it
+    // matters only for a database file someone else created. SQLite creates `-wal` and `-shm`
+    // with the database file's own permission bits (unix VFS `findCreateFileMode`), so they are
+    // 0600 like `state.db`. FULL makes every commit durable on power loss, which "202 means
+    // durable" relies on.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| sqlite_error(db_path, "enabling WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite {
+            path: db_path.to_string(),
+            op: "enabling WAL".into(),
+            source: format!("SQLite kept journal mode `{mode}`").into(),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(|e| sqlite_error(db_path, "setting connection pragmas", e))?;
+    Ok(conn)
+}
+
+/// Creates `state.db` fully initialised (mode 0600, WAL, current schema) so that no process ever
+/// sees a half-made database.
+///
+/// Why not create it in place: switching a database to WAL needs an exclusive lock, and SQLite
+/// answers `SQLITE_BUSY` without waiting when several fresh processes race for it. So the
+/// database is built under a private temporary name and hard-linked into place, which fails if
+/// `state.db` already exists; the loser of a race drops its copy and opens the winner's.
+fn create_initialized_db(root: &Path, db: &Path) -> Result<(), StoreError> {
+    let open_err = |path: &Path, source| StoreError::OpenDb {
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = root.join(format!(
+        ".{DB_FILE}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| open_err(&tmp, e))?;
+    let res = file
+        .set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| open_err(&tmp, e))
+        .and_then(|()| {
+            drop(file);
+            let tmp_path = tmp.display().to_string();
+            let conn = open_configured(&tmp, &tmp_path)?;
+            migrations::migrate(&conn, &tmp_path)?;
+            // Closing checkpoints the WAL into the file; the header keeps the WAL mode.
+            conn.close()
+                .map_err(|(_, e)| sqlite_error(&tmp_path, "closing", e))
+        })
+        .and_then(|()| match fs::hard_link(&tmp, db) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(open_err(db, e)),
+        });
+    // The temporary name is ours alone; a leftover is a harmless 0600 file.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut side = tmp.clone().into_os_string();
+        side.push(suffix);
+        let _ = fs::remove_file(side);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn open_creates_a_private_root_and_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("a/b/state");
+        let store = Store::open(&root).unwrap();
+        assert_eq!(store.root(), root);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join(DB_FILE)), 0o600);
+        // Force the WAL side files into existence while the connection is open.
+        store.meta_insert_if_absent("k", b"v").unwrap();
+        for side in ["state.db-wal", "state.db-shm"] {
+            let path = root.join(side);
+            assert!(path.exists(), "{side} exists while the store is open");
+            assert_eq!(mode(&path), 0o600, "{side}");
+        }
+        let journal: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let fk: i64 = store
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn existing_root_keeps_its_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o750)).unwrap();
+        Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o750);
+    }
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        assert!(Store::open_existing(&root).unwrap().is_none());
+        assert!(!root.exists());
+        fs::create_dir(&root).unwrap();
+        assert!(Store::open_existing(&root).unwrap().is_none());
+        assert!(!root.join(DB_FILE).exists());
+        drop(Store::open(&root).unwrap());
+        assert!(Store::open_existing(&root).unwrap().is_some());
+    }
+
+    #[test]
+    fn meta_insert_keeps_the_first_value() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        assert_eq!(store.meta_get("k").unwrap(), None);
+        assert!(store.meta_insert_if_absent("k", b"one").unwrap());
+        assert!(!store.meta_insert_if_absent("k", b"two").unwrap());
+        assert_eq!(store.meta_get("k").unwrap(), Some(b"one".to_vec()));
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_the_file_is_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        drop(Store::open(root).unwrap());
+        {
+            let conn = Connection::open(root.join(DB_FILE)).unwrap();
+            conn.execute_batch("PRAGMA user_version = 999").unwrap();
+        }
+        let before = fs::read(root.join(DB_FILE)).unwrap();
+        for res in [
+            Store::open(root).map(|_| ()),
+            Store::open_existing(root).map(|_| ()),
+        ] {
+            let err = res.unwrap_err();
+            assert!(
+                matches!(err, StoreError::NewerSchema { found: 999, .. }),
+                "{err:?}"
+            );
+            assert_eq!(err.exit_status(), ExitStatus::Unavailable);
+        }
+        assert_eq!(fs::read(root.join(DB_FILE)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let junk = "this is not a database, just some text long enough to have a header\n";
+        fs::write(tmp.path().join(DB_FILE), junk.repeat(20)).unwrap();
+        let err = Store::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a valid SQLite database"));
+    }
+
+    #[test]
+    fn a_root_that_is_a_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            Store::open(&file).unwrap_err(),
+            StoreError::NotADirectory { .. }
+        ));
+        assert!(matches!(
+            Store::open_existing(&file).unwrap_err(),
+            StoreError::NotADirectory { .. }
+        ));
+        // Under a regular file: ENOTDIR, which denies root too.
+        assert!(Store::open(&file.join("state")).is_err());
     }
 }

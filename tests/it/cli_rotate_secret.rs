@@ -1,1 +1,501 @@
-//! (tests to come)
+//! `rotate-secret`: every value source, newline handling, `--grace`, generated values, the
+//! `--json` shape, master-key errors, and that no secret value ever reaches stdout or stderr.
+//!
+//! What was stored is checked by opening `state.db` independently of kheishctl (rusqlite plus
+//! XChaCha20-Poly1305 with the slot ref as associated data, as SPEC §4 and `secrets` document),
+//! with the master key the test passed in. That also proves the value is encrypted at rest.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::support::Sandbox;
+
+const REF: &str = "connectors.http.orders.hmac_secret";
+/// 32 bytes 0..=31, standard base64.
+const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// 32 other bytes.
+const KEY_B: &str = "HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=";
+
+/// Decrypts a slot's current (or previous) value straight from `state.db`.
+pub(crate) fn stored(
+    root: &Path,
+    key_b64: &str,
+    secret_ref: &str,
+    previous: bool,
+) -> Option<String> {
+    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
+    let sql = if previous {
+        "SELECT previous_nonce, previous_ciphertext FROM secret_slots WHERE secret_ref = ?1"
+    } else {
+        "SELECT nonce, ciphertext FROM secret_slots WHERE secret_ref = ?1"
+    };
+    let (nonce, ciphertext): (Option<Vec<u8>>, Option<Vec<u8>>) = conn
+        .query_row(sql, [secret_ref], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    let (nonce, ciphertext) = (nonce?, ciphertext?);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key_b64)
+        .unwrap();
+    let cipher = XChaCha20Poly1305::new_from_slice(&key).unwrap();
+    let plaintext = cipher
+        .decrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &ciphertext,
+                aad: secret_ref.as_bytes(),
+            },
+        )
+        .expect("the slot decrypts with the key it was written with");
+    Some(String::from_utf8(plaintext).unwrap())
+}
+
+fn current(sandbox: &Sandbox, secret_ref: &str) -> String {
+    stored(&sandbox.state_root(), KEY_A, secret_ref, false).expect("slot exists")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn from_env_writes_the_value_and_never_prints_it() {
+    let sandbox = Sandbox::new();
+    let value = "planted-env-secret-9f2c";
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--from-env", "NEW_HMAC"])
+        .env("NEW_HMAC", value)
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .run()
+        .success()
+        .stdout_is(&format!("rotated {REF} (new slot)\n"))
+        .never_shows(value)
+        .never_shows(KEY_A);
+    assert_eq!(current(&sandbox, REF), value);
+}
+
+#[test]
+fn missing_or_empty_env_var_is_named_and_nothing_is_created() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--from-env", "NOT_SET_ANYWHERE"])
+        .run()
+        .status(1)
+        .stderr_contains("`NOT_SET_ANYWHERE` is not set");
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--from-env", "BLANK"])
+        .env("BLANK", "  ")
+        .run()
+        .status(1)
+        .stderr_contains("`BLANK` is empty");
+    assert!(
+        !sandbox.state_root().exists(),
+        "a failed read creates no state root"
+    );
+}
+
+#[test]
+fn file_and_stdin_strip_exactly_one_trailing_newline() {
+    let sandbox = Sandbox::new();
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("file.lf", b"value-lf\n", "value-lf"),
+        ("file.crlf", b"value-crlf\r\n", "value-crlf"),
+        ("file.two", b"value-two\n\n", "value-two\n"),
+        ("file.none", b"value-none", "value-none"),
+        ("file.inner", b"  spaced value  \n", "  spaced value  "),
+    ];
+    for (name, contents, expected) in cases {
+        let path = sandbox.write(name, contents);
+        let secret_ref = format!("t.{}", name.replace('.', "_"));
+        sandbox
+            .cmd()
+            .args(["rotate-secret", &secret_ref, "--from-file"])
+            .arg(&path)
+            .env("KHEISH_MASTER_KEY", KEY_A)
+            .run()
+            .success()
+            .never_shows(expected.trim());
+        assert_eq!(current(&sandbox, &secret_ref), expected, "{name}");
+    }
+    for (idx, (input, expected)) in [("stdin-lf\n", "stdin-lf"), ("stdin-crlf\r\n", "stdin-crlf")]
+        .into_iter()
+        .enumerate()
+    {
+        let secret_ref = format!("t.stdin{idx}");
+        sandbox
+            .cmd()
+            .args(["rotate-secret", &secret_ref, "--stdin"])
+            .env("KHEISH_MASTER_KEY", KEY_A)
+            .stdin(input)
+            .run()
+            .success()
+            .never_shows(expected);
+        assert_eq!(current(&sandbox, &secret_ref), expected);
+    }
+}
+
+#[test]
+fn empty_values_are_refused() {
+    let sandbox = Sandbox::new();
+    let empty = sandbox.write("empty", "\n");
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--from-file"])
+        .arg(&empty)
+        .run()
+        .status(1)
+        .stderr_contains("is empty or only whitespace");
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .stdin("")
+        .run()
+        .status(1)
+        .stderr_contains("is empty or only whitespace");
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--from-file", "does-not-exist"])
+        .run()
+        .status(1)
+        .stderr_contains("cannot read the secret value from file `does-not-exist`");
+}
+
+#[test]
+fn invalid_secret_refs_are_usage_errors() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .cmd()
+        .args(["rotate-secret", "bad ref/with:colon", "--generate"])
+        .run()
+        .status(2)
+        .stderr_contains("is not a valid secret ref");
+    assert!(!sandbox.state_root().exists());
+}
+
+#[test]
+fn json_output_has_the_documented_shape() {
+    let sandbox = Sandbox::new();
+    let value = "planted-json-secret-51aa";
+    let file = sandbox.write("v", format!("{value}\n"));
+    let run = sandbox
+        .cmd()
+        .args(["--json", "rotate-secret", REF, "--from-file"])
+        .arg(&file)
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .run();
+    run.success().never_shows(value);
+    let doc = run.json();
+    let obj = doc.as_object().unwrap();
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "grace_until",
+            "previous_kept",
+            "rotated_at",
+            "secret_ref",
+            "source"
+        ]
+    );
+    assert_eq!(doc["secret_ref"], REF);
+    assert_eq!(doc["source"], "file");
+    assert_eq!(doc["previous_kept"], false);
+    assert!(doc["grace_until"].is_null());
+    let rotated_at = doc["rotated_at"].as_str().unwrap();
+    assert!(
+        humantime::parse_rfc3339(rotated_at).is_ok() && rotated_at.ends_with('Z'),
+        "{rotated_at}"
+    );
+}
+
+#[test]
+fn grace_keeps_the_previous_value_for_verification() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.state_root();
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .stdin("old-value-7d1e\n")
+        .run()
+        .success();
+
+    // Human output names the end of the window.
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin", "--grace", "10m"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .stdin("new-value-7d1e\n")
+        .run()
+        .success()
+        .stdout_contains(&format!(
+            "rotated {REF} (previous value accepted for verification until "
+        ))
+        .never_shows("old-value-7d1e")
+        .never_shows("new-value-7d1e");
+    assert_eq!(current(&sandbox, REF), "new-value-7d1e");
+    assert_eq!(
+        stored(&root, KEY_A, REF, true).as_deref(),
+        Some("old-value-7d1e")
+    );
+
+    let run = sandbox
+        .cmd()
+        .args([
+            "--json",
+            "rotate-secret",
+            REF,
+            "--from-env",
+            "V",
+            "--grace",
+            "2h",
+        ])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .env("V", "newest-value-7d1e")
+        .run();
+    run.success();
+    let doc = run.json();
+    assert_eq!(doc["previous_kept"], true);
+    assert_eq!(doc["source"], "env");
+    let rotated = humantime::parse_rfc3339(doc["rotated_at"].as_str().unwrap()).unwrap();
+    let until = humantime::parse_rfc3339(doc["grace_until"].as_str().unwrap()).unwrap();
+    let window = until.duration_since(rotated).unwrap().as_secs();
+    // Both are printed with second precision, so the window can be off by the rounding.
+    assert!((7199..=7201).contains(&window), "window {window}s");
+    assert_eq!(
+        stored(&root, KEY_A, REF, true).as_deref(),
+        Some("new-value-7d1e")
+    );
+
+    // No --grace: the previous value is dropped at once.
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .stdin("final-value-7d1e")
+        .run()
+        .success()
+        .stdout_is(&format!("rotated {REF}\n"));
+    assert_eq!(stored(&root, KEY_A, REF, true), None);
+
+    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
+    let rotations: Vec<(Option<i64>, String)> = conn
+        .prepare(
+            "SELECT grace_until_ms, source FROM secret_rotations WHERE secret_ref = ?1 ORDER BY id",
+        )
+        .unwrap()
+        .query_map([REF], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let sources: Vec<&str> = rotations.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(sources, ["stdin", "stdin", "env", "stdin"]);
+    let graces: Vec<bool> = rotations.iter().map(|(g, _)| g.is_some()).collect();
+    assert_eq!(graces, [false, true, true, false]);
+}
+
+#[test]
+fn generate_prints_the_value_exactly_once() {
+    let sandbox = Sandbox::new();
+    let run = sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--generate"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .run();
+    run.success().stderr_contains(&format!("rotated {REF}"));
+    let stdout = run.stdout();
+    let value = stdout.strip_suffix('\n').expect("one line");
+    assert!(!value.contains('\n'), "exactly one line: {stdout:?}");
+    // 32 bytes of entropy in unpadded URL-safe base64.
+    assert_eq!(value.len(), 43, "{value}");
+    assert!(value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert!(
+        !run.stderr().contains(value),
+        "the value is printed only once"
+    );
+    assert_eq!(current(&sandbox, REF), value);
+
+    let run = sandbox
+        .cmd()
+        .args([
+            "--json",
+            "rotate-secret",
+            "other.slot",
+            "--generate",
+            "--bytes",
+            "16",
+        ])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .run();
+    run.success();
+    let doc = run.json();
+    assert_eq!(doc["source"], "generate");
+    let value = doc["value"].as_str().unwrap();
+    assert_eq!(value.len(), 22);
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .unwrap();
+    assert_eq!(decoded.len(), 16);
+    assert_eq!(run.stdout().matches(value).count(), 1);
+    assert!(!run.stderr().contains(value));
+    assert_eq!(current(&sandbox, "other.slot"), value);
+
+    // Quiet mode still prints the value (it is the result), and nothing else.
+    let run = sandbox
+        .cmd()
+        .args(["-q", "rotate-secret", "third.slot", "--generate"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .run();
+    run.success();
+    assert_eq!(run.stdout().trim_end().len(), 43);
+    assert_eq!(run.stderr(), "");
+}
+
+#[test]
+fn generated_master_key_and_files_are_private() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.state_root();
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .stdin("value-under-generated-key")
+        .run()
+        .success()
+        .never_shows("value-under-generated-key");
+    assert_eq!(mode(&root), 0o700);
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    let key = std::fs::read_to_string(root.join("master.key")).unwrap();
+    let key = key.trim();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap()
+            .len(),
+        32
+    );
+    assert_eq!(
+        stored(&root, key, REF, false).as_deref(),
+        Some("value-under-generated-key")
+    );
+
+    // A second rotation reuses the generated key.
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .stdin("second-value")
+        .run()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(root.join("master.key"))
+            .unwrap()
+            .trim(),
+        key
+    );
+    assert_eq!(
+        stored(&root, key, REF, false).as_deref(),
+        Some("second-value")
+    );
+}
+
+#[test]
+fn an_explicit_master_key_creates_no_key_file() {
+    let sandbox = Sandbox::new();
+    let key_file = sandbox.write("operator.key", format!("{KEY_A}\n"));
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--generate"])
+        .env("KHEISH_MASTER_KEY_FILE", &key_file)
+        .run()
+        .success();
+    assert!(!sandbox.state_root().join("master.key").exists());
+    // The same key given inline reads what the file-keyed run wrote.
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .stdin("x-value")
+        .run()
+        .success();
+    assert_eq!(current(&sandbox, REF), "x-value");
+}
+
+#[test]
+fn a_different_master_key_is_refused_clearly() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .stdin("first-value-c0ffee")
+        .run()
+        .success();
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--stdin"])
+        .env("KHEISH_MASTER_KEY", KEY_B)
+        .stdin("second-value-c0ffee")
+        .run()
+        .status(4)
+        .stderr_contains("the secret store was written with a different master key; set KHEISH_MASTER_KEY or KHEISH_MASTER_KEY_FILE to the key used before")
+        .never_shows(KEY_A)
+        .never_shows(KEY_B)
+        .never_shows("first-value-c0ffee")
+        .never_shows("second-value-c0ffee");
+    // Nothing was written under the wrong key.
+    assert_eq!(current(&sandbox, REF), "first-value-c0ffee");
+
+    // Without any key, a write refuses to mint a new one over existing values.
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--generate"])
+        .run()
+        .status(4)
+        .stderr_contains("no master key is available");
+    assert!(!sandbox.state_root().join("master.key").exists());
+}
+
+#[test]
+fn malformed_master_keys_are_named_never_echoed() {
+    let sandbox = Sandbox::new();
+    let bad = "this-is-not*base64*but-could-be-a-real-key";
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--generate"])
+        .env("KHEISH_MASTER_KEY", bad)
+        .run()
+        .status(4)
+        .stderr_contains("`KHEISH_MASTER_KEY`")
+        .stderr_contains("not valid base64")
+        .never_shows(bad);
+    let short = "c2hvcnQtYnV0LXZhbGlkLWJhc2U2NA==";
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--generate"])
+        .env("KHEISH_MASTER_KEY", short)
+        .run()
+        .status(4)
+        .stderr_contains("the master key must be exactly 32 bytes")
+        .never_shows(short);
+    let key_file = sandbox.write("bad.key", "%%%%\n");
+    sandbox
+        .cmd()
+        .args(["rotate-secret", REF, "--generate"])
+        .env("KHEISH_MASTER_KEY_FILE", &key_file)
+        .run()
+        .status(4)
+        .stderr_contains("`KHEISH_MASTER_KEY_FILE`")
+        .stderr_contains("bad.key")
+        .never_shows("%%%%");
+}

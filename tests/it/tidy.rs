@@ -1,1 +1,328 @@
-//! (tests to come)
+//! Repository hygiene as ordinary tests (STYLE §7, rust-analyzer's `tidy.rs`): every `src/` file
+//! starts with a `//!` module doc; no debugging or placeholder macros; no ignored or
+//! panic-expecting tests; every to-do marker carries an issue number; every Cargo.toml
+//! dependency has a comment saying why it is there. Failures list FILE:LINE for each problem.
+//!
+//! The needles are assembled at run time so that this file does not trip its own checks.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::repo_root;
+
+/// Directories whose `.rs` files the content checks scan (those that exist).
+const SCANNED_DIRS: [&str; 4] = ["src", "tests", "benches", "examples"];
+
+#[test]
+fn every_src_file_starts_with_a_module_doc() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    for path in rust_files(&root, "src") {
+        let text = read(&root.join(&path));
+        if !text.starts_with("//!") {
+            problems.push(format!(
+                "{}:1: does not start with a `//!` doc saying what the module owns",
+                path.display()
+            ));
+        }
+    }
+    report("module docs", problems);
+}
+
+#[test]
+fn no_forbidden_macros_or_test_attributes() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    for path in scanned_files(&root) {
+        let text = read(&root.join(&path));
+        for (line, what) in forbidden_items(&text) {
+            problems.push(format!("{}:{line}: {what}", path.display()));
+        }
+    }
+    report("forbidden macros and attributes", problems);
+}
+
+#[test]
+fn todo_markers_carry_an_issue_number() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    for path in scanned_files(&root) {
+        let text = read(&root.join(&path));
+        for line in untracked_todos(&text) {
+            problems.push(format!(
+                "{}:{line}: {} without an issue number; write {}(#N)",
+                path.display(),
+                todo_word(),
+                todo_word()
+            ));
+        }
+    }
+    report("untracked to-do markers", problems);
+}
+
+#[test]
+fn every_dependency_has_a_comment() {
+    let root = repo_root();
+    let text = read(&root.join("Cargo.toml"));
+    let problems = undocumented_dependencies(&text)
+        .into_iter()
+        .map(|(line, what)| format!("Cargo.toml:{line}: {what}"))
+        .collect();
+    report("Cargo.toml dependency comments", problems);
+}
+
+// --- checks on text (pure, unit-tested below) ---
+
+fn todo_word() -> String {
+    ["TO", "DO"].concat()
+}
+
+/// (1-based line, description) of every forbidden macro call or test attribute in `text`.
+fn forbidden_items(text: &str) -> Vec<(usize, String)> {
+    let needles: Vec<(String, &str)> = vec![
+        (format!("{}!(", "dbg"), "debugging output; remove it"),
+        (
+            format!("{}!(", "todo"),
+            "placeholder; implement it or return an error",
+        ),
+        (
+            format!("{}!(", "unimplemented"),
+            "placeholder; implement it or return an error",
+        ),
+        (
+            format!("#[{}", "ignore"),
+            "ignored test; fix it or delete it",
+        ),
+        (
+            format!("#[{}", "should_panic"),
+            "panic-expecting test; assert on a Result instead",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        for (needle, why) in &needles {
+            if line.contains(needle.as_str()) {
+                out.push((idx + 1, format!("`{needle}`: {why}")));
+            }
+        }
+    }
+    out
+}
+
+/// 1-based lines with a to-do marker not immediately followed by `(#<digits>)`.
+fn untracked_todos(text: &str) -> Vec<usize> {
+    let word = todo_word();
+    let mut out = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        let untracked = line.match_indices(word.as_str()).any(|(at, _)| {
+            let rest = &line[at + word.len()..];
+            let digits = rest
+                .strip_prefix("(#")
+                .map(|r| r.bytes().take_while(u8::is_ascii_digit).count());
+            !matches!(digits, Some(n) if n > 0 && rest[2 + n..].starts_with(')'))
+        });
+        if untracked {
+            out.push(idx + 1);
+        }
+    }
+    out
+}
+
+/// (1-based line, description) of every dependency entry in a dependency table of `manifest`
+/// without a `#` comment line directly above it. Covers `[dependencies]`, `[dev-dependencies]`,
+/// `[build-dependencies]` (also under `target.*` and `workspace`), and `[dependencies.NAME]`
+/// tables, whose header needs the comment.
+fn undocumented_dependencies(manifest: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut previous = "";
+    // Open brackets of a multi-line value: its continuation lines are not entries.
+    let mut depth = 0i32;
+    for (idx, line) in manifest.lines().enumerate() {
+        let trimmed = line.trim();
+        let documented = previous.trim_start().starts_with('#');
+        if depth == 0 && trimmed.starts_with('[') {
+            // `[table]` or `[[array-of-tables]]` (such as `[[bench]]`, never a dependency table).
+            section = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            if let Some((table, name)) = section.rsplit_once('.') {
+                if is_dependency_section(table) && !documented {
+                    out.push((idx + 1, missing_comment(name, table)));
+                }
+            }
+        } else if depth == 0
+            && is_dependency_section(&section)
+            && !trimmed.is_empty()
+            && !trimmed.starts_with('#')
+            && !documented
+        {
+            let name = trimmed.split('=').next().unwrap_or_default().trim();
+            out.push((idx + 1, missing_comment(name, &section)));
+        }
+        depth += bracket_delta(line);
+        previous = line;
+    }
+    out
+}
+
+fn missing_comment(name: &str, section: &str) -> String {
+    format!(
+        "dependency `{name}` in [{section}] has no `#` comment line directly above it saying why \
+it is needed"
+    )
+}
+
+fn is_dependency_section(section: &str) -> bool {
+    ["dependencies", "dev-dependencies", "build-dependencies"]
+        .iter()
+        .any(|kind| section == *kind || section.ends_with(&format!(".{kind}")))
+}
+
+/// Net `[`/`{` minus `]`/`}` on a TOML line, outside strings and comments.
+fn bracket_delta(line: &str) -> i32 {
+    let mut delta = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in line.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '#' => break,
+                '[' | '{' => delta += 1,
+                ']' | '}' => delta -= 1,
+                _ => {}
+            },
+        }
+    }
+    delta
+}
+
+// --- files ---
+
+fn report(what: &str, problems: Vec<String>) {
+    assert!(
+        problems.is_empty(),
+        "tidy ({what}): {} problem(s):\n  {}\n",
+        problems.len(),
+        problems.join("\n  ")
+    );
+}
+
+/// `.rs` files of every scanned directory, relative to `root`, sorted.
+fn scanned_files(root: &Path) -> Vec<PathBuf> {
+    SCANNED_DIRS
+        .iter()
+        .flat_map(|dir| rust_files(root, dir))
+        .collect()
+}
+
+/// `.rs` files under `root/dir` (recursively), relative to `root`, sorted; none if it is absent.
+fn rust_files(root: &Path, dir: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::from(dir)];
+    while let Some(relative) = pending.pop() {
+        let entries = match std::fs::read_dir(root.join(&relative)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("listing {}: {e}", relative.display()),
+        };
+        for entry in entries {
+            let entry = entry.unwrap_or_else(|e| panic!("listing {}: {e}", relative.display()));
+            let path = relative.join(entry.file_name());
+            if entry.path().is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+// --- the checks themselves ---
+
+fn check_forbidden(text: &str, expected_lines: &[usize]) {
+    let lines: Vec<usize> = forbidden_items(text).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, expected_lines, "{text:?}");
+}
+
+fn check_todos(text: &str, expected_lines: &[usize]) {
+    assert_eq!(untracked_todos(text), expected_lines, "{text:?}");
+}
+
+fn check_manifest(text: &str, expected_lines: &[usize]) {
+    let lines: Vec<usize> = undocumented_dependencies(text)
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect();
+    assert_eq!(lines, expected_lines, "{text}");
+}
+
+#[test]
+fn tidy_finds_forbidden_items() {
+    let dbg = format!("{}!(x)", "dbg");
+    let ignore = format!("#[{}]", "ignore");
+    let should_panic = format!("#[{} = \"boom\"]", "should_panic");
+    let unimpl = format!("{}!()", "unimplemented");
+    check_forbidden("let x = 1;\nprintln!(\"dbg\");\n", &[]);
+    check_forbidden(
+        &format!("ok\n{dbg}\n{ignore}\n{should_panic}\n{unimpl}\n"),
+        &[2, 3, 4, 5],
+    );
+}
+
+#[test]
+fn tidy_finds_untracked_todos() {
+    let t = todo_word();
+    check_todos(&format!("// {t}(#12): later\n"), &[]);
+    check_todos(
+        &format!("// {t}: later\n// {t}(#)\n// {t}(#1\n// {t}(#3) and {t}\n"),
+        &[1, 2, 3, 4],
+    );
+    check_todos("// nothing to do here\n", &[]);
+}
+
+#[test]
+fn tidy_checks_dependency_comments() {
+    check_manifest(
+        "[package]\nname = \"x\"\n\n[dependencies]\n# why\nclap = \"4\"\nserde = \"1\"\n\n\
+[dev-dependencies]\n# why\ntempfile = \"3\"\n",
+        &[7],
+    );
+    // Multi-line values are one entry; comments inside them do not count as entries.
+    check_manifest(
+        "[dependencies]\n# why\ntokio = { version = \"1\", features = [\n  \"rt\", # the runtime\n  \"time\",\n] }\nurl = \"2\"\n",
+        &[7],
+    );
+    check_manifest(
+        "[target.'cfg(unix)'.dependencies]\nlibc = \"0.2\"\n\n# why\n[dependencies.regex]\nversion = \"1\"\n\n[dependencies.memchr]\nversion = \"2\"\n",
+        &[2, 8],
+    );
+    check_manifest(
+        "[features]\ndefault = []\n[lints.rust]\nunsafe_code = \"forbid\"\n",
+        &[],
+    );
+    // An array of tables ends the dependency table before it.
+    check_manifest(
+        "[dev-dependencies]\n# why\ntempfile = \"3\"\n\n[[bench]]\nname = \"x\"\nharness = false\n",
+        &[],
+    );
+}

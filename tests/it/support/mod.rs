@@ -122,7 +122,10 @@ impl Kheishctl {
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }
-        cmd.env("HOME", std::env::temp_dir().join("kheishctl-test-home-unused"));
+        cmd.env(
+            "HOME",
+            std::env::temp_dir().join("kheishctl-test-home-unused"),
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -155,7 +158,11 @@ impl Kheishctl {
             s.push_str(&a.to_string_lossy());
         }
         for (k, v) in &self.env {
-            s.push_str(&format!("\n  env {}={}", k.to_string_lossy(), v.to_string_lossy()));
+            s.push_str(&format!(
+                "\n  env {}={}",
+                k.to_string_lossy(),
+                v.to_string_lossy()
+            ));
         }
         if let Some(cwd) = &self.cwd {
             s.push_str(&format!("\n  cwd {}", cwd.display()));

@@ -17,7 +17,9 @@ pub fn wait_until<T>(
             Ok(value) => return value,
             Err(last) => {
                 if start.elapsed() > deadline {
-                    panic!("timed out after {deadline:?} waiting for {what}; last observation: {last}");
+                    panic!(
+                        "timed out after {deadline:?} waiting for {what}; last observation: {last}"
+                    );
                 }
             }
         }

@@ -1,0 +1,170 @@
+
+using namespace System.Management.Automation
+using namespace System.Management.Automation.Language
+
+Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
+    param($wordToComplete, $commandAst, $cursorPosition)
+
+    $commandElements = $commandAst.CommandElements
+    $command = @(
+        'kheishctl'
+        for ($i = 1; $i -lt $commandElements.Count; $i++) {
+            $element = $commandElements[$i]
+            if ($element -isnot [StringConstantExpressionAst] -or
+                $element.StringConstantType -ne [StringConstantType]::BareWord -or
+                $element.Value.StartsWith('-') -or
+                $element.Value -eq $wordToComplete) {
+                break
+        }
+        $element.Value
+    }) -join ';'
+
+    $completions = @(switch ($command) {
+        'kheishctl' {
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
+            [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
+            [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print a man page (for packagers)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'kheishctl;validate' {
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--offline', '--offline', [CompletionResultType]::ParameterName, 'Skip checks that need the environment or the state root (env vars, secret slots)')
+            [CompletionResult]::new('--deny-warnings', '--deny-warnings', [CompletionResultType]::ParameterName, 'Treat warnings (inline secrets, ignored secret sources) as errors')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;sign' {
+            [CompletionResult]::new('--body', '--body', [CompletionResultType]::ParameterName, 'The request body to sign: a file, or - for standard input')
+            [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Use this HTTP connector''s HMAC secret and its ingress path /v1/connectors/http/NAME (with --scheme slack: that Slack connector''s signing secret)')
+            [CompletionResult]::new('--secret-env', '--secret-env', [CompletionResultType]::ParameterName, 'Read the secret from this environment variable')
+            [CompletionResult]::new('--secret-file', '--secret-file', [CompletionResultType]::ParameterName, 'Read the secret from this file (one trailing newline is stripped)')
+            [CompletionResult]::new('--secret-ref', '--secret-ref', [CompletionResultType]::ParameterName, 'Read the secret from this secret-store slot in the state root')
+            [CompletionResult]::new('--path', '--path', [CompletionResultType]::ParameterName, 'The request target exactly as it will be sent (path and query), e.g. /v1/connectors/http/orders?src=a')
+            [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'The full URL; gives host (for curl) and path+query at once')
+            [CompletionResult]::new('--method', '--method', [CompletionResultType]::ParameterName, 'The HTTP method that is signed')
+            [CompletionResult]::new('--timestamp', '--timestamp', [CompletionResultType]::ParameterName, 'Unix timestamp in seconds to sign with (default: now)')
+            [CompletionResult]::new('--scheme', '--scheme', [CompletionResultType]::ParameterName, 'The signature scheme')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'What to print')
+            [CompletionResult]::new('--verify', '--verify', [CompletionResultType]::ParameterName, 'Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time)')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;rotate-secret' {
+            [CompletionResult]::new('--from-env', '--from-env', [CompletionResultType]::ParameterName, 'Take the new value from this environment variable')
+            [CompletionResult]::new('--from-file', '--from-file', [CompletionResultType]::ParameterName, 'Take the new value from this file (one trailing newline is stripped)')
+            [CompletionResult]::new('--bytes', '--bytes', [CompletionResultType]::ParameterName, 'Bytes of entropy for --generate (16..=1024)')
+            [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'Keep accepting the previous value for inbound verification for this long (e.g. 10m)')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--stdin', '--stdin', [CompletionResultType]::ParameterName, 'Take the new value from standard input (one trailing newline is stripped)')
+            [CompletionResult]::new('--generate', '--generate', [CompletionResultType]::ParameterName, 'Generate a random URL-safe value and print it once on stdout')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;completions' {
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;man' {
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;help' {
+            [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
+            [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
+            [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print a man page (for packagers)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'kheishctl;help;validate' {
+            break
+        }
+        'kheishctl;help;sign' {
+            break
+        }
+        'kheishctl;help;rotate-secret' {
+            break
+        }
+        'kheishctl;help;completions' {
+            break
+        }
+        'kheishctl;help;man' {
+            break
+        }
+        'kheishctl;help;help' {
+            break
+        }
+    })
+
+    $completions.Where{ $_.CompletionText -like "$wordToComplete*" } |
+        Sort-Object -Property ListItemText
+}

@@ -1,0 +1,152 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[kheishctl] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'kheishctl'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'kheishctl'= {
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand validate 'Validate a connector file and the secrets it references'
+            cand sign 'Sign a request body the way ingress verifies it'
+            cand rotate-secret 'Write a new value into a secret-store slot'
+            cand completions 'Print a shell completion script'
+            cand man 'Print a man page (for packagers)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'kheishctl;validate'= {
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --offline 'Skip checks that need the environment or the state root (env vars, secret slots)'
+            cand --deny-warnings 'Treat warnings (inline secrets, ignored secret sources) as errors'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;sign'= {
+            cand --body 'The request body to sign: a file, or - for standard input'
+            cand --connector 'Use this HTTP connector''s HMAC secret and its ingress path /v1/connectors/http/NAME (with --scheme slack: that Slack connector''s signing secret)'
+            cand --secret-env 'Read the secret from this environment variable'
+            cand --secret-file 'Read the secret from this file (one trailing newline is stripped)'
+            cand --secret-ref 'Read the secret from this secret-store slot in the state root'
+            cand --path 'The request target exactly as it will be sent (path and query), e.g. /v1/connectors/http/orders?src=a'
+            cand --url 'The full URL; gives host (for curl) and path+query at once'
+            cand --method 'The HTTP method that is signed'
+            cand --timestamp 'Unix timestamp in seconds to sign with (default: now)'
+            cand --scheme 'The signature scheme'
+            cand --format 'What to print'
+            cand --verify 'Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time)'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;rotate-secret'= {
+            cand --from-env 'Take the new value from this environment variable'
+            cand --from-file 'Take the new value from this file (one trailing newline is stripped)'
+            cand --bytes 'Bytes of entropy for --generate (16..=1024)'
+            cand --grace 'Keep accepting the previous value for inbound verification for this long (e.g. 10m)'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --stdin 'Take the new value from standard input (one trailing newline is stripped)'
+            cand --generate 'Generate a random URL-safe value and print it once on stdout'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;completions'= {
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;man'= {
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;help'= {
+            cand validate 'Validate a connector file and the secrets it references'
+            cand sign 'Sign a request body the way ingress verifies it'
+            cand rotate-secret 'Write a new value into a secret-store slot'
+            cand completions 'Print a shell completion script'
+            cand man 'Print a man page (for packagers)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'kheishctl;help;validate'= {
+        }
+        &'kheishctl;help;sign'= {
+        }
+        &'kheishctl;help;rotate-secret'= {
+        }
+        &'kheishctl;help;completions'= {
+        }
+        &'kheishctl;help;man'= {
+        }
+        &'kheishctl;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

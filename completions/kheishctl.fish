@@ -1,0 +1,121 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_kheishctl_global_optspecs
+    string join \n state-root= connectors-config= json q/quiet v/verbose color= h/help V/version
+end
+
+function __fish_kheishctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_kheishctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_kheishctl_using_subcommand
+    set -l cmd (__fish_kheishctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "validate" -d 'Validate a connector file and the secrets it references'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "man" -d 'Print a man page (for packagers)'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l offline -d 'Skip checks that need the environment or the state root (env vars, secret slots)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l deny-warnings -d 'Treat warnings (inline secrets, ignored secret sources) as errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l body -d 'The request body to sign: a file, or - for standard input' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l connector -d 'Use this HTTP connector\'s HMAC secret and its ingress path /v1/connectors/http/NAME (with --scheme slack: that Slack connector\'s signing secret)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l secret-env -d 'Read the secret from this environment variable' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l secret-file -d 'Read the secret from this file (one trailing newline is stripped)' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l secret-ref -d 'Read the secret from this secret-store slot in the state root' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l path -d 'The request target exactly as it will be sent (path and query), e.g. /v1/connectors/http/orders?src=a' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l url -d 'The full URL; gives host (for curl) and path+query at once' -r -f
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l method -d 'The HTTP method that is signed' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l timestamp -d 'Unix timestamp in seconds to sign with (default: now)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l scheme -d 'The signature scheme' -r -f -a "kheish\t'X-Kheish-Timestamp / X-Kheish-Signature: v1=HMAC(v1:METHOD:PATH:TS:BODY)'
+slack\t'X-Slack-Request-Timestamp / X-Slack-Signature: v0=HMAC(v0:TS:BODY)'"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l format -d 'What to print' -r -f -a "headers\t'Two header lines'
+json\t'One JSON object'
+curl\t'A ready-to-run curl command'"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l verify -d 'Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l from-env -d 'Take the new value from this environment variable' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l from-file -d 'Take the new value from this file (one trailing newline is stripped)' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l bytes -d 'Bytes of entropy for --generate (16..=1024)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l grace -d 'Keep accepting the previous value for inbound verification for this long (e.g. 10m)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l stdin -d 'Take the new value from standard input (one trailing newline is stripped)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l generate -d 'Generate a random URL-safe value and print it once on stdout'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "man" -d 'Print a man page (for packagers)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,182 @@
+//! The schema of `state.db` as an ordered, append-only list of migrations keyed by
+//! `PRAGMA user_version` (SPEC §3). This module owns schema DDL; it does no other SQL.
+//!
+//! Rules (cargo's, for its own SQLite cache; written down so nobody has to rediscover them):
+//!
+//! - **Never edit, reorder or remove a migration that has shipped.** Databases in the field have
+//!   already run it; a change would only reach fresh databases and the two would drift apart.
+//!   Fix a shipped mistake with a new migration.
+//! - **Only append.** The version of migration `i` in [`MIGRATIONS`] is `i + 1`; the database's
+//!   `user_version` is the number of migrations it has run. Appending an entry is the whole job:
+//!   [`SUPPORTED_VERSION`] follows from the list's length.
+//! - **One migration, one transaction.** All pending migrations run inside one
+//!   `BEGIN IMMEDIATE` transaction that re-reads `user_version` first, so two processes opening
+//!   a fresh state root at the same moment cannot both apply the same step.
+//! - **A database newer than this binary is refused and left untouched**
+//!   ([`super::StoreError::NewerSchema`]): an older binary cannot know what a newer schema means.
+//! - Migrations hold schema only (tables, indexes). They do not write rows that depend on the
+//!   environment (master keys, config), which would make a replay on another machine differ.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{sqlite_error, StoreError};
+
+/// One schema step. Its version is its position in [`MIGRATIONS`] plus one.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// A short description, for error messages and `sqlite3 .schema` readers.
+    pub name: &'static str,
+    /// The DDL, run with `execute_batch` inside the migration transaction.
+    pub sql: &'static str,
+}
+
+/// Every migration this binary knows, oldest first. APPEND ONLY (see the module docs).
+pub const MIGRATIONS: &[Migration] = &[
+    // Version 1: the encrypted secret store (SPEC §4).
+    Migration {
+        name: "store metadata and the secret store",
+        sql: "
+            -- Small key/value facts about the store itself, e.g. the master-key check value.
+            CREATE TABLE store_meta (
+                key   TEXT PRIMARY KEY NOT NULL,
+                value BLOB NOT NULL
+            ) STRICT;
+
+            -- One row per secret ref. Values are AEAD-sealed by `secrets`; the store never sees
+            -- plaintext. The previous value is kept only while a rotation's grace window lasts.
+            CREATE TABLE secret_slots (
+                secret_ref              TEXT PRIMARY KEY NOT NULL,
+                nonce                   BLOB NOT NULL,
+                ciphertext              BLOB NOT NULL,
+                previous_nonce          BLOB,
+                previous_ciphertext     BLOB,
+                previous_valid_until_ms INTEGER,
+                created_at_ms           INTEGER NOT NULL,
+                updated_at_ms           INTEGER NOT NULL,
+                CHECK ((previous_nonce IS NULL) = (previous_ciphertext IS NULL))
+            ) STRICT;
+
+            -- Audit trail of rotations: who/when/how long the previous value stays valid. No values.
+            CREATE TABLE secret_rotations (
+                id             INTEGER PRIMARY KEY,
+                secret_ref     TEXT NOT NULL,
+                rotated_at_ms  INTEGER NOT NULL,
+                grace_until_ms INTEGER,
+                source         TEXT NOT NULL
+            ) STRICT;
+            CREATE INDEX secret_rotations_by_ref ON secret_rotations (secret_ref, rotated_at_ms);
+        ",
+    },
+];
+
+/// The schema version this binary writes and understands: the number of migrations.
+pub const SUPPORTED_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reads `PRAGMA user_version` (a read; takes no write lock).
+pub(crate) fn user_version(conn: &Connection, path: &str) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| sqlite_error(path, "reading the schema version", e))
+}
+
+/// Fails with [`StoreError::NewerSchema`] when the database was written by a newer binary.
+pub(crate) fn refuse_newer(found: i64, path: &str) -> Result<(), StoreError> {
+    if found > SUPPORTED_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_string(),
+            found,
+            supported: SUPPORTED_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Brings the database up to [`SUPPORTED_VERSION`]. Idempotent; safe to run from several
+/// processes at once. Writes nothing when the schema is current or newer.
+pub(crate) fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let found = user_version(conn, path)?;
+    refuse_newer(found, path)?;
+    if found == SUPPORTED_VERSION {
+        return Ok(());
+    }
+    // IMMEDIATE takes the write lock up front, so the version read below cannot go stale before
+    // we write; another process migrating at the same time waits (busy_timeout) and then sees
+    // the work done.
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+        .map_err(|e| sqlite_error(path, "starting the schema migration", e))?;
+    let found = user_version(&tx, path)?;
+    refuse_newer(found, path)?;
+    for (idx, migration) in MIGRATIONS.iter().enumerate() {
+        let version = idx as i64 + 1;
+        if version <= found {
+            continue;
+        }
+        tx.execute_batch(migration.sql).map_err(|e| {
+            sqlite_error(
+                path,
+                &format!("applying migration {version} ({})", migration.name),
+                e,
+            )
+        })?;
+    }
+    // PRAGMA does not take bound parameters; the value is our own constant.
+    tx.execute_batch(&format!("PRAGMA user_version = {SUPPORTED_VERSION}"))
+        .map_err(|e| sqlite_error(path, "recording the schema version", e))?;
+    tx.commit()
+        .map_err(|e| sqlite_error(path, "committing the schema migration", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_names(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn migrating_twice_is_idempotent() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn, ":memory:").unwrap();
+        let first = table_names(&conn);
+        migrate(&conn, ":memory:").unwrap();
+        assert_eq!(table_names(&conn), first);
+        assert_eq!(user_version(&conn, ":memory:").unwrap(), SUPPORTED_VERSION);
+        for table in ["secret_rotations", "secret_slots", "store_meta"] {
+            assert!(first.iter().any(|t| t == table), "{table} in {first:?}");
+        }
+    }
+
+    #[test]
+    fn every_migration_runs_from_every_older_version() {
+        // Simulates databases left at each intermediate version by older binaries.
+        for start in 0..=SUPPORTED_VERSION {
+            let conn = Connection::open_in_memory().unwrap();
+            for migration in &MIGRATIONS[..start as usize] {
+                conn.execute_batch(migration.sql).unwrap();
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {start}"))
+                .unwrap();
+            migrate(&conn, ":memory:").unwrap();
+            assert_eq!(user_version(&conn, ":memory:").unwrap(), SUPPORTED_VERSION);
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused_without_writing() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA user_version = 999").unwrap();
+        let err = migrate(&conn, ":memory:").unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 999, supported, .. } if supported == SUPPORTED_VERSION),
+            "{err:?}"
+        );
+        assert!(table_names(&conn).is_empty());
+        assert_eq!(user_version(&conn, ":memory:").unwrap(), 999);
+    }
+}
