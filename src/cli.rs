@@ -78,11 +78,121 @@ pub enum ColorChoice {
 /// The subcommands. Only subcommands that work are listed here.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Serve(ServeArgs),
     Validate(ValidateArgs),
     Sign(SignArgs),
     RotateSecret(RotateSecretArgs),
+    InspectReceipts(InspectReceiptsArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
+}
+
+/// How `serve` turns runs into output (SPEC §11.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HandlerKind {
+    /// Runs wait for an external worker to claim them through the control plane.
+    None,
+    /// Each run is piped as JSON to --handler-command; its stdout is the output.
+    Exec,
+    /// Replies with the inbound content (a working default for trying the gateway).
+    Echo,
+}
+
+/// Run the gateway daemon.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run the gateway daemon: connector ingress, durable runs and the control \
+plane on one HTTP listener. It fails closed (exit 4, with validate's diagnostics) when the \
+connector file is invalid or a referenced secret cannot be resolved. When ready it logs \
+`listening on http://ADDR` (and prints one JSON object on stdout under --json). SIGINT/SIGTERM \
+stop accepting, finish in-flight requests (at most 10 s) and exit 0; SIGHUP reloads the \
+connector file, keeping the old one if the new one is invalid.\n\n\
+The control plane needs `Authorization: Bearer <admin token>`; without --admin-token-env or \
+--admin-token-file a token is generated into STATE_ROOT/admin.token on first start.\n\n\
+Examples:\n  kheishctl serve --connectors-config examples/kheishctl.toml --handler echo\n  \
+kheishctl serve --listen 127.0.0.1:0 --json --handler exec --handler-command ./handler.py\n  \
+kheishctl serve --admin-token-file /run/secrets/kheish-admin --workers 16"
+)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the readiness line names it).
+    #[arg(long, default_value = "127.0.0.1:4000", value_name = "ADDR")]
+    pub listen: String,
+
+    /// Request threads (default: 4 × available cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// How runs are handled.
+    #[arg(long, value_enum, default_value_t = HandlerKind::None)]
+    pub handler: HandlerKind,
+
+    /// With --handler exec: the program, then its arguments, one per flag
+    /// (e.g. --handler-command python3 --handler-command handler.py).
+    #[arg(long, value_name = "CMD", required_if_eq("handler", "exec"), value_hint = clap::ValueHint::CommandName)]
+    pub handler_command: Vec<String>,
+
+    /// With --handler exec or echo: runs handled at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub handler_concurrency: u16,
+
+    /// With --handler exec: a run whose command takes longer is killed and failed.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub handler_timeout: std::time::Duration,
+
+    /// Read the admin token from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "admin_token_file")]
+    pub admin_token_env: Option<String>,
+
+    /// Read the admin token from this file (one trailing newline is stripped).
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// How long submitted ingress receipts are kept.
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
+    pub receipt_retention: std::time::Duration,
+
+    /// At most this many receipts are kept per connector (oldest pruned first).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub receipt_max_per_connector: u64,
+}
+
+/// List ingress receipts from the state root.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "List ingress receipts, newest first: connector, receipt key (hashed as \
+ingress hashes it), fingerprint, status, run, session, received time and duplicate hits. Reads \
+the state root directly and is safe beside a running daemon.\n\n\
+Exit status: 0, or 1 when a --key or --run lookup finds nothing; 4 when the state root cannot \
+be read.\n\n\
+Examples:\n  kheishctl inspect-receipts --connector http/orders --since 1h\n  \
+kheishctl inspect-receipts --connector http/orders --key order-123 --json\n  \
+kheishctl inspect-receipts --run run_0192f3a4b5c6_9f8e7d6c5b4a3928"
+)]
+pub struct InspectReceiptsArgs {
+    /// Only receipts of this connector (KIND/NAME, e.g. http/orders).
+    #[arg(long, value_name = "KIND/NAME")]
+    pub connector: Option<crate::model::ConnectorId>,
+
+    /// Find the receipt of this raw idempotency key / event id / update id (hashed the way
+    /// ingress hashes it; needs --connector).
+    #[arg(long, value_name = "RAW_KEY", requires = "connector")]
+    pub key: Option<String>,
+
+    /// Only the receipt of this run.
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: Option<String>,
+
+    /// Only receipts of this session.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+
+    /// Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
 }
 
 /// Validate a connector file and the secrets it references.

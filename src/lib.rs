@@ -10,7 +10,11 @@
 //! - [`secrets`]: the `Secret` type, secret sources and the encrypted secret store.
 //! - [`store`]: the state root and its SQLite database (the only SQL).
 //! - [`net`]: outbound address policy (public-IP guard).
-//! - [`ingress`]: the inbound pipeline; for now the request signatures.
+//! - [`ingress`]: the inbound pipeline (auth, payload rules, sessions, receipts, runs).
+//! - [`handler`]: run handlers inside `serve` (echo, exec).
+//! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
+//! - [`notify`]: generation counter + condvar for "woken or deadline" waits.
+//! - [`server`]: the daemon's HTTP side (tiny_http), routes and shutdown.
 //! - [`commands`]: one thin module per subcommand.
 
 pub mod cli;
@@ -18,9 +22,13 @@ pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod gen;
+pub mod handler;
 pub mod ingress;
+pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod notify;
 pub mod output;
 pub mod secrets;
+pub mod server;
 pub mod store;

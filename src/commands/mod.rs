@@ -2,7 +2,9 @@
 //! prints through the [`Printer`]; none contains SQL, HTTP or secret handling of its own.
 
 mod completions;
+mod inspect_receipts;
 mod rotate_secret;
+mod serve;
 mod sign;
 mod validate;
 
@@ -66,7 +68,9 @@ fn default_state_root() -> Result<PathBuf> {
 pub fn run(cli: Cli) -> Result<ExitStatus> {
     let ctx = Context::from_global(&cli.global)?;
     match cli.command {
+        Command::Serve(args) => serve::run(&ctx, args),
         Command::Validate(args) => validate::run(&ctx, args),
+        Command::InspectReceipts(args) => inspect_receipts::run(&ctx, args),
         Command::Sign(args) => sign::run(&ctx, args),
         Command::RotateSecret(args) => rotate_secret::run(&ctx, args),
         Command::Completions(args) => completions::run(&ctx, args),

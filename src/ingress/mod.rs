@@ -1,7 +1,78 @@
-//! The inbound pipeline. For now only request authentication ([`auth`]): the HMAC signature
-//! schemes, shared by ingress verification and the `sign` command so the two cannot drift.
+//! The inbound pipeline (SPEC §6): authenticate, parse, apply payload rules, resolve the
+//! session, deduplicate through the durable receipt, rate-limit, and create the run — receipt,
+//! session, bindings and run in ONE group-committed transaction before the answer.
 //!
-//! `ingress` never sends outbound HTTP and never prints; it returns typed errors that the server
-//! maps to status codes.
+//! `ingress` never sends outbound HTTP and never knows HTTP status codes: it returns
+//! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
+
+use crate::model::ConnectorKind;
+
+/// Whether an event was new or a replay of an accepted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptStatus {
+    Accepted,
+    Duplicate,
+}
+
+/// The answer to an accepted (or duplicate) event: SPEC §6.2.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Accepted {
+    pub status: AcceptStatus,
+    pub run_id: String,
+    pub session_id: String,
+    /// `KIND/NAME`.
+    pub connector: String,
+}
+
+/// Why an event was refused. Messages name the member or check that failed, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngressError {
+    #[error("request body exceeds the limit of {limit} bytes for this route")]
+    PayloadTooLarge { limit: usize },
+    #[error("{detail}")]
+    Unauthorized { detail: String },
+    #[error("request body is not valid JSON: {detail}")]
+    InvalidJson { detail: String },
+    #[error("`{path}`: {detail}")]
+    InvalidPayload { path: String, detail: String },
+    #[error("unknown member `{member}`")]
+    UnknownMember { member: String },
+    #[error("`idempotency_key` is required by this connector")]
+    IdempotencyKeyRequired,
+    #[error("metadata key `{key}` is reserved for the daemon")]
+    ReservedMetadataKey { key: String },
+    #[error("`{member}` is not accepted on a connector without authentication")]
+    NotAllowedUnauthenticated { member: String },
+    #[error("payload reply targets need an authenticated connector with allow_payload_reply_targets = true")]
+    ReplyOverrideNotAllowed,
+    #[error("the event has no content: send a non-empty `content` or `input_items`")]
+    MissingContent,
+    #[error("send either `content` (with optional `attachments`) or `input_items`, not both")]
+    MixedContent,
+    #[error("asset `{asset_id}` does not exist")]
+    UnknownAsset { asset_id: String },
+    #[error("no session could be resolved: {hint}")]
+    SessionUnresolved { hint: String },
+    #[error("session `{session_id}` does not exist and this connector's session_policy.create_if_missing is false")]
+    SessionNotFound { session_id: String },
+    #[error("session `{session_id}` was created with a different persona or scope than this connector's session_policy")]
+    SessionPolicyConflict { session_id: String },
+    #[error(
+        "the event's binding keys are bound to two different sessions (`{first}` and `{second}`)"
+    )]
+    AmbiguousBinding { first: String, second: String },
+    #[error(
+        "this idempotency key was already used with a different payload (original run `{run_id}`)"
+    )]
+    IdempotencyConflict { run_id: String, session_id: String },
+    #[error("{kind} connector ingress is rate limited; retry after {retry_after_ms} ms")]
+    RateLimited {
+        kind: ConnectorKind,
+        retry_after_ms: u64,
+    },
+    #[error("the state root is unavailable ({detail}); retry later")]
+    Unavailable { detail: String },
+}

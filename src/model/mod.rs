@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod reply;
+pub mod run;
 
 /// The four connector kinds of SPEC §0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -207,6 +208,35 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// The current time in milliseconds since the Unix epoch. The one clock read for code above
+/// `model`; `model` itself never calls it (functions here take `now_ms` as an argument).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Renders milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses a WHEN flag value: a DURATION ago (`30m`, `7d`) or an RFC 3339 time; returns
+/// milliseconds since the epoch.
+pub fn parse_when(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_ms - d.as_millis() as i64);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        })
+        .map_err(|_| format!("`{s}` is neither a duration ago (30m, 7d) nor an RFC 3339 time"))
+}
+
 /// Parses a DURATION flag value: `30s`, `10m`, `2h`, `7d` (and combinations humantime accepts,
 /// such as `1h30m`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -253,6 +283,18 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
         assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86400);
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn when_values() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_when("10m", now).unwrap(), now - 600_000);
+        assert_eq!(
+            parse_when("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000_000
+        );
+        assert!(parse_when("yesterday-ish", now).is_err());
+        assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
     }
 
     #[test]

@@ -67,6 +67,106 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX secret_rotations_by_ref ON secret_rotations (secret_ref, rotated_at_ms);
         ",
     },
+    // Version 2: durable ingress (SPEC §3, §6, §11.1): sessions, bindings, runs, outputs,
+    // receipts and stored assets. JSON columns hold canonical JSON written by `serde_json`.
+    Migration {
+        name: "sessions, runs, receipts and assets",
+        sql: "
+            CREATE TABLE sessions (
+                session_id       TEXT PRIMARY KEY NOT NULL,
+                created_at_ms    INTEGER NOT NULL,
+                updated_at_ms    INTEGER NOT NULL,
+                -- `connector:KIND/NAME` when ingress created it, `control_plane` for PUT.
+                created_by       TEXT NOT NULL,
+                persona_id       TEXT,
+                capability_scope TEXT NOT NULL,
+                credential_scope TEXT NOT NULL,
+                -- Default reply targets: JSON array of {plugin, address}.
+                reply_targets    TEXT NOT NULL,
+                metadata         TEXT NOT NULL
+            ) STRICT;
+
+            -- A binding key maps to at most one session; a bound key is never re-bound.
+            CREATE TABLE session_bindings (
+                binding_key   TEXT PRIMARY KEY NOT NULL,
+                session_id    TEXT NOT NULL REFERENCES sessions (session_id),
+                created_at_ms INTEGER NOT NULL
+            ) STRICT;
+            CREATE INDEX session_bindings_by_session ON session_bindings (session_id);
+
+            -- `seq` orders runs by creation (claim order, listings).
+            CREATE TABLE runs (
+                seq                 INTEGER PRIMARY KEY,
+                run_id              TEXT NOT NULL UNIQUE,
+                session_id          TEXT NOT NULL REFERENCES sessions (session_id),
+                connector_kind      TEXT NOT NULL,
+                connector_name      TEXT NOT NULL,
+                status              TEXT NOT NULL
+                    CHECK (status IN ('queued', 'claimed', 'completed', 'failed')),
+                actor_id            TEXT NOT NULL,
+                -- {content?, input_items?, attachments?} as accepted (assets by id).
+                input               TEXT NOT NULL,
+                metadata            TEXT NOT NULL,
+                -- Reply-target snapshot taken at ingress: JSON array of {plugin, address}.
+                reply_targets       TEXT NOT NULL,
+                -- {persona_id, capability_scope, credential_scope} handed to the handler.
+                policy              TEXT NOT NULL,
+                created_at_ms       INTEGER NOT NULL,
+                updated_at_ms       INTEGER NOT NULL,
+                claim_owner         TEXT,
+                claim_expires_at_ms INTEGER,
+                claim_count         INTEGER NOT NULL DEFAULT 0,
+                finished_at_ms      INTEGER,
+                error               TEXT
+            ) STRICT;
+            CREATE INDEX runs_by_status ON runs (status, seq);
+            CREATE INDEX runs_by_session ON runs (session_id, seq);
+            CREATE INDEX runs_by_connector ON runs (connector_kind, connector_name, seq);
+
+            -- Output queued by a handler; each becomes deliveries (one per reply target).
+            CREATE TABLE run_outputs (
+                seq           INTEGER PRIMARY KEY,
+                output_id     TEXT NOT NULL UNIQUE,
+                run_id        TEXT NOT NULL REFERENCES runs (run_id),
+                content       TEXT,
+                parts         TEXT,
+                -- Explicit override targets (JSON array) or NULL to use the run's snapshot.
+                reply_targets TEXT,
+                created_at_ms INTEGER NOT NULL
+            ) STRICT;
+            CREATE INDEX run_outputs_by_run ON run_outputs (run_id, seq);
+
+            -- Ingress receipts: raw idempotency keys are never stored, only hashes.
+            CREATE TABLE receipts (
+                receipt_key          TEXT PRIMARY KEY NOT NULL,
+                connector_kind       TEXT NOT NULL,
+                connector_name       TEXT NOT NULL,
+                key_sha256           TEXT NOT NULL,
+                fingerprint          TEXT NOT NULL,
+                status               TEXT NOT NULL CHECK (status IN ('submitted')),
+                run_id               TEXT NOT NULL REFERENCES runs (run_id),
+                session_id           TEXT NOT NULL,
+                received_at_ms       INTEGER NOT NULL,
+                duplicate_hits       INTEGER NOT NULL DEFAULT 0,
+                last_duplicate_at_ms INTEGER
+            ) STRICT;
+            CREATE INDEX receipts_by_connector ON receipts (connector_kind, connector_name, received_at_ms);
+            CREATE INDEX receipts_by_time ON receipts (received_at_ms);
+            CREATE INDEX receipts_by_run ON receipts (run_id);
+            CREATE INDEX receipts_by_session ON receipts (session_id, received_at_ms);
+
+            -- Inline assets from ingress payloads, referenced from runs by id.
+            CREATE TABLE assets (
+                asset_id      TEXT PRIMARY KEY NOT NULL,
+                media_type    TEXT NOT NULL,
+                file_name     TEXT,
+                sha256        TEXT NOT NULL,
+                size          INTEGER NOT NULL,
+                data          BLOB NOT NULL,
+                created_at_ms INTEGER NOT NULL
+            ) STRICT;
+        ",
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.

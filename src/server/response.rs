@@ -1,0 +1,190 @@
+//! HTTP responses: the [`ApiResponse`] value every route returns, JSON bodies, and the RFC 9457
+//! problem envelope with its stable `code` (SPEC §5). The mapping from library errors to status
+//! codes lives here, in one table per error type.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::ingress::IngressError;
+
+/// A response before it is written: status, extra headers and body bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// A JSON body (compact).
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> ApiResponse {
+        let body = serde_json::to_vec(value).expect("serialising a response value cannot fail");
+        ApiResponse {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// A plain-text body (metrics, health).
+    pub fn text(status: u16, content_type: &'static str, body: String) -> ApiResponse {
+        ApiResponse {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into_bytes(),
+        }
+    }
+
+    /// No body (204 and the like).
+    pub fn empty(status: u16) -> ApiResponse {
+        ApiResponse {
+            status,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// An `application/problem+json` error: `{"type","title","status","detail","code"}`.
+    /// `detail` must never contain a secret value.
+    pub fn problem(status: u16, code: &str, detail: impl Into<String>) -> ApiResponse {
+        ApiResponse::problem_with(status, code, detail, serde_json::Map::new())
+    }
+
+    /// A problem with extra members (e.g. `retry_after_ms`, `run_id`).
+    pub fn problem_with(
+        status: u16,
+        code: &str,
+        detail: impl Into<String>,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> ApiResponse {
+        let mut body = json!({
+            "type": format!("https://kheish.dev/problems/{code}"),
+            "title": title(status),
+            "status": status,
+            "detail": detail.into(),
+            "code": code,
+        });
+        if let Some(obj) = body.as_object_mut() {
+            obj.extend(extra);
+        }
+        let mut resp = ApiResponse::json(status, &body);
+        resp.content_type = "application/problem+json";
+        resp
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> ApiResponse {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// The reason phrase used as a problem's `title`.
+pub fn title(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// The one table from ingress errors to HTTP: status, stable code, extra members and headers.
+pub fn ingress_error(err: &IngressError) -> ApiResponse {
+    use IngressError as E;
+    let detail = err.to_string();
+    let mut extra = serde_json::Map::new();
+    let (status, code) = match err {
+        E::PayloadTooLarge { .. } => (413, "payload_too_large"),
+        E::Unauthorized { .. } => (401, "unauthorized"),
+        E::InvalidJson { .. } => (400, "invalid_json"),
+        E::InvalidPayload { path, .. } => {
+            extra.insert("path".into(), json!(path));
+            (400, "invalid_payload")
+        }
+        E::UnknownMember { member } => {
+            extra.insert("path".into(), json!(format!("$.{member}")));
+            (400, "unknown_member")
+        }
+        E::IdempotencyKeyRequired => (400, "idempotency_key_required"),
+        E::ReservedMetadataKey { .. } => (400, "reserved_metadata_key"),
+        E::NotAllowedUnauthenticated { member } => {
+            extra.insert("path".into(), json!(format!("$.{member}")));
+            (400, "unauthenticated_member_not_allowed")
+        }
+        E::ReplyOverrideNotAllowed => (400, "reply_targets_not_allowed"),
+        E::MissingContent => (400, "missing_content"),
+        E::MixedContent => (400, "mixed_content"),
+        E::UnknownAsset { .. } => (400, "unknown_asset"),
+        E::SessionUnresolved { .. } => (400, "session_unresolved"),
+        E::SessionNotFound { .. } => (409, "session_not_found"),
+        E::SessionPolicyConflict { .. } => (409, "session_policy_conflict"),
+        E::AmbiguousBinding { .. } => (409, "ambiguous_binding"),
+        E::IdempotencyConflict { run_id, session_id } => {
+            extra.insert("run_id".into(), json!(run_id));
+            extra.insert("session_id".into(), json!(session_id));
+            (409, "idempotency_conflict")
+        }
+        E::RateLimited {
+            kind,
+            retry_after_ms,
+        } => {
+            extra.insert("retry_after_ms".into(), json!(retry_after_ms));
+            let code = format!("{kind}_ingress_rate_limited");
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            return ApiResponse::problem_with(429, &code, detail, extra)
+                .with_header("Retry-After", secs.to_string());
+        }
+        E::Unavailable { .. } => (503, "store_unavailable"),
+    };
+    ApiResponse::problem_with(status, code, detail, extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_shape() {
+        let r = ApiResponse::problem(404, "connector_not_found", "no http connector `x`");
+        assert_eq!(r.content_type, "application/problem+json");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["code"], "connector_not_found");
+        assert_eq!(v["title"], "Not Found");
+        assert_eq!(v["detail"], "no http connector `x`");
+        assert!(v["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/connector_not_found"));
+    }
+
+    #[test]
+    fn rate_limit_has_retry_after() {
+        let r = ingress_error(&IngressError::RateLimited {
+            kind: crate::model::ConnectorKind::Http,
+            retry_after_ms: 1200,
+        });
+        assert_eq!(r.status, 429);
+        assert_eq!(r.headers, vec![("Retry-After", "2".to_string())]);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "http_ingress_rate_limited");
+        assert_eq!(v["retry_after_ms"], 1200);
+    }
+}

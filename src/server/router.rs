@@ -1,0 +1,248 @@
+//! Request routing: `(method, path)` → a closed [`Route`] enum. Unknown paths are 404, known
+//! paths with the wrong method are 405 with an `Allow` list. Path segments are percent-decoded
+//! once here; handlers get plain strings.
+
+/// Every route the daemon serves (SPEC §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Readyz,
+    Metrics,
+    /// `POST /v1/connectors/http/{name}`
+    HttpIngress {
+        name: String,
+    },
+    /// `PUT /v1/sessions/{id}`
+    PutSession {
+        id: String,
+    },
+    /// `GET /v1/sessions/{id}`
+    GetSession {
+        id: String,
+    },
+    /// `PUT /v1/sessions/{id}/reply-targets`
+    PutSessionReplyTargets {
+        id: String,
+    },
+    /// `GET /v1/runs`
+    ListRuns,
+    /// `GET /v1/runs/{id}`
+    GetRun {
+        id: String,
+    },
+    /// `POST /v1/runs/claim`
+    ClaimRun,
+    /// `POST /v1/runs/{id}/output`
+    RunOutput {
+        id: String,
+    },
+    /// `POST /v1/runs/{id}/complete`
+    CompleteRun {
+        id: String,
+    },
+    /// `POST /v1/runs/{id}/fail`
+    FailRun {
+        id: String,
+    },
+    /// `GET /v1/receipts`
+    ListReceipts,
+}
+
+impl Route {
+    /// The route template for access logs and metrics labels (never the raw path).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::HttpIngress { .. } => "/v1/connectors/http/{name}",
+            Route::PutSession { .. } | Route::GetSession { .. } => "/v1/sessions/{id}",
+            Route::PutSessionReplyTargets { .. } => "/v1/sessions/{id}/reply-targets",
+            Route::ListRuns => "/v1/runs",
+            Route::GetRun { .. } => "/v1/runs/{id}",
+            Route::ClaimRun => "/v1/runs/claim",
+            Route::RunOutput { .. } => "/v1/runs/{id}/output",
+            Route::CompleteRun { .. } => "/v1/runs/{id}/complete",
+            Route::FailRun { .. } => "/v1/runs/{id}/fail",
+            Route::ListReceipts => "/v1/receipts",
+        }
+    }
+
+    /// True for control-plane routes, which need the admin token (SPEC §5.2).
+    pub fn needs_admin(&self) -> bool {
+        !matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::HttpIngress { .. }
+        )
+    }
+}
+
+/// Why a request matched no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    NotFound,
+    /// The path exists for these methods only.
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+}
+
+/// Matches a request. `path` is the request target without the query string.
+pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
+    let segments: Vec<String> = match path.strip_prefix('/') {
+        Some(rest) => rest
+            .split('/')
+            .map(percent_decode)
+            .collect::<Option<_>>()
+            .ok_or(NoRoute::NotFound)?,
+        None => return Err(NoRoute::NotFound),
+    };
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let one = |m: &str, allow: &'static str, r: Route| {
+        if method == m {
+            Ok(r)
+        } else {
+            Err(NoRoute::MethodNotAllowed { allow })
+        }
+    };
+    let nonempty = |s: &str| !s.is_empty();
+    match segs.as_slice() {
+        ["healthz"] => one("GET", "GET", Route::Healthz),
+        ["readyz"] => one("GET", "GET", Route::Readyz),
+        ["metrics"] => one("GET", "GET", Route::Metrics),
+        ["v1", "connectors", "http", name] if nonempty(name) => one(
+            "POST",
+            "POST",
+            Route::HttpIngress {
+                name: name.to_string(),
+            },
+        ),
+        ["v1", "sessions", id] if nonempty(id) => match method {
+            "PUT" => Ok(Route::PutSession { id: id.to_string() }),
+            "GET" => Ok(Route::GetSession { id: id.to_string() }),
+            _ => Err(NoRoute::MethodNotAllowed { allow: "GET, PUT" }),
+        },
+        ["v1", "sessions", id, "reply-targets"] if nonempty(id) => one(
+            "PUT",
+            "PUT",
+            Route::PutSessionReplyTargets { id: id.to_string() },
+        ),
+        ["v1", "runs"] => one("GET", "GET", Route::ListRuns),
+        ["v1", "runs", "claim"] => one("POST", "POST", Route::ClaimRun),
+        ["v1", "runs", id] if nonempty(id) => {
+            one("GET", "GET", Route::GetRun { id: id.to_string() })
+        }
+        ["v1", "runs", id, "output"] if nonempty(id) => {
+            one("POST", "POST", Route::RunOutput { id: id.to_string() })
+        }
+        ["v1", "runs", id, "complete"] if nonempty(id) => {
+            one("POST", "POST", Route::CompleteRun { id: id.to_string() })
+        }
+        ["v1", "runs", id, "fail"] if nonempty(id) => {
+            one("POST", "POST", Route::FailRun { id: id.to_string() })
+        }
+        ["v1", "receipts"] => one("GET", "GET", Route::ListReceipts),
+        _ => Err(NoRoute::NotFound),
+    }
+}
+
+/// Decodes `%XX` escapes in one path segment; `None` for malformed escapes or non-UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses a query string into decoded `(key, value)` pairs (`+` is a space). Malformed escapes
+/// yield `None` so the caller can answer 400.
+pub fn query_pairs(query: &str) -> Option<Vec<(String, String)>> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((
+                percent_decode(&k.replace('+', " "))?,
+                percent_decode(&v.replace('+', " "))?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(method: &str, path: &str, expected: Result<Route, NoRoute>) {
+        assert_eq!(route(method, path), expected, "{method} {path}");
+    }
+
+    #[test]
+    fn routes() {
+        check("GET", "/healthz", Ok(Route::Healthz));
+        check(
+            "POST",
+            "/v1/connectors/http/orders",
+            Ok(Route::HttpIngress {
+                name: "orders".into(),
+            }),
+        );
+        check(
+            "GET",
+            "/v1/connectors/http/orders",
+            Err(NoRoute::MethodNotAllowed { allow: "POST" }),
+        );
+        check("POST", "/v1/connectors/http/", Err(NoRoute::NotFound));
+        check("POST", "/v1/runs/claim", Ok(Route::ClaimRun));
+        check(
+            "GET",
+            "/v1/runs/run_1",
+            Ok(Route::GetRun { id: "run_1".into() }),
+        );
+        check(
+            "POST",
+            "/v1/runs/run_1/output",
+            Ok(Route::RunOutput { id: "run_1".into() }),
+        );
+        check(
+            "GET",
+            "/v1/sessions/http%3Aorders%3Aab",
+            Ok(Route::GetSession {
+                id: "http:orders:ab".into(),
+            }),
+        );
+        check(
+            "DELETE",
+            "/v1/sessions/x",
+            Err(NoRoute::MethodNotAllowed { allow: "GET, PUT" }),
+        );
+        check("GET", "/v1/sessions/%zz", Err(NoRoute::NotFound));
+        check("GET", "/nope", Err(NoRoute::NotFound));
+        check("GET", "nope", Err(NoRoute::NotFound));
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(
+            query_pairs("a=1&b=x%20y&c=p+q&flag").unwrap(),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "p q".into()),
+                ("flag".into(), "".into())
+            ]
+        );
+        assert!(query_pairs("a=%G1").is_none());
+    }
+}
