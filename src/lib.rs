@@ -29,6 +29,7 @@ pub mod model;
 pub mod net;
 pub mod notify;
 pub mod output;
+pub mod retention;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -76,3 +76,49 @@ pub enum IngressError {
     #[error("the state root is unavailable ({detail}); retry later")]
     Unavailable { detail: String },
 }
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The stored receipt key and the full key digest for a raw key (SPEC §6.3). Raw keys are
+/// never stored. `raw` is: http — the idempotency key; slack — `SCOPE:EVENT_ID` as ingress
+/// forms it; telegram — the update id; external — the event id. http and external keys are
+/// trimmed first.
+pub fn receipt_key(kind: ConnectorKind, name: &str, raw: &str) -> (String, String) {
+    let raw = match kind {
+        ConnectorKind::Http | ConnectorKind::External | ConnectorKind::Telegram => raw.trim(),
+        ConnectorKind::Slack => raw,
+    };
+    let digest = sha256_hex(raw.as_bytes());
+    let key = match kind {
+        ConnectorKind::Telegram => format!("telegram:{name}:{raw}"),
+        _ => format!("{kind}:{name}:{}", &digest[..32]),
+    };
+    (key, digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_keys_follow_the_spec_table() {
+        let (key, digest) = receipt_key(ConnectorKind::Http, "orders", " order-123 ");
+        assert_eq!(digest, sha256_hex(b"order-123"));
+        assert_eq!(key, format!("http:orders:{}", &digest[..32]));
+        assert_eq!(receipt_key(ConnectorKind::Telegram, "bot", "42").0, "telegram:bot:42");
+        assert!(receipt_key(ConnectorKind::External, "d", "e1").0.starts_with("external:d:"));
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

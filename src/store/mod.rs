@@ -11,6 +11,9 @@
 //! `IMMEDIATE` transaction (see [`migrations`]).
 
 pub mod migrations;
+pub mod ingress;
+pub mod receipts;
+pub mod runs;
 pub mod secret_slots;
 
 use std::fs;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod wait;
 
 use std::ffi::OsString;

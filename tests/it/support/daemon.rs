@@ -1,0 +1,323 @@
+//! Spawning `kheishctl serve --listen 127.0.0.1:0 --json` for tests: reads the readiness line
+//! for the real address, offers a raw HTTP/1.1 client (so tests control every byte, including
+//! duplicate headers and invalid UTF-8), and kills the daemon on drop, printing its stderr when
+//! the test failed.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{bin, Sandbox};
+
+/// The admin token every test daemon uses (passed through `--admin-token-env`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Builder for a test daemon.
+pub struct DaemonBuilder<'a> {
+    sandbox: &'a Sandbox,
+    config: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl<'a> DaemonBuilder<'a> {
+    /// The connector file's TOML text (written to `<sandbox>/connectors.toml`).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the daemon and waits for its readiness line (panics with stderr if it exits).
+    pub fn start(self) -> Daemon {
+        self.try_start().unwrap_or_else(|(code, stderr)| {
+            panic!("serve exited before ready with {code:?}\n--- stderr\n{stderr}\n---")
+        })
+    }
+
+    /// Starts the daemon; `Err((exit code, stderr))` when it exits before becoming ready.
+    pub fn try_start(self) -> Result<Daemon, (Option<i32>, String)> {
+        let mut cmd = Command::new(bin());
+        cmd.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.env("HOME", self.sandbox.path())
+            .env("KHEISH_STATE_ROOT", self.sandbox.state_root())
+            .env("KHEISH_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .current_dir(self.sandbox.path());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.arg("--json");
+        if let Some(config) = &self.config {
+            let path = self.sandbox.write("connectors.toml", config);
+            cmd.arg("--connectors-config").arg(path);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-token-env", "KHEISH_TEST_ADMIN_TOKEN"]);
+        cmd.args(&self.args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning kheishctl serve");
+        let stderr_buf = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr_buf);
+        let stderr_thread = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match stderr.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n])),
+                }
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).unwrap_or(0);
+        if read == 0 {
+            let status = child.wait().ok();
+            stderr_thread.join().ok();
+            let err = stderr_buf.lock().unwrap().clone();
+            return Err((status.and_then(|s| s.code()), err));
+        }
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("readiness line is not JSON ({e}): {line:?}"));
+        let addr: SocketAddr = ready["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("readiness line has no listen address: {line}"));
+        Ok(Daemon {
+            child: Some(child),
+            addr,
+            ready,
+            stderr: stderr_buf,
+            stdout: Some(stdout),
+            state_root: self.sandbox.state_root(),
+        })
+    }
+}
+
+/// A running `kheishctl serve`.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    /// The readiness JSON object.
+    pub ready: serde_json::Value,
+    stderr: Arc<Mutex<String>>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+    pub state_root: PathBuf,
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): status {} body {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Daemon {
+    pub fn builder(sandbox: &Sandbox) -> DaemonBuilder<'_> {
+        DaemonBuilder {
+            sandbox,
+            config: None,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends raw request bytes on a new connection and reads one response.
+    pub fn raw(&self, request: &[u8]) -> Response {
+        let mut stream = TcpStream::connect(self.addr).expect("connecting to the daemon");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(request).expect("writing the request");
+        read_response(&mut BufReader::new(stream))
+    }
+
+    /// Sends a request with the given headers and body (`Connection: close` is added).
+    pub fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.raw(&bytes)
+    }
+
+    /// A control-plane request with the admin token; `body` is JSON when given.
+    pub fn admin(&self, method: &str, target: &str, body: Option<&serde_json::Value>) -> Response {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+        self.request(
+            method,
+            target,
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &body,
+        )
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        signal(child.id(), "TERM");
+        let status = child.wait().expect("waiting for serve");
+        self.child = None;
+        status.code()
+    }
+
+    /// Sends a signal by name (`HUP`, `INT`, …) without waiting.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            signal(child.id(), name);
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit on its own; returns its code.
+    pub fn wait(mut self) -> Option<i32> {
+        let status = self.child.take().unwrap().wait().expect("waiting for serve");
+        status.code()
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked body).
+pub fn read_response(reader: &mut impl BufRead) -> Response {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("reading the status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("reading a header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        reader.read_exact(&mut body).expect("reading the body");
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).expect("reading a chunk size");
+            let size = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).expect("reading a chunk");
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if status != 204 && status != 304 {
+        reader.read_to_end(&mut body).ok();
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[allow(clippy::print_stderr)] // a failing test shows the daemon's log
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- serve stderr\n{}\n---", self.stderr());
+        }
+    }
+}
