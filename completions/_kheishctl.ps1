@@ -33,12 +33,39 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the gateway daemon')
             [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
             [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
             [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('inspect-receipts', 'inspect-receipts', [CompletionResultType]::ParameterValue, 'List ingress receipts from the state root')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print a man page (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'kheishctl;serve' {
+            [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on (port 0 picks a free port; the readiness line names it)')
+            [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Request threads (default: 4 × available cores)')
+            [CompletionResult]::new('--handler', '--handler', [CompletionResultType]::ParameterName, 'How runs are handled')
+            [CompletionResult]::new('--handler-command', '--handler-command', [CompletionResultType]::ParameterName, 'With --handler exec: the program, then its arguments, one per flag (e.g. --handler-command python3 --handler-command handler.py)')
+            [CompletionResult]::new('--handler-concurrency', '--handler-concurrency', [CompletionResultType]::ParameterName, 'With --handler exec or echo: runs handled at the same time')
+            [CompletionResult]::new('--handler-timeout', '--handler-timeout', [CompletionResultType]::ParameterName, 'With --handler exec: a run whose command takes longer is killed and failed')
+            [CompletionResult]::new('--admin-token-env', '--admin-token-env', [CompletionResultType]::ParameterName, 'Read the admin token from this environment variable')
+            [CompletionResult]::new('--admin-token-file', '--admin-token-file', [CompletionResultType]::ParameterName, 'Read the admin token from this file (one trailing newline is stripped)')
+            [CompletionResult]::new('--receipt-retention', '--receipt-retention', [CompletionResultType]::ParameterName, 'How long submitted ingress receipts are kept')
+            [CompletionResult]::new('--receipt-max-per-connector', '--receipt-max-per-connector', [CompletionResultType]::ParameterName, 'At most this many receipts are kept per connector (oldest pruned first)')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
         'kheishctl;validate' {
@@ -106,6 +133,27 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'kheishctl;inspect-receipts' {
+            [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Only receipts of this connector (KIND/NAME, e.g. http/orders)')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)')
+            [CompletionResult]::new('--run', '--run', [CompletionResultType]::ParameterName, 'Only the receipt of this run')
+            [CompletionResult]::new('--session', '--session', [CompletionResultType]::ParameterName, 'Only receipts of this session')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most this many rows')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'kheishctl;completions' {
             [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
             [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
@@ -137,12 +185,17 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             break
         }
         'kheishctl;help' {
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the gateway daemon')
             [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
             [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
             [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('inspect-receipts', 'inspect-receipts', [CompletionResultType]::ParameterValue, 'List ingress receipts from the state root')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print a man page (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'kheishctl;help;serve' {
             break
         }
         'kheishctl;help;validate' {
@@ -152,6 +205,9 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             break
         }
         'kheishctl;help;rotate-secret' {
+            break
+        }
+        'kheishctl;help;inspect-receipts' {
             break
         }
         'kheishctl;help;completions' {

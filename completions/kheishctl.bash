@@ -22,11 +22,17 @@ _kheishctl() {
             kheishctl,help)
                 cmd="kheishctl__subcmd__help"
                 ;;
+            kheishctl,inspect-receipts)
+                cmd="kheishctl__subcmd__inspect__subcmd__receipts"
+                ;;
             kheishctl,man)
                 cmd="kheishctl__subcmd__man"
                 ;;
             kheishctl,rotate-secret)
                 cmd="kheishctl__subcmd__rotate__subcmd__secret"
+                ;;
+            kheishctl,serve)
+                cmd="kheishctl__subcmd__serve"
                 ;;
             kheishctl,sign)
                 cmd="kheishctl__subcmd__sign"
@@ -40,11 +46,17 @@ _kheishctl() {
             kheishctl__subcmd__help,help)
                 cmd="kheishctl__subcmd__help__subcmd__help"
                 ;;
+            kheishctl__subcmd__help,inspect-receipts)
+                cmd="kheishctl__subcmd__help__subcmd__inspect__subcmd__receipts"
+                ;;
             kheishctl__subcmd__help,man)
                 cmd="kheishctl__subcmd__help__subcmd__man"
                 ;;
             kheishctl__subcmd__help,rotate-secret)
                 cmd="kheishctl__subcmd__help__subcmd__rotate__subcmd__secret"
+                ;;
+            kheishctl__subcmd__help,serve)
+                cmd="kheishctl__subcmd__help__subcmd__serve"
                 ;;
             kheishctl__subcmd__help,sign)
                 cmd="kheishctl__subcmd__help__subcmd__sign"
@@ -59,7 +71,7 @@ _kheishctl() {
 
     case "${cmd}" in
         kheishctl)
-            opts="-q -v -h -V --state-root --connectors-config --json --quiet --verbose --color --help --version validate sign rotate-secret completions man help"
+            opts="-q -v -h -V --state-root --connectors-config --json --quiet --verbose --color --help --version serve validate sign rotate-secret inspect-receipts completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -117,7 +129,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__help)
-            opts="validate sign rotate-secret completions man help"
+            opts="serve validate sign rotate-secret inspect-receipts completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +157,20 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kheishctl__subcmd__help__subcmd__inspect__subcmd__receipts)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -186,6 +212,20 @@ _kheishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kheishctl__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kheishctl__subcmd__help__subcmd__sign)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -207,6 +247,59 @@ _kheishctl() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kheishctl__subcmd__inspect__subcmd__receipts)
+            opts="-q -v -h -V --connector --key --run --session --since --limit --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --connector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --session)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-root)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --connectors-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -274,6 +367,86 @@ _kheishctl() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-root)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --connectors-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kheishctl__subcmd__serve)
+            opts="-q -v -h -V --listen --workers --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handler)
+                    COMPREPLY=($(compgen -W "none exec echo" -- "${cur}"))
+                    return 0
+                    ;;
+                --handler-command)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handler-concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handler-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-token-env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-token-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --receipt-retention)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --receipt-max-per-connector)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

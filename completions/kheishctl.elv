@@ -30,12 +30,38 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
+            cand serve 'Run the gateway daemon'
             cand validate 'Validate a connector file and the secrets it references'
             cand sign 'Sign a request body the way ingress verifies it'
             cand rotate-secret 'Write a new value into a secret-store slot'
+            cand inspect-receipts 'List ingress receipts from the state root'
             cand completions 'Print a shell completion script'
             cand man 'Print a man page (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'kheishctl;serve'= {
+            cand --listen 'Address to listen on (port 0 picks a free port; the readiness line names it)'
+            cand --workers 'Request threads (default: 4 × available cores)'
+            cand --handler 'How runs are handled'
+            cand --handler-command 'With --handler exec: the program, then its arguments, one per flag (e.g. --handler-command python3 --handler-command handler.py)'
+            cand --handler-concurrency 'With --handler exec or echo: runs handled at the same time'
+            cand --handler-timeout 'With --handler exec: a run whose command takes longer is killed and failed'
+            cand --admin-token-env 'Read the admin token from this environment variable'
+            cand --admin-token-file 'Read the admin token from this file (one trailing newline is stripped)'
+            cand --receipt-retention 'How long submitted ingress receipts are kept'
+            cand --receipt-max-per-connector 'At most this many receipts are kept per connector (oldest pruned first)'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
         }
         &'kheishctl;validate'= {
             cand --state-root 'The state root directory (created 0700 when a command needs to write)'
@@ -99,6 +125,26 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'kheishctl;inspect-receipts'= {
+            cand --connector 'Only receipts of this connector (KIND/NAME, e.g. http/orders)'
+            cand --key 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)'
+            cand --run 'Only the receipt of this run'
+            cand --session 'Only receipts of this session'
+            cand --since 'Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time)'
+            cand --limit 'At most this many rows'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'kheishctl;completions'= {
             cand --state-root 'The state root directory (created 0700 when a command needs to write)'
             cand --connectors-config 'The TOML connector file'
@@ -128,18 +174,24 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand --version 'Print version'
         }
         &'kheishctl;help'= {
+            cand serve 'Run the gateway daemon'
             cand validate 'Validate a connector file and the secrets it references'
             cand sign 'Sign a request body the way ingress verifies it'
             cand rotate-secret 'Write a new value into a secret-store slot'
+            cand inspect-receipts 'List ingress receipts from the state root'
             cand completions 'Print a shell completion script'
             cand man 'Print a man page (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'kheishctl;help;serve'= {
         }
         &'kheishctl;help;validate'= {
         }
         &'kheishctl;help;sign'= {
         }
         &'kheishctl;help;rotate-secret'= {
+        }
+        &'kheishctl;help;inspect-receipts'= {
         }
         &'kheishctl;help;completions'= {
         }

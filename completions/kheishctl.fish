@@ -34,12 +34,36 @@ complete -c kheishctl -n "__fish_kheishctl_needs_command" -s q -l quiet -d 'Only
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "serve" -d 'Run the gateway daemon'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "validate" -d 'Validate a connector file and the secrets it references'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "man" -d 'Print a man page (for packagers)'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l listen -d 'Address to listen on (port 0 picks a free port; the readiness line names it)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l workers -d 'Request threads (default: 4 × available cores)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler -d 'How runs are handled' -r -f -a "none\t'Runs wait for an external worker to claim them through the control plane'
+exec\t'Each run is piped as JSON to --handler-command; its stdout is the output'
+echo\t'Replies with the inbound content (a working default for trying the gateway)'"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-command -d 'With --handler exec: the program, then its arguments, one per flag (e.g. --handler-command python3 --handler-command handler.py)' -r -f -a "(__fish_complete_command)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-concurrency -d 'With --handler exec or echo: runs handled at the same time' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-timeout -d 'With --handler exec: a run whose command takes longer is killed and failed' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-env -d 'Read the admin token from this environment variable' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-file -d 'Read the admin token from this file (one trailing newline is stripped)' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l receipt-retention -d 'How long submitted ingress receipts are kept' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l receipt-max-per-connector -d 'At most this many receipts are kept per connector (oldest pruned first)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l connectors-config -d 'The TOML connector file' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand validate" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
@@ -93,6 +117,22 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s q 
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l connector -d 'Only receipts of this connector (KIND/NAME, e.g. http/orders)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l key -d 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l run -d 'Only the receipt of this run' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l session -d 'Only receipts of this session' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l since -d 'Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l limit -d 'At most this many rows' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s V -l version -d 'Print version'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l connectors-config -d 'The TOML connector file' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
@@ -113,9 +153,11 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s q -l quiet -
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "man" -d 'Print a man page (for packagers)'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from validate sign rotate-secret completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "serve" -d 'Run the gateway daemon'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "man" -d 'Print a man page (for packagers)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

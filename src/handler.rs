@@ -1,1 +1,924 @@
-//! Run handlers inside `serve` (SPEC §11.1): `echo` and `exec` workers.
+//! Run handlers inside `serve` (SPEC §11.1): the `echo` and `exec` workers. `--handler none`
+//! starts nothing; runs then wait for a worker to claim them through the control plane.
+//!
+//! [`HandlerPool::spawn`] starts `--handler-concurrency` worker threads, each with its own
+//! database connection. A worker claims the oldest claimable run (owner `echo-worker-N` /
+//! `exec-worker-N`), handles it and settles it; when nothing is claimable it waits on
+//! `App::runs_queued` until ingress queues a run, the earliest claim lease expires (an expired
+//! claim makes a run claimable again without any notification), or 30 s pass. It never polls.
+//! Control-plane claimers (`POST /v1/runs/claim`) may run beside the workers: everyone claims
+//! through the same transaction, oldest run first.
+//!
+//! Shutdown handshake ([`HandlerPool::shutdown`]): set the stop flag, bump `runs_queued` so idle
+//! workers wake, send every worker a stop event so a worker waiting on an `exec` child wakes
+//! too, then join. A worker checks the flag after every wake. An interrupted `exec` run has its
+//! process group killed and goes back to the queue (it is released, not failed), so a restart
+//! handles it again.
+//!
+//! `exec` runs `--handler-command` with:
+//! - stdin: one JSON object, the run as `GET /v1/runs/{id}` shows it (without outputs) plus
+//!   `"session"` (the session view, or null);
+//! - a cleared environment: only `PATH`, `LANG`, `LC_ALL`, `HOME` and `TMPDIR` are inherited, so
+//!   no `KHEISH_*` variable, admin token or master key reaches the command;
+//! - its own process group, so a timeout kills the command and everything it started;
+//! - stdout as the output: a JSON object with `content` and/or `parts` (and optionally
+//!   `reply_targets`) is structured output, anything else is text content, empty stdout
+//!   completes the run without output (stdout is capped at [`MAX_STDOUT_BYTES`]);
+//! - stderr lines logged at debug level, prefixed with the run id (capped);
+//! - a non-zero exit, a signal or the timeout fails the run with an error naming the cause.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::cli::HandlerKind;
+use crate::model::now_ms;
+use crate::model::reply::{ReplyPlugin, ReplyTarget};
+use crate::model::run::{Run, RunInput, RunStatus, Session};
+use crate::output::{LogLevel, Printer};
+use crate::server::control::run_view;
+use crate::server::App;
+use crate::store::runs::{NewRunOutput, RunError};
+use crate::store::{Store, StoreError};
+
+/// Environment variables an `exec` command inherits from the daemon; everything else is cleared.
+pub const INHERITED_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "HOME", "TMPDIR"];
+/// The most stdout an `exec` command may write; more fails the run.
+pub const MAX_STDOUT_BYTES: usize = 4 * 1024 * 1024;
+/// stderr lines logged per run (the rest is read and dropped) and the longest line logged.
+const MAX_STDERR_LINES: usize = 200;
+const MAX_STDERR_LINE_CHARS: usize = 512;
+/// Lease on top of `--handler-timeout`, so a run is not handed to another worker while its
+/// command is still allowed to run.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// The lease of an `echo` claim (echo settles in milliseconds).
+const ECHO_LEASE: Duration = Duration::from_secs(60);
+/// The longest an idle worker waits without being woken.
+const IDLE_WAIT: Duration = Duration::from_secs(30);
+/// After a SIGKILL, how long to wait for the exit status and stdout before giving up on them.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a database error before claiming again (woken early by shutdown).
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why the pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// `--handler exec` without a program.
+    #[error("--handler exec needs --handler-command (the program, then its arguments, one per flag)")]
+    NoCommand,
+    /// A worker's database connection could not be opened.
+    #[error("opening the state root for the run handlers")]
+    Store(#[from] StoreError),
+    /// The OS refused a thread.
+    #[error("starting a run handler thread")]
+    Thread(#[source] io::Error),
+}
+
+/// What the workers of this pool do with a run.
+#[derive(Debug, Clone)]
+enum Mode {
+    Echo,
+    Exec {
+        /// Program, then arguments (never empty).
+        command: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+/// The running handler workers. Call [`HandlerPool::shutdown`] during the daemon's shutdown;
+/// dropping the pool does the same.
+pub struct HandlerPool {
+    app: Arc<App>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<(JoinHandle<()>, mpsc::Sender<Event>)>,
+}
+
+impl HandlerPool {
+    /// Starts `app.options.handler_concurrency` workers for `app.options.handler` (none for
+    /// `--handler none`).
+    pub fn spawn(app: Arc<App>) -> Result<HandlerPool, HandlerError> {
+        let options = &app.options;
+        let mode = match options.handler {
+            HandlerKind::None => None,
+            HandlerKind::Echo => Some(Mode::Echo),
+            HandlerKind::Exec => {
+                if options.handler_command.is_empty() {
+                    return Err(HandlerError::NoCommand);
+                }
+                Some(Mode::Exec {
+                    command: options.handler_command.clone(),
+                    timeout: options.handler_timeout,
+                })
+            }
+        };
+        let mut pool = HandlerPool {
+            app: Arc::clone(&app),
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Vec::new(),
+        };
+        let Some(mode) = mode else {
+            return Ok(pool);
+        };
+        let label = match mode {
+            Mode::Echo => "echo",
+            Mode::Exec { .. } => "exec",
+        };
+        for n in 1..=options.handler_concurrency.max(1) {
+            let (tx, rx) = mpsc::channel();
+            let worker = Worker {
+                app: Arc::clone(&app),
+                store: Store::open(&app.state_root)?,
+                owner: format!("{label}-worker-{n}"),
+                mode: mode.clone(),
+                stop: Arc::clone(&pool.stop),
+                events: rx,
+                events_tx: tx.clone(),
+                next_token: 0,
+            };
+            let thread = std::thread::Builder::new()
+                .name(worker.owner.clone())
+                .spawn(move || worker.run())
+                .map_err(HandlerError::Thread)?;
+            pool.workers.push((thread, tx));
+        }
+        app.out.info(&format!(
+            "run handler `{label}` started with {} worker(s)",
+            pool.workers.len()
+        ));
+        Ok(pool)
+    }
+
+    /// Number of worker threads (0 for `--handler none`).
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// True for `--handler none`.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Stops every worker and joins it. Idle workers stop at once; a worker running an `exec`
+    /// command kills its process group and releases the run back to the queue; an `echo`
+    /// worker finishes the run it holds (milliseconds).
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.app.runs_queued.notify_all();
+        for (_, tx) in &self.workers {
+            // A worker that already exited has dropped its receiver; nothing to wake.
+            let _ = tx.send(Event::Stop);
+        }
+        for (thread, _) in self.workers.drain(..) {
+            if thread.join().is_err() {
+                self.app.out.error("a run handler worker panicked");
+            }
+        }
+    }
+}
+
+impl Drop for HandlerPool {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// What a worker's event channel carries while it runs an `exec` command.
+enum Event {
+    /// The command's process exited (sent by its waiter thread).
+    Exited {
+        token: u64,
+        status: io::Result<ExitStatus>,
+    },
+    /// The command's stdout reached EOF (or its cap).
+    Stdout { token: u64, captured: Captured },
+    /// The pool is shutting down.
+    Stop,
+}
+
+/// stdout as read: the bytes (at most [`MAX_STDOUT_BYTES`]) and whether more was written.
+#[derive(Debug, Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    overflowed: bool,
+    error: Option<String>,
+}
+
+/// How an `exec` command ended.
+enum ExecEnd {
+    /// Exited, and stdout reached EOF, within the timeout.
+    Exited { status: ExitStatus, stdout: Captured },
+    TimedOut,
+    Interrupted,
+    StartFailed(String),
+}
+
+/// One worker thread's state.
+struct Worker {
+    app: Arc<App>,
+    store: Store,
+    owner: String,
+    mode: Mode,
+    stop: Arc<AtomicBool>,
+    events: mpsc::Receiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    /// Tags the events of one command, so late events of an earlier one are ignored.
+    next_token: u64,
+}
+
+impl Worker {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn lease(&self) -> Duration {
+        match &self.mode {
+            Mode::Echo => ECHO_LEASE,
+            Mode::Exec { timeout, .. } => *timeout + KILL_GRACE + LEASE_MARGIN,
+        }
+    }
+
+    fn run(mut self) {
+        let lease_ms = i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX);
+        loop {
+            // Generation first, flag second: a shutdown or a new run after this read makes the
+            // wait below return at once.
+            let seen = self.app.runs_queued.generation();
+            if self.stopping() {
+                break;
+            }
+            let now = now_ms();
+            match self.store.claim_run(&self.owner, lease_ms, None, now) {
+                Ok(Some(run)) => {
+                    self.handle(run);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.app
+                        .out
+                        .error(&format!("{}: claiming a run: {}", self.owner, chain(&e)));
+                    let g = self.app.runs_queued.generation();
+                    if !self.stopping() {
+                        self.app.runs_queued.wait_past(g, ERROR_BACKOFF);
+                    }
+                    continue;
+                }
+            }
+            if self.stopping() {
+                break;
+            }
+            let wait = match self.store.next_claim_expiry(None) {
+                Ok(Some(at)) => Duration::from_millis((at - now).max(0) as u64 + 1).min(IDLE_WAIT),
+                _ => IDLE_WAIT,
+            };
+            self.app.runs_queued.wait_past(seen, wait);
+        }
+    }
+
+    fn handle(&mut self, run: Run) {
+        self.app
+            .out
+            .debug(&format!("{}: handling run {}", self.owner, run.run_id));
+        match self.mode.clone() {
+            Mode::Echo => {
+                let output = NewRunOutput {
+                    content: Some(echo_text(&run.input)),
+                    ..NewRunOutput::default()
+                };
+                self.complete(&run, Some(output));
+            }
+            Mode::Exec { command, timeout } => self.exec(&run, &command, timeout),
+        }
+    }
+
+    fn exec(&mut self, run: &Run, command: &[String], timeout: Duration) {
+        let session = match self.store.get_session(&run.session_id) {
+            Ok(session) => session,
+            Err(e) => {
+                self.app.out.warn(&format!(
+                    "run {}: reading session `{}` for the handler: {}",
+                    run.run_id,
+                    run.session_id,
+                    chain(&e)
+                ));
+                None
+            }
+        };
+        let input = exec_input(run, session.as_ref());
+        match self.run_command(run, command, timeout, input) {
+            ExecEnd::Interrupted => {
+                match self.store.release_run(&run.run_id, &self.owner, now_ms()) {
+                    Ok(_) => self.app.out.info(&format!(
+                        "run {}: handler interrupted by shutdown; the run is queued again",
+                        run.run_id
+                    )),
+                    Err(e) => self.settle_error(run, &e),
+                }
+                self.app.runs_queued.notify_all();
+            }
+            ExecEnd::TimedOut => self.fail(
+                run,
+                &format!(
+                    "handler command timed out after {}",
+                    humantime::format_duration(timeout)
+                ),
+            ),
+            ExecEnd::StartFailed(why) => self.fail(run, &why),
+            ExecEnd::Exited { status, stdout } => {
+                if !status.success() {
+                    return self.fail(run, &exit_description(status));
+                }
+                if let Some(err) = stdout.error {
+                    return self.fail(run, &format!("reading the handler's stdout: {err}"));
+                }
+                if stdout.overflowed {
+                    return self.fail(
+                        run,
+                        &format!("handler output exceeds {MAX_STDOUT_BYTES} bytes"),
+                    );
+                }
+                match parse_stdout(&stdout.bytes) {
+                    Ok(output) => self.complete(run, output),
+                    Err(why) => self.fail(run, &format!("handler output: {why}")),
+                }
+            }
+        }
+    }
+
+    /// Starts the command, feeds it the run, and waits for its exit and stdout until the
+    /// timeout or a stop event.
+    fn run_command(
+        &mut self,
+        run: &Run,
+        command: &[String],
+        timeout: Duration,
+        input: Vec<u8>,
+    ) -> ExecEnd {
+        let Some((program, args)) = command.split_first() else {
+            return ExecEnd::StartFailed("no handler command configured".to_string());
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args).env_clear();
+        for key in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return ExecEnd::StartFailed(format!(
+                    "cannot start handler command `{program}`: {e}"
+                ))
+            }
+        };
+        let pid = child.id();
+        self.next_token += 1;
+        let token = self.next_token;
+        if let Err(e) = self.start_io_threads(run, token, &mut child, input) {
+            kill_process_group(pid, &self.app.out);
+            let _ = child.kill();
+            let _ = child.wait();
+            return ExecEnd::StartFailed(format!("cannot start handler I/O threads: {e}"));
+        }
+        let waiter_tx = self.events_tx.clone();
+        let waiter = std::thread::Builder::new()
+            .name(format!("{}-wait", self.owner))
+            .spawn(move || {
+                let status = child.wait();
+                let _ = waiter_tx.send(Event::Exited { token, status });
+            });
+        if let Err(e) = waiter {
+            // The closure (and with it the Child) is gone; the group kill still reaches it.
+            kill_process_group(pid, &self.app.out);
+            return ExecEnd::StartFailed(format!("cannot start the handler waiter thread: {e}"));
+        }
+
+        // Wait for both the exit status and stdout's EOF: a process the command started in
+        // the background that keeps stdout open is still part of the command.
+        let mut status = None;
+        let mut stdout = None;
+        let deadline = Instant::now() + timeout;
+        let mut interrupted = self.stopping();
+        while !interrupted && (status.is_none() || stdout.is_none()) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match self.events.recv_timeout(remaining) {
+                Ok(Event::Exited { token: t, status: s }) if t == token => status = Some(s),
+                Ok(Event::Stdout { token: t, captured }) if t == token => stdout = Some(captured),
+                Ok(Event::Exited { .. } | Event::Stdout { .. }) => {} // an earlier command's
+                Ok(Event::Stop) => interrupted = true,
+                Err(_) => break,
+            }
+        }
+        if !interrupted {
+            if let (Some(status), Some(stdout)) = (status.take(), stdout.take()) {
+                return match status {
+                    Ok(status) => ExecEnd::Exited { status, stdout },
+                    Err(e) => {
+                        ExecEnd::StartFailed(format!("waiting for the handler command: {e}"))
+                    }
+                };
+            }
+        }
+        // Timeout or shutdown: end the whole group, then give the waiter and the stdout reader
+        // a moment to finish so their threads do not outlive the run.
+        kill_process_group(pid, &self.app.out);
+        let grace_end = Instant::now() + KILL_GRACE;
+        while status.is_none() || stdout.is_none() {
+            let remaining = grace_end.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match self.events.recv_timeout(remaining) {
+                Ok(Event::Exited { token: t, status: s }) if t == token => status = Some(s),
+                Ok(Event::Stdout { token: t, captured }) if t == token => stdout = Some(captured),
+                Ok(Event::Stop) => interrupted = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if status.is_none() {
+            self.app.out.warn(&format!(
+                "run {}: handler process {pid} did not exit within {} of SIGKILL",
+                run.run_id,
+                humantime::format_duration(KILL_GRACE)
+            ));
+        }
+        if interrupted {
+            ExecEnd::Interrupted
+        } else {
+            ExecEnd::TimedOut
+        }
+    }
+
+    /// stdin writer, stdout reader (reports through the event channel), stderr logger.
+    fn start_io_threads(
+        &self,
+        run: &Run,
+        token: u64,
+        child: &mut Child,
+        input: Vec<u8>,
+    ) -> io::Result<()> {
+        if let Some(mut stdin) = child.stdin.take() {
+            std::thread::Builder::new()
+                .name(format!("{}-stdin", self.owner))
+                .spawn(move || {
+                    // A command that does not read its input closes the pipe: not an error.
+                    let _ = stdin.write_all(&input);
+                })?;
+        }
+        if let Some(stdout) = child.stdout.take() {
+            let tx = self.events_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("{}-stdout", self.owner))
+                .spawn(move || {
+                    let captured = read_capped(stdout, MAX_STDOUT_BYTES);
+                    let _ = tx.send(Event::Stdout { token, captured });
+                })?;
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let out = self.app.out.clone();
+            let run_id = run.run_id.clone();
+            std::thread::Builder::new()
+                .name(format!("{}-stderr", self.owner))
+                .spawn(move || log_stderr(stderr, &out, &run_id))?;
+        }
+        Ok(())
+    }
+
+    fn complete(&self, run: &Run, output: Option<NewRunOutput>) {
+        match self.store.complete_with_output(
+            &run.run_id,
+            Some(&self.owner),
+            output.as_ref(),
+            now_ms(),
+        ) {
+            Ok(_) => self.app.out.debug(&format!(
+                "run {} completed by {}{}",
+                run.run_id,
+                self.owner,
+                if output.is_some() { "" } else { " (no output)" }
+            )),
+            Err(e) => self.settle_error(run, &e),
+        }
+    }
+
+    fn fail(&self, run: &Run, error: &str) {
+        self.app.out.warn(&format!("run {} failed: {error}", run.run_id));
+        if let Err(e) = self.store.finish_run(
+            &run.run_id,
+            Some(&self.owner),
+            RunStatus::Failed,
+            Some(error),
+            now_ms(),
+        ) {
+            self.settle_error(run, &e);
+        }
+    }
+
+    fn settle_error(&self, run: &Run, err: &RunError) {
+        match err {
+            // The lease ran out and someone else claimed (or finished) the run.
+            RunError::Conflict { .. } | RunError::NotFound { .. } => self.app.out.warn(&format!(
+                "{}: result for run {} dropped: {err}",
+                self.owner, run.run_id
+            )),
+            RunError::Store(e) => self.app.out.error(&format!(
+                "{}: settling run {} (it is handled again when its lease expires): {}",
+                self.owner,
+                run.run_id,
+                chain(e)
+            )),
+            other => self
+                .app
+                .out
+                .error(&format!("{}: settling run {}: {other}", self.owner, run.run_id)),
+        }
+    }
+}
+
+/// The text an `echo` run replies with: the content; else the text input items joined with
+/// newlines; else a short description of what arrived.
+pub fn echo_text(input: &RunInput) -> String {
+    if let Some(content) = input.content.as_deref().filter(|c| !c.is_empty()) {
+        return content.to_string();
+    }
+    let items = input.input_items.as_deref().unwrap_or_default();
+    let texts: Vec<&str> = items
+        .iter()
+        .filter(|item| item.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|item| item.get("text").and_then(Value::as_str))
+        .collect();
+    if !texts.is_empty() {
+        return texts.join("\n");
+    }
+    let attachments = input.attachments.as_deref().map_or(0, <[Value]>::len);
+    match (items.len(), attachments) {
+        (0, 0) => "[empty input]".to_string(),
+        (1, _) => "[1 input item]".to_string(),
+        (n, 0) if n > 1 => format!("[{n} input items]"),
+        (_, 1) => "[1 attachment]".to_string(),
+        (_, n) => format!("[{n} attachments]"),
+    }
+}
+
+/// The JSON document an `exec` command reads on stdin.
+fn exec_input(run: &Run, session: Option<&Session>) -> Vec<u8> {
+    let mut doc = run_view(run);
+    doc.insert(
+        "session".into(),
+        session.map_or(Value::Null, |s| serde_json::to_value(s).unwrap_or(Value::Null)),
+    );
+    let mut bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Interprets an `exec` command's stdout. `Ok(None)`: nothing to send (empty output).
+pub fn parse_stdout(bytes: &[u8]) -> Result<Option<NewRunOutput>, String> {
+    let text = String::from_utf8_lossy(bytes);
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.starts_with('{') {
+        if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed) {
+            if map.contains_key("content") || map.contains_key("parts") {
+                return structured_output(&map);
+            }
+        }
+    }
+    Ok(Some(NewRunOutput {
+        content: Some(text.trim_end_matches(['\n', '\r']).to_string()),
+        ..NewRunOutput::default()
+    }))
+}
+
+/// `{"content"?, "parts"?, "reply_targets"?}` printed by an `exec` command.
+fn structured_output(map: &Map<String, Value>) -> Result<Option<NewRunOutput>, String> {
+    const ALLOWED: [&str; 3] = ["content", "parts", "reply_targets"];
+    if let Some(key) = map.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown member `{key}` in a structured output; allowed: {}",
+            ALLOWED.join(", ")
+        ));
+    }
+    let content = match map.get("content") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+        Some(_) => return Err("`content` must be a string".to_string()),
+    };
+    let parts = match map.get("parts") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(parts)) => {
+            if let Some(idx) = parts
+                .iter()
+                .position(|p| !p.get("type").is_some_and(Value::is_string))
+            {
+                return Err(format!(
+                    "`parts[{idx}]` must be a JSON object with a string `type`"
+                ));
+            }
+            Some(parts.clone()).filter(|p| !p.is_empty())
+        }
+        Some(_) => return Err("`parts` must be an array".to_string()),
+    };
+    let reply_targets = match map.get("reply_targets") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(targets)) => Some(
+            targets
+                .iter()
+                .enumerate()
+                .map(|(idx, t)| {
+                    reply_target(t).map_err(|why| format!("`reply_targets[{idx}]`: {why}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err("`reply_targets` must be an array".to_string()),
+    };
+    if content.is_none() && parts.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(NewRunOutput {
+        content,
+        parts,
+        reply_targets,
+    }))
+}
+
+fn reply_target(value: &Value) -> Result<ReplyTarget, String> {
+    let Value::Object(map) = value else {
+        return Err("must be an object {\"plugin\", \"address\"}".to_string());
+    };
+    if let Some(key) = map.keys().find(|k| *k != "plugin" && *k != "address") {
+        return Err(format!("unknown member `{key}`"));
+    }
+    let plugin = map
+        .get("plugin")
+        .and_then(Value::as_str)
+        .ok_or("`plugin` must be a string")?;
+    let plugin = ReplyPlugin::parse(plugin)?;
+    let address = match map.get("address") {
+        Some(Value::String(s)) => s.clone(),
+        Some(obj @ Value::Object(_)) => obj.to_string(),
+        _ => return Err("`address` must be a string (or a JSON object)".to_string()),
+    };
+    ReplyTarget::new(plugin, &address)
+        .map(|(target, _)| target)
+        .map_err(|e| format!("`address` {e}"))
+}
+
+/// "handler command exited with code N" / "… was killed by signal N".
+fn exit_description(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("handler command exited with code {code}"),
+        (None, Some(signal)) => format!("handler command was killed by signal {signal}"),
+        (None, None) => format!("handler command ended with {status}"),
+    }
+}
+
+/// Reads `reader` to EOF keeping at most `cap` bytes; the rest is drained so the writer never
+/// blocks on a full pipe.
+fn read_capped(mut reader: impl Read, cap: usize) -> Captured {
+    let mut captured = Captured::default();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(captured.bytes.len());
+                if n > room {
+                    captured.overflowed = true;
+                }
+                captured.bytes.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                captured.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    captured
+}
+
+/// Logs a command's stderr at debug level, `run <id>: handler stderr: <line>`, at most
+/// [`MAX_STDERR_LINES`] lines of at most [`MAX_STDERR_LINE_CHARS`] characters; control
+/// characters are escaped so a command cannot forge log lines.
+fn log_stderr(stderr: impl Read, out: &Printer, run_id: &str) {
+    let mut reader = BufReader::new(stderr);
+    let mut logged = 0usize;
+    let mut dropped = 0usize;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if !out.enabled(LogLevel::Debug) {
+            continue;
+        }
+        if logged >= MAX_STDERR_LINES {
+            dropped += 1;
+            continue;
+        }
+        logged += 1;
+        let text = String::from_utf8_lossy(&line);
+        let text: String = text
+            .trim_end_matches(['\n', '\r'])
+            .chars()
+            .take(MAX_STDERR_LINE_CHARS)
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() && c != '\t' {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
+        out.debug(&format!("run {run_id}: handler stderr: {text}"));
+    }
+    if dropped > 0 {
+        out.debug(&format!(
+            "run {run_id}: handler stderr: {dropped} more line(s) not logged"
+        ));
+    }
+}
+
+/// SIGKILLs process group `pgid` (the command was started as its group's leader). std has no
+/// signal API and the crate forbids `unsafe`, so this runs `kill(1)`; a missing `kill` is
+/// logged, and the run still fails with its timeout.
+fn kill_process_group(pgid: u32, out: &Printer) {
+    let group = format!("-{pgid}");
+    let mut last_err = None;
+    for program in ["/bin/kill", "/usr/bin/kill", "kill"] {
+        let res = Command::new(program)
+            .args(["-KILL", "--", &group])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match res {
+            // A non-zero status means the group is already gone (ESRCH): nothing left to kill.
+            Ok(_) => return,
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if let Some(e) = last_err {
+        out.error(&format!(
+            "cannot kill handler process group {pgid}: running kill(1) failed: {e}"
+        ));
+    }
+}
+
+/// `err` and its sources, `: `-separated, for log lines.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn input(value: Value) -> RunInput {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn echo_texts() {
+        let check = |value: Value, expected: &str| assert_eq!(echo_text(&input(value)), expected);
+        check(json!({"content": "hello"}), "hello");
+        check(
+            json!({"input_items": [
+                {"type": "text", "text": "a"},
+                {"type": "asset_reference", "asset_id": "x"},
+                {"type": "text", "text": "b"}
+            ]}),
+            "a\nb",
+        );
+        check(
+            json!({"input_items": [
+                {"type": "asset_reference", "asset_id": "x"},
+                {"type": "asset_reference", "asset_id": "y"}
+            ]}),
+            "[2 input items]",
+        );
+        check(
+            json!({"input_items": [{"type": "asset_reference", "asset_id": "x"}]}),
+            "[1 input item]",
+        );
+        check(
+            json!({"content": "", "attachments": [{"asset_id": "a"}, {"asset_id": "b"}]}),
+            "[2 attachments]",
+        );
+        check(json!({}), "[empty input]");
+    }
+
+    fn check_stdout(stdout: &str, expected: Result<Option<(Option<&str>, usize, usize)>, &str>) {
+        let got = parse_stdout(stdout.as_bytes());
+        match (got, expected) {
+            (Ok(None), Ok(None)) => {}
+            (Ok(Some(out)), Ok(Some((content, n_parts, n_targets)))) => {
+                assert_eq!(out.content.as_deref(), content, "{stdout:?}");
+                assert_eq!(out.parts.map_or(0, |p| p.len()), n_parts, "{stdout:?}");
+                assert_eq!(
+                    out.reply_targets.map_or(0, |t| t.len()),
+                    n_targets,
+                    "{stdout:?}"
+                );
+            }
+            (Err(e), Err(needle)) => assert!(e.contains(needle), "{stdout:?}: {e}"),
+            (got, expected) => panic!("{stdout:?}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn stdout_shapes() {
+        check_stdout("", Ok(None));
+        check_stdout(" \n\n", Ok(None));
+        check_stdout("hello\n", Ok(Some((Some("hello"), 0, 0))));
+        check_stdout("  two\nlines\r\n", Ok(Some((Some("  two\nlines"), 0, 0))));
+        check_stdout("[1,2]", Ok(Some((Some("[1,2]"), 0, 0))));
+        check_stdout(
+            r#"{"other":1}"#,
+            Ok(Some((Some(r#"{"other":1}"#), 0, 0))),
+        );
+        check_stdout("{not json", Ok(Some((Some("{not json"), 0, 0))));
+        check_stdout(
+            "{\"content\":\"from exec\"}\n",
+            Ok(Some((Some("from exec"), 0, 0))),
+        );
+        check_stdout(
+            r#"{"parts":[{"type":"text","text":"a"}],"reply_targets":[{"plugin":"http","address":"https://example.com/h"}]}"#,
+            Ok(Some((None, 1, 1))),
+        );
+        check_stdout(r#"{"content":""}"#, Ok(None));
+        check_stdout(r#"{"content":5}"#, Err("`content` must be a string"));
+        check_stdout(r#"{"content":"x","extra":1}"#, Err("unknown member `extra`"));
+        check_stdout(r#"{"parts":[1]}"#, Err("`parts[0]`"));
+        check_stdout(
+            r#"{"content":"x","reply_targets":[{"plugin":"http","address":{"url":"https://e.com","headers":{"Host":"x"}}}]}"#,
+            Err("`reply_targets[0]`"),
+        );
+    }
+
+    #[test]
+    fn exit_descriptions() {
+        assert_eq!(
+            exit_description(ExitStatus::from_raw(3 << 8)),
+            "handler command exited with code 3"
+        );
+        assert_eq!(
+            exit_description(ExitStatus::from_raw(9)),
+            "handler command was killed by signal 9"
+        );
+    }
+
+    #[test]
+    fn capped_reads_drain_everything() {
+        let data = vec![b'x'; 10_000];
+        let captured = read_capped(&data[..], 100);
+        assert_eq!(captured.bytes.len(), 100);
+        assert!(captured.overflowed);
+        let captured = read_capped(&data[..], 10_000);
+        assert!(!captured.overflowed);
+        assert_eq!(captured.bytes.len(), 10_000);
+    }
+
+    #[test]
+    fn the_inherited_environment_has_no_kheish_variables() {
+        assert!(INHERITED_ENV.iter().all(|k| !k.starts_with("KHEISH")));
+    }
+}

@@ -32,4 +32,5 @@ pub mod output;
 pub mod retention;
 pub mod secrets;
 pub mod server;
+pub mod sessions;
 pub mod store;

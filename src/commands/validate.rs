@@ -91,40 +91,15 @@ fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
-/// Resolves one source and turns "missing / empty / unreadable" into a diagnostic; a state root
-/// that cannot be opened is an error of the whole command (exit 4).
+/// Resolves one source; see [`config::secret_problem`].
 fn source_problem(
     source: &SecretSource,
     store: Option<&SecretStore>,
     env: &dyn Fn(&str) -> Option<String>,
     ctx: &Context,
 ) -> Result<Option<SecretProblem>, SecretError> {
-    let root = ctx.state_root.display();
-    let problem = |message: String, help: String| {
-        Ok(Some(SecretProblem {
-            message,
-            help: Some(help),
-        }))
-    };
     match secrets::resolve(source, store, env) {
         Ok(_) => Ok(None),
-        Err(SecretError::EnvMissing { var }) => problem(
-            format!("environment variable `{var}` is not set"),
-            format!("export {var}=... before starting kheishctl, or store the value in the secret store and use the `_secret_ref` field"),
-        ),
-        Err(SecretError::EnvEmpty { var }) => problem(
-            format!("environment variable `{var}` is empty"),
-            format!("set {var} to the secret value"),
-        ),
-        Err(SecretError::SlotMissing { secret_ref }) | Err(SecretError::NoStateRoot { secret_ref }) => problem(
-            format!("secret slot `{secret_ref}` does not exist in state root {root}"),
-            format!("create it with `kheishctl rotate-secret {secret_ref} --stdin` (or pass the right --state-root)"),
-        ),
-        Err(SecretError::SlotEmpty { secret_ref }) => problem(
-            format!("secret slot `{secret_ref}` is empty"),
-            format!("write a value with `kheishctl rotate-secret {secret_ref} --stdin`"),
-        ),
-        Err(e @ SecretError::InlineEmpty) => problem(e.to_string(), "set a non-empty value".into()),
-        Err(e) => Err(e),
+        Err(e) => config::secret_problem(e, &ctx.state_root),
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::reply::ReplyTarget;
 use crate::model::{ConnectorKind, ConnectorName, Diagnostic, Severity};
-use crate::secrets::SecretSource;
+use crate::secrets::{SecretError, SecretSource};
 
 /// A position in the config file (1-based line and character column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -319,4 +319,40 @@ pub fn check_secret_sources<E>(
     }
     out.sort_by_key(|d| (d.line, d.column));
     Ok(out)
+}
+
+/// Turns a resolution failure into a diagnostic-ready problem ("missing", "empty") with the fix;
+/// a failure of the state root itself (unreadable, wrong master key) stays an error so the
+/// command can exit 4.
+pub fn secret_problem(
+    err: SecretError,
+    state_root: &Path,
+) -> Result<Option<SecretProblem>, SecretError> {
+    let root = state_root.display();
+    let problem = |message: String, help: String| {
+        Ok(Some(SecretProblem {
+            message,
+            help: Some(help),
+        }))
+    };
+    match err {
+        SecretError::EnvMissing { var } => problem(
+            format!("environment variable `{var}` is not set"),
+            format!("export {var}=... before starting kheishctl, or store the value in the secret store and use the `_secret_ref` field"),
+        ),
+        SecretError::EnvEmpty { var } => problem(
+            format!("environment variable `{var}` is empty"),
+            format!("set {var} to the secret value"),
+        ),
+        SecretError::SlotMissing { secret_ref } | SecretError::NoStateRoot { secret_ref } => problem(
+            format!("secret slot `{secret_ref}` does not exist in state root {root}"),
+            format!("create it with `kheishctl rotate-secret {secret_ref} --stdin` (or pass the right --state-root)"),
+        ),
+        SecretError::SlotEmpty { secret_ref } => problem(
+            format!("secret slot `{secret_ref}` is empty"),
+            format!("write a value with `kheishctl rotate-secret {secret_ref} --stdin`"),
+        ),
+        e @ SecretError::InlineEmpty => problem(e.to_string(), "set a non-empty value".into()),
+        e => Err(e),
+    }
 }

@@ -6,6 +6,10 @@
 //! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
+pub mod fingerprint;
+pub mod http;
+pub mod ratelimit;
+pub mod runtime;
 
 use crate::model::ConnectorKind;
 
@@ -114,8 +118,13 @@ mod tests {
         let (key, digest) = receipt_key(ConnectorKind::Http, "orders", " order-123 ");
         assert_eq!(digest, sha256_hex(b"order-123"));
         assert_eq!(key, format!("http:orders:{}", &digest[..32]));
-        assert_eq!(receipt_key(ConnectorKind::Telegram, "bot", "42").0, "telegram:bot:42");
-        assert!(receipt_key(ConnectorKind::External, "d", "e1").0.starts_with("external:d:"));
+        assert_eq!(
+            receipt_key(ConnectorKind::Telegram, "bot", "42").0,
+            "telegram:bot:42"
+        );
+        assert!(receipt_key(ConnectorKind::External, "d", "e1")
+            .0
+            .starts_with("external:d:"));
         assert_eq!(
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -2,21 +2,34 @@
 //! [`run`], which owns the request threads and the shutdown handshake. The only module that
 //! imports tiny_http.
 
+pub mod admin;
 pub mod control;
 pub mod observe;
 pub mod response;
 pub mod router;
+pub mod shutdown;
 
-use std::net::IpAddr;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::cli::HandlerKind;
-use crate::metrics::Metrics;
+use crate::ingress::http::{self as http_ingress, Inbound, IngressCtx};
+use crate::ingress::ratelimit::RateLimiter;
+use crate::ingress::runtime::Connectors;
+use crate::ingress::{AcceptStatus, IngressError};
+use crate::metrics::{IngressOutcome, Metrics};
+use crate::model::now_ms;
 use crate::notify::Notify;
 use crate::output::Printer;
+use crate::store::ingress::GroupWriter;
 use crate::store::Store;
+
+use admin::{AdminAuth, AdminRefusal};
 
 pub use response::ApiResponse;
 pub use router::Route;
@@ -34,6 +47,12 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub handler: HandlerKind,
+    /// `--handler-command`: program, then arguments.
+    pub handler_command: Vec<String>,
+    /// `--handler-concurrency`.
+    pub handler_concurrency: u16,
+    /// `--handler-timeout`.
+    pub handler_timeout: Duration,
     /// Submitted receipts older than this are pruned.
     pub receipt_retention: Duration,
     /// At most this many receipts per connector are kept.
@@ -48,11 +67,53 @@ pub struct App {
     pub metrics: Metrics,
     /// Bumped whenever a run becomes claimable (new run, run released); claim long-polls and
     /// handler workers wait on it.
-    pub runs_queued: Notify,
+    pub runs_queued: Arc<Notify>,
+    /// The connectors in force; replaced whole on reload.
+    pub connectors: RwLock<Arc<Connectors>>,
+    /// The group-commit writer for accepted events.
+    pub writer: GroupWriter,
+    pub limiter: RateLimiter,
+    pub admin: AdminAuth,
     phase: AtomicU8,
 }
 
+/// Everything [`App::new`] needs.
+pub struct AppParts {
+    pub out: Printer,
+    pub state_root: PathBuf,
+    pub options: Options,
+    pub runs_queued: Arc<Notify>,
+    pub connectors: Connectors,
+    pub writer: GroupWriter,
+    pub admin: AdminAuth,
+}
+
 impl App {
+    pub fn new(parts: AppParts) -> App {
+        App {
+            out: parts.out,
+            state_root: parts.state_root,
+            options: parts.options,
+            metrics: Metrics::new(),
+            runs_queued: parts.runs_queued,
+            connectors: RwLock::new(Arc::new(parts.connectors)),
+            writer: parts.writer,
+            limiter: RateLimiter::new(),
+            admin: parts.admin,
+            phase: AtomicU8::new(Phase::Starting as u8),
+        }
+    }
+
+    /// The connectors in force now.
+    pub fn connectors(&self) -> Arc<Connectors> {
+        Arc::clone(&self.connectors.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the connectors (reload).
+    pub fn set_connectors(&self, connectors: Connectors) {
+        *self.connectors.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(connectors);
+    }
+
     pub fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Starting,
@@ -105,4 +166,321 @@ impl ApiRequest {
 pub struct RequestCtx<'a> {
     pub app: &'a App,
     pub store: &'a Store,
+}
+
+/// Body cap of control-plane requests.
+const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Why the listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {reason}")]
+pub struct BindError {
+    pub addr: String,
+    pub reason: String,
+}
+
+/// A bound listener, before any request is served (so the caller can announce the address).
+pub struct Listener {
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `addr` (`127.0.0.1:0` picks a free port).
+    pub fn bind(addr: &str) -> Result<Listener, BindError> {
+        let err = |reason: String| BindError {
+            addr: addr.to_string(),
+            reason,
+        };
+        let server = tiny_http::Server::http(addr).map_err(|e| err(e.to_string()))?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| err("not an IP listener".into()))?;
+        Ok(Listener {
+            server: Arc::new(server),
+            addr: bound,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// The request threads of a running server.
+pub struct Running {
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    exited: mpsc::Receiver<()>,
+}
+
+/// Starts `workers` request threads, each with its own database connection.
+pub fn start(listener: Listener, app: Arc<App>, workers: usize) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (exited_tx, exited) = mpsc::channel();
+    let threads = (0..workers.max(1))
+        .map(|i| {
+            let app = Arc::clone(&app);
+            let server = Arc::clone(&listener.server);
+            let stop = Arc::clone(&stop);
+            let exited_tx = exited_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || {
+                    request_loop(&app, &server, &stop);
+                    let _ = exited_tx.send(());
+                })
+                .expect("spawning a request thread")
+        })
+        .collect();
+    Running {
+        server: listener.server,
+        stop,
+        threads,
+        exited,
+    }
+}
+
+impl Running {
+    /// Stops taking requests, lets in-flight requests finish (at most `grace`), joins the
+    /// threads that finished and returns how many did not finish in time.
+    pub fn shutdown(self, grace: Duration) -> usize {
+        self.stop.store(true, Ordering::Release);
+        // One unblock per thread: each wakes one blocked `recv` (tiny_http's own shutdown idiom).
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        let deadline = Instant::now() + grace;
+        let mut finished = 0;
+        while finished < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.exited.recv_timeout(left) {
+                Ok(()) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        let stuck = self.threads.len() - finished;
+        if stuck == 0 {
+            for t in self.threads {
+                let _ = t.join();
+            }
+        }
+        stuck
+    }
+}
+
+fn request_loop(app: &App, server: &tiny_http::Server, stop: &AtomicBool) {
+    let store = match Store::open(&app.state_root) {
+        Ok(store) => store,
+        Err(e) => {
+            app.out
+                .error(&format!("request thread cannot open the state root: {e}"));
+            return;
+        }
+    };
+    while !stop.load(Ordering::Acquire) {
+        match server.recv() {
+            Ok(rq) => handle(app, &store, rq),
+            // `unblock` (shutdown) or a listener error: re-check the stop flag.
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Reads the body up to `limit` bytes; `Err(())` when it is larger.
+fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, ()> {
+    if rq.body_length().is_some_and(|n| n > limit) {
+        return Err(());
+    }
+    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(limit));
+    match rq.as_reader().take(limit as u64 + 1).read_to_end(&mut body) {
+        Ok(_) if body.len() <= limit => Ok(body),
+        _ => Err(()),
+    }
+}
+
+fn handle(app: &App, store: &Store, mut rq: tiny_http::Request) {
+    let started = Instant::now();
+    let method = rq.method().as_str().to_string();
+    let target = rq.url().to_string();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let routed = router::route(&method, path);
+    let template = routed.as_ref().map_or("(unmatched)", Route::template);
+    let mut connector_label: Option<String> = None;
+    let response = match routed {
+        Err(router::NoRoute::NotFound) => {
+            ApiResponse::problem(404, "not_found", format!("no route for {method} {path}"))
+        }
+        Err(router::NoRoute::MethodNotAllowed { allow }) => ApiResponse::problem(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed here; use {allow}"),
+        )
+        .with_header("Allow", allow),
+        Ok(route) => {
+            let limit = match route {
+                Route::HttpIngress { .. } => http_ingress::BODY_LIMIT,
+                _ => CONTROL_BODY_LIMIT,
+            };
+            match read_body(&mut rq, limit) {
+                Err(()) => ApiResponse::problem(
+                    413,
+                    "payload_too_large",
+                    format!("request body exceeds the limit of {limit} bytes for this route"),
+                )
+                .with_header("Connection", "close"),
+                Ok(body) => match router::query_pairs(query) {
+                    None => ApiResponse::problem(
+                        400,
+                        "invalid_query",
+                        "the query string has a malformed percent-escape",
+                    ),
+                    Some(query) => {
+                        let req = ApiRequest {
+                            method: method.clone(),
+                            target: target.clone(),
+                            path: path.to_string(),
+                            query,
+                            headers: rq
+                                .headers()
+                                .iter()
+                                .map(|h| {
+                                    (
+                                        h.field.as_str().as_str().to_string(),
+                                        h.value.as_str().to_string(),
+                                    )
+                                })
+                                .collect(),
+                            body,
+                            remote: rq.remote_addr().map(|a| a.ip()),
+                        };
+                        dispatch(app, store, &route, &req, &mut connector_label)
+                    }
+                },
+            }
+        }
+    };
+    let status = response.status;
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics.request(template, status, seconds);
+    if app.out.enabled(crate::output::LogLevel::Info) {
+        let connector = connector_label
+            .map(|c| format!(" connector={c}"))
+            .unwrap_or_default();
+        app.out.info(&format!(
+            "{method} {template} {status} {:.1}ms{connector}",
+            seconds * 1000.0
+        ));
+    }
+    let mut resp = tiny_http::Response::from_data(response.body)
+        .with_status_code(response.status)
+        .with_header(header("Content-Type", response.content_type));
+    for (name, value) in &response.headers {
+        resp = resp.with_header(header(name, value));
+    }
+    // The client may have gone away; there is nobody left to tell.
+    let _ = rq.respond(resp);
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("response header names and values are ASCII without line breaks")
+}
+
+fn dispatch(
+    app: &App,
+    store: &Store,
+    route: &Route,
+    req: &ApiRequest,
+    connector_label: &mut Option<String>,
+) -> ApiResponse {
+    if route.needs_admin() {
+        let auth = req.header_values("authorization");
+        match app.admin.check(req.remote, &auth, Instant::now()) {
+            Ok(()) => {}
+            Err(AdminRefusal::Unauthorized(why)) => {
+                return ApiResponse::problem(401, "unauthorized", why)
+                    .with_header("WWW-Authenticate", "Bearer")
+            }
+            Err(AdminRefusal::Locked { retry_after_secs }) => {
+                return ApiResponse::problem(
+                    429,
+                    "too_many_auth_failures",
+                    "too many failed admin authentications from this address; retry later",
+                )
+                .with_header("Retry-After", retry_after_secs.to_string())
+            }
+        }
+    }
+    let ctx = RequestCtx { app, store };
+    match route {
+        Route::Healthz => ApiResponse::json(200, &serde_json::json!({"status": "ok"})),
+        Route::Readyz => match app.phase() {
+            Phase::Ready => ApiResponse::json(200, &serde_json::json!({"status": "ready"})),
+            Phase::Starting => ApiResponse::problem(503, "starting", "the daemon is starting"),
+            Phase::Draining => ApiResponse::problem(503, "draining", "the daemon is shutting down"),
+        },
+        Route::Metrics => observe::metrics(&ctx),
+        Route::ListReceipts => observe::list_receipts(&ctx, req),
+        Route::HttpIngress { name } => http_route(app, store, name, req, connector_label),
+        _ => control::handle(&ctx, route, req),
+    }
+}
+
+fn http_route(
+    app: &App,
+    store: &Store,
+    name: &str,
+    req: &ApiRequest,
+    connector_label: &mut Option<String>,
+) -> ApiResponse {
+    let connectors = app.connectors();
+    let Some(rt) = connectors.http.get(name) else {
+        return ApiResponse::problem(
+            404,
+            "connector_not_found",
+            format!("no http connector named `{name}`"),
+        );
+    };
+    *connector_label = Some(rt.id.to_string());
+    let ctx = IngressCtx {
+        ops: store.ingress_ops(),
+        writer: &app.writer,
+        limiter: &app.limiter,
+        now_ms: now_ms(),
+        now: Instant::now(),
+    };
+    let inbound = Inbound {
+        method: &req.method,
+        target: &req.target,
+        headers: &req.headers,
+        body: &req.body,
+    };
+    match http_ingress::accept(&ctx, rt, &inbound) {
+        Ok(accepted) => {
+            let (status, outcome) = match accepted.status {
+                AcceptStatus::Accepted => (202, IngressOutcome::Accepted),
+                AcceptStatus::Duplicate => (200, IngressOutcome::Duplicate),
+            };
+            app.metrics.ingress(&rt.id, outcome);
+            ApiResponse::json(status, &accepted)
+        }
+        Err(err) => {
+            let outcome = match &err {
+                IngressError::Unauthorized { .. } => IngressOutcome::Unauthorized,
+                IngressError::RateLimited { .. } => IngressOutcome::RateLimited,
+                IngressError::IdempotencyConflict { .. } => IngressOutcome::Conflict,
+                _ => IngressOutcome::Rejected,
+            };
+            app.metrics.ingress(&rt.id, outcome);
+            if let IngressError::Unavailable { detail } = &err {
+                app.out
+                    .error(&format!("ingress for {} failed: {detail}", rt.id));
+            }
+            response::ingress_error(&err)
+        }
+    }
 }

@@ -1,1 +1,627 @@
-//! (being built)
+//! Durable ingress writes (SPEC §3, §6): the group-commit writer and the reads and inserts that
+//! accepting an event needs.
+//!
+//! "202 means durable": an accept is answered only after its transaction committed with
+//! `synchronous=FULL` in WAL mode. To avoid one fsync per request, ONE writer thread owns the
+//! write connection and batches: it takes every job that queued while the previous commit was
+//! in flight, runs each inside its own SAVEPOINT of one `BEGIN IMMEDIATE` transaction, commits
+//! once, and only then tells each job the outcome. A job that fails rolls back its savepoint
+//! alone; a failed commit fails every job of the batch (nothing was written).
+//!
+//! Duplicate hits on receipts are counted in memory and folded into the next batch (or flushed
+//! after two seconds), so a duplicate request is answered from a read with no write on its path.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Store, StoreError};
+use crate::model::reply::ReplyTarget;
+use crate::model::run::{
+    NewAsset, NewReceipt, NewRun, NewSession, PolicySnapshot, Receipt, Session,
+};
+use crate::model::ConnectorKind;
+
+/// Jobs taken into one transaction at most; more wait for the next commit.
+const MAX_BATCH: usize = 1024;
+/// Pending duplicate-hit counts are written at the latest after this long.
+const DUPLICATE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Reads and inserts for accepting events, over either a plain connection (reads on request
+/// threads) or the writer's open transaction (inside a job).
+pub struct IngressOps<'c> {
+    conn: &'c Connection,
+    path: &'c str,
+}
+
+impl Store {
+    /// Ingress reads on this thread's connection.
+    pub fn ingress_ops(&self) -> IngressOps<'_> {
+        IngressOps {
+            conn: self.conn(),
+            path: &self.db_path,
+        }
+    }
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("serialising a stored JSON value cannot fail")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, column: usize) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn kind_from_sql(text: &str, column: usize) -> rusqlite::Result<ConnectorKind> {
+    text.parse::<ConnectorKind>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            Box::<dyn std::error::Error + Send + Sync>::from(e),
+        )
+    })
+}
+
+/// Maps a `sessions` row selected with [`SESSION_COLUMNS`].
+pub(crate) fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    let reply_targets: Vec<ReplyTarget> = parse_json(&row.get::<_, String>(7)?, 7)?;
+    Ok(Session {
+        session_id: row.get(0)?,
+        created_at_ms: row.get(1)?,
+        updated_at_ms: row.get(2)?,
+        created_by: row.get(3)?,
+        policy: PolicySnapshot {
+            persona_id: row.get(4)?,
+            capability_scope: parse_json(&row.get::<_, String>(5)?, 5)?,
+            credential_scope: parse_json(&row.get::<_, String>(6)?, 6)?,
+        },
+        reply_targets,
+        metadata: parse_json(&row.get::<_, String>(8)?, 8)?,
+    })
+}
+
+/// Columns for [`session_from_row`], in order.
+pub(crate) const SESSION_COLUMNS: &str = "session_id, created_at_ms, updated_at_ms, created_by, \
+     persona_id, capability_scope, credential_scope, reply_targets, metadata";
+
+/// Maps a `receipts` row selected with [`RECEIPT_COLUMNS`].
+pub(crate) fn receipt_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Receipt> {
+    Ok(Receipt {
+        receipt_key: row.get(0)?,
+        connector_kind: kind_from_sql(&row.get::<_, String>(1)?, 1)?,
+        connector_name: row.get(2)?,
+        key_sha256: row.get(3)?,
+        fingerprint: row.get(4)?,
+        status: row.get(5)?,
+        run_id: row.get(6)?,
+        session_id: row.get(7)?,
+        received_at_ms: row.get(8)?,
+        duplicate_hits: row.get(9)?,
+        last_duplicate_at_ms: row.get(10)?,
+    })
+}
+
+/// Columns for [`receipt_from_row`], in order.
+pub(crate) const RECEIPT_COLUMNS: &str =
+    "receipt_key, connector_kind, connector_name, key_sha256, \
+     fingerprint, status, run_id, session_id, received_at_ms, duplicate_hits, last_duplicate_at_ms";
+
+impl IngressOps<'_> {
+    fn err(&self, op: &str, e: rusqlite::Error) -> StoreError {
+        super::sqlite_error(self.path, op, e)
+    }
+
+    /// The receipt stored under `receipt_key`, if any.
+    pub fn receipt(&self, receipt_key: &str) -> Result<Option<Receipt>, StoreError> {
+        let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE receipt_key = ?1");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut st| st.query_row([receipt_key], receipt_from_row).optional())
+            .map_err(|e| self.err("reading a receipt", e))
+    }
+
+    /// The session `session_id`, if it exists.
+    pub fn session(&self, session_id: &str) -> Result<Option<Session>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut st| st.query_row([session_id], session_from_row).optional())
+            .map_err(|e| self.err("reading a session", e))
+    }
+
+    /// `(binding_key, session_id)` for each of `keys` that is bound.
+    pub fn bound_sessions(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT session_id FROM session_bindings WHERE binding_key = ?1")
+            .map_err(|e| self.err("reading session bindings", e))?;
+        for key in keys {
+            let found: Option<String> = st
+                .query_row([key], |row| row.get(0))
+                .optional()
+                .map_err(|e| self.err("reading session bindings", e))?;
+            if let Some(session_id) = found {
+                out.push((key.clone(), session_id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when asset `asset_id` exists.
+    pub fn asset_exists(&self, asset_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM assets WHERE asset_id = ?1")
+            .and_then(|mut st| st.exists([asset_id]))
+            .map_err(|e| self.err("reading an asset", e))
+    }
+
+    pub fn insert_session(&self, s: &NewSession) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, created_by, \
+                 persona_id, capability_scope, credential_scope, reply_targets, metadata) \
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    s.session_id,
+                    s.now_ms,
+                    s.created_by,
+                    s.policy.persona_id,
+                    json_text(&s.policy.capability_scope),
+                    json_text(&s.policy.credential_scope),
+                    json_text(&s.reply_targets),
+                    json_text(&s.metadata),
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.err("creating a session", e))
+    }
+
+    /// Binds each key to `session_id` unless it is bound already (a bound key is never
+    /// re-bound).
+    pub fn bind_keys(
+        &self,
+        session_id: &str,
+        keys: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO session_bindings (binding_key, session_id, created_at_ms) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (binding_key) DO NOTHING",
+            )
+            .map_err(|e| self.err("binding session keys", e))?;
+        for key in keys {
+            st.execute(params![key, session_id, now_ms])
+                .map_err(|e| self.err("binding session keys", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn insert_asset(&self, a: &NewAsset) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO assets (asset_id, media_type, file_name, sha256, size, data, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    a.asset_id,
+                    a.media_type,
+                    a.file_name,
+                    a.sha256,
+                    a.data.len() as i64,
+                    a.data,
+                    a.now_ms
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.err("storing an asset", e))
+    }
+
+    pub fn insert_run(&self, r: &NewRun) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs (run_id, session_id, connector_kind, connector_name, status, \
+                 actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.run_id,
+                    r.session_id,
+                    r.connector_kind.as_str(),
+                    r.connector_name,
+                    r.actor_id,
+                    json_text(&r.input),
+                    json_text(&r.metadata),
+                    json_text(&r.reply_targets),
+                    json_text(&r.policy),
+                    r.now_ms,
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.err("creating a run", e))
+    }
+
+    pub fn insert_receipt(&self, r: &NewReceipt) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO receipts (receipt_key, connector_kind, connector_name, key_sha256, \
+                 fingerprint, status, run_id, session_id, received_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'submitted', ?6, ?7, ?8)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.receipt_key,
+                    r.connector_kind.as_str(),
+                    r.connector_name,
+                    r.key_sha256,
+                    r.fingerprint,
+                    r.run_id,
+                    r.session_id,
+                    r.now_ms,
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.err("writing a receipt", e))
+    }
+
+    fn add_duplicate_hits(&self, key: &str, count: i64, last_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE receipts SET duplicate_hits = duplicate_hits + ?2, \
+                 last_duplicate_at_ms = max(coalesce(last_duplicate_at_ms, 0), ?3) \
+                 WHERE receipt_key = ?1",
+            )
+            .and_then(|mut st| st.execute(params![key, count, last_ms]))
+            .map(drop)
+            .map_err(|e| self.err("counting duplicate hits", e))
+    }
+}
+
+/// One unit of work for the writer: `apply` runs inside the batch transaction (in its own
+/// savepoint); `finish` runs after the commit with its result. A job must not answer its
+/// caller from `apply`: only `finish` knows whether anything became durable.
+pub trait WriteJob: Send {
+    fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError>;
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
+}
+
+enum Msg {
+    Job(Box<dyn WriteJob>),
+    DuplicateHit { receipt_key: String, at_ms: i64 },
+}
+
+/// Counters of the writer, for `/metrics` and the benchmark's commits-per-event figure.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Jobs committed (accepted events and other writes).
+    pub jobs: AtomicU64,
+}
+
+/// The group-commit writer thread. See the module docs.
+pub struct GroupWriter {
+    sender: Mutex<Option<mpsc::Sender<Msg>>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<WriterStats>,
+}
+
+/// Called after every successful commit with the number of jobs it carried.
+pub type AfterCommit = Box<dyn Fn(usize) + Send>;
+
+impl GroupWriter {
+    /// Opens the writer's own connection to the state root and starts the thread.
+    pub fn start(root: &Path, after_commit: AfterCommit) -> Result<GroupWriter, StoreError> {
+        let store = Store::open(root)?;
+        let (sender, receiver) = mpsc::channel();
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("ingress-writer".into())
+            .spawn(move || writer_loop(store, receiver, thread_stats, after_commit))
+            .map_err(|e| StoreError::Io {
+                path: root.display().to_string(),
+                source: e,
+            })?;
+        Ok(GroupWriter {
+            sender: Mutex::new(Some(sender)),
+            handle: Mutex::new(Some(handle)),
+            stats,
+        })
+    }
+
+    /// Queues a job. When the writer has shut down the job is finished at once with an error.
+    pub fn submit(&self, job: Box<dyn WriteJob>) {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let rejected = match sender {
+            Some(s) => s.send(Msg::Job(job)).err().map(|e| match e.0 {
+                Msg::Job(job) => job,
+                Msg::DuplicateHit { .. } => unreachable!("sent a job"),
+            }),
+            None => Some(job),
+        };
+        if let Some(job) = rejected {
+            job.finish(Err(StoreError::Busy {
+                path: "state.db".into(),
+                op: "accepting an event while the daemon shuts down".into(),
+            }));
+        }
+    }
+
+    /// Counts a duplicate hit on a receipt; written with a later batch, never on this path.
+    pub fn note_duplicate(&self, receipt_key: &str, at_ms: i64) {
+        if let Some(s) = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = s.send(Msg::DuplicateHit {
+                receipt_key: receipt_key.to_string(),
+                at_ms,
+            });
+        }
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Stops taking jobs, lets the thread write what is queued (and the pending duplicate
+    /// counts), and joins it.
+    pub fn shutdown(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn writer_loop(
+    store: Store,
+    receiver: mpsc::Receiver<Msg>,
+    stats: Arc<WriterStats>,
+    after_commit: AfterCommit,
+) {
+    let mut duplicates: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut open = true;
+    while open {
+        let first = if duplicates.is_empty() {
+            receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            receiver.recv_timeout(DUPLICATE_FLUSH)
+        };
+        let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
+        let mut take = |msg: Msg, jobs: &mut Vec<Box<dyn WriteJob>>| match msg {
+            Msg::Job(job) => jobs.push(job),
+            Msg::DuplicateHit { receipt_key, at_ms } => {
+                let entry = duplicates.entry(receipt_key).or_insert((0, at_ms));
+                entry.0 += 1;
+                entry.1 = entry.1.max(at_ms);
+            }
+        };
+        let flush_duplicates = match first {
+            Ok(msg) => {
+                take(msg, &mut jobs);
+                while jobs.len() < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(msg) => take(msg, &mut jobs),
+                        Err(_) => break,
+                    }
+                }
+                !jobs.is_empty()
+            }
+            Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Disconnected) => {
+                open = false;
+                true
+            }
+        };
+        let write_duplicates = flush_duplicates && !duplicates.is_empty();
+        if jobs.is_empty() && !write_duplicates {
+            continue;
+        }
+        let dups = if flush_duplicates {
+            std::mem::take(&mut duplicates)
+        } else {
+            HashMap::new()
+        };
+        commit_batch(&store, jobs, &dups, &stats, &after_commit);
+    }
+}
+
+/// Runs one batch in one transaction and finishes every job with the commit's result.
+fn commit_batch(
+    store: &Store,
+    mut jobs: Vec<Box<dyn WriteJob>>,
+    duplicates: &HashMap<String, (i64, i64)>,
+    stats: &WriterStats,
+    after_commit: &AfterCommit,
+) {
+    let conn = store.conn();
+    let ops = store.ingress_ops();
+    let mut job_errors: Vec<Option<StoreError>> = Vec::with_capacity(jobs.len());
+    let result = (|| -> Result<(), StoreError> {
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| store.err("starting the ingress transaction", e))?;
+        for job in jobs.iter_mut() {
+            conn.execute_batch("SAVEPOINT job")
+                .map_err(|e| store.err("starting a savepoint", e))?;
+            match job.apply(&ops) {
+                Ok(()) => {
+                    conn.execute_batch("RELEASE job")
+                        .map_err(|e| store.err("releasing a savepoint", e))?;
+                    job_errors.push(None);
+                }
+                Err(e) => {
+                    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                        .map_err(|e| store.err("rolling back a savepoint", e))?;
+                    job_errors.push(Some(e));
+                }
+            }
+        }
+        for (key, (count, last_ms)) in duplicates {
+            ops.add_duplicate_hits(key, *count, *last_ms)?;
+        }
+        conn.execute_batch("COMMIT")
+            .map_err(|e| store.err("committing the ingress transaction", e))
+    })();
+    match result {
+        Ok(()) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            let n = jobs.len();
+            for (job, err) in jobs.into_iter().zip(job_errors) {
+                job.finish(err.map_or(Ok(()), Err));
+            }
+            if n > 0 {
+                after_commit(n);
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            for job in jobs {
+                job.finish(Err(StoreError::Busy {
+                    path: e.to_string(),
+                    op: "committing accepted events".into(),
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::run::{NewSession, RunInput};
+    use std::sync::mpsc::Sender;
+
+    struct Insert {
+        run_id: String,
+        fail: bool,
+        done: Sender<Result<(), String>>,
+    }
+
+    impl WriteJob for Insert {
+        fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError> {
+            if ops.session("s1")?.is_none() {
+                ops.insert_session(&NewSession {
+                    session_id: "s1".into(),
+                    created_by: "test".into(),
+                    policy: PolicySnapshot::default(),
+                    reply_targets: Vec::new(),
+                    metadata: Default::default(),
+                    now_ms: 1,
+                })?;
+            }
+            ops.insert_run(&NewRun {
+                run_id: self.run_id.clone(),
+                session_id: "s1".into(),
+                connector_kind: ConnectorKind::Http,
+                connector_name: "orders".into(),
+                actor_id: "a".into(),
+                input: RunInput {
+                    content: Some("hi".into()),
+                    ..Default::default()
+                },
+                metadata: Default::default(),
+                reply_targets: Vec::new(),
+                policy: PolicySnapshot::default(),
+                now_ms: 1,
+            })?;
+            if self.fail {
+                // Simulate a failure after a partial write: the savepoint must undo the run.
+                return Err(StoreError::Busy {
+                    path: "t".into(),
+                    op: "forced".into(),
+                });
+            }
+            Ok(())
+        }
+
+        fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+            let _ = self.done.send(outcome.map_err(|e| e.to_string()));
+        }
+    }
+
+    #[test]
+    fn batch_commits_and_isolates_failed_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for (i, fail) in [(1, false), (2, true), (3, false)] {
+            writer.submit(Box::new(Insert {
+                run_id: format!("r{i}"),
+                fail,
+                done: tx.clone(),
+            }));
+        }
+        let results: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            2,
+            "{results:?}"
+        );
+        writer.shutdown();
+        let store = Store::open(dir.path()).unwrap();
+        let n: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(writer.stats().commits.load(Ordering::Relaxed) >= 1);
+        // After shutdown a job is refused, not lost silently.
+        writer.submit(Box::new(Insert {
+            run_id: "r9".into(),
+            fail: false,
+            done: tx,
+        }));
+        assert!(rx.recv().unwrap().is_err());
+    }
+
+    #[test]
+    fn duplicate_hits_are_flushed_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        let (tx, rx) = mpsc::channel();
+        writer.submit(Box::new(Insert {
+            run_id: "r1".into(),
+            fail: false,
+            done: tx,
+        }));
+        rx.recv().unwrap().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .ingress_ops()
+            .conn
+            .execute(
+                "INSERT INTO receipts (receipt_key, connector_kind, connector_name, key_sha256, fingerprint, status, run_id, session_id, received_at_ms) VALUES ('k','http','orders','d','f','submitted','r1','s1',1)",
+                [],
+            )
+            .unwrap();
+        writer.note_duplicate("k", 5);
+        writer.note_duplicate("k", 7);
+        writer.shutdown();
+        let r = store.ingress_ops().receipt("k").unwrap().unwrap();
+        assert_eq!(r.duplicate_hits, 2);
+        assert_eq!(r.last_duplicate_at_ms, Some(7));
+    }
+}

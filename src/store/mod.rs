@@ -10,8 +10,8 @@
 //! create-if-absent semantics, every connection has a busy timeout, and migrations run in an
 //! `IMMEDIATE` transaction (see [`migrations`]).
 
-pub mod migrations;
 pub mod ingress;
+pub mod migrations;
 pub mod receipts;
 pub mod runs;
 pub mod secret_slots;

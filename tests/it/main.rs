@@ -8,14 +8,14 @@ mod cli_rotate_secret;
 mod cli_sign;
 /// `validate`: every diagnostic shape, exit codes, `--json`, online secret checks.
 mod cli_validate;
-/// `serve` with HTTP ingress: auth, payload rules, receipts, sessions, malformed input, crash.
-mod serve_ingress;
-/// Runs: claim/output/complete/fail, echo and exec handlers, sessions on the control plane.
-mod serve_runs;
-/// `inspect-receipts`, `GET /v1/receipts`, `/metrics`, retention.
-mod serve_observe;
 /// `completions/` and `man/` match what the clap definition renders.
 mod generated_files;
+/// `serve` with HTTP ingress: auth, payload rules, receipts, sessions, malformed input, crash.
+mod serve_ingress;
+/// `inspect-receipts`, `GET /v1/receipts`, `/metrics`, retention.
+mod serve_observe;
+/// Runs: claim/output/complete/fail, echo and exec handlers, sessions on the control plane.
+mod serve_runs;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.
 mod state_root;
 /// Repository hygiene: module docs, no dbg!/todo!, commented dependencies.

@@ -73,7 +73,13 @@ impl<'a> DaemonBuilder<'a> {
             let path = self.sandbox.write("connectors.toml", config);
             cmd.arg("--connectors-config").arg(path);
         }
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-token-env", "KHEISH_TEST_ADMIN_TOKEN"]);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token-env",
+            "KHEISH_TEST_ADMIN_TOKEN",
+        ]);
         cmd.args(&self.args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -192,8 +198,17 @@ impl Daemon {
     }
 
     /// Sends a request with the given headers and body (`Connection: close` is added).
-    pub fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -206,11 +221,16 @@ impl Daemon {
     /// A control-plane request with the admin token; `body` is JSON when given.
     pub fn admin(&self, method: &str, target: &str, body: Option<&serde_json::Value>) -> Response {
         let auth = format!("Bearer {ADMIN_TOKEN}");
-        let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+        let body = body
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .unwrap_or_default();
         self.request(
             method,
             target,
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             &body,
         )
     }
@@ -241,7 +261,12 @@ impl Daemon {
 
     /// Waits for the process to exit on its own; returns its code.
     pub fn wait(mut self) -> Option<i32> {
-        let status = self.child.take().unwrap().wait().expect("waiting for serve");
+        let status = self
+            .child
+            .take()
+            .unwrap()
+            .wait()
+            .expect("waiting for serve");
         status.code()
     }
 }
@@ -259,7 +284,9 @@ fn signal(pid: u32, name: &str) {
 /// Reads one HTTP/1.1 response (Content-Length or chunked body).
 pub fn read_response(reader: &mut impl BufRead) -> Response {
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("reading the status line");
+    reader
+        .read_line(&mut status_line)
+        .expect("reading the status line");
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -290,7 +317,9 @@ pub fn read_response(reader: &mut impl BufRead) -> Response {
     } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size_line = String::new();
-            reader.read_line(&mut size_line).expect("reading a chunk size");
+            reader
+                .read_line(&mut size_line)
+                .expect("reading a chunk size");
             let size = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).expect("reading a chunk");

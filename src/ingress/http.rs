@@ -1,0 +1,1071 @@
+//! Generic webhook ingress, `POST /v1/connectors/http/{name}` (SPEC §6, §7).
+//!
+//! [`accept`] runs the checks in the spec's order — authentication, parse, payload rules,
+//! session resolution, idempotency, rate limit — on the request thread with reads only, then
+//! hands one [`AcceptJob`] to the group-commit writer, which re-checks the receipt and the
+//! session inside the transaction (another request may have won a race) and writes receipt,
+//! session, bindings, assets and run together. The answer waits for the commit.
+//!
+//! One deliberate ordering choice: a request that carries an idempotency key is looked up in
+//! the receipts BEFORE session resolution, so a replay is answered with its original run even
+//! when routing config changed since (SPEC §6.2); for new events the order is the spec's.
+
+use std::sync::mpsc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use super::auth::{self, AuthError};
+use super::fingerprint::fingerprint;
+use super::ratelimit::RateLimiter;
+use super::runtime::HttpRuntime;
+use super::{receipt_key, sha256_hex, AcceptStatus, Accepted, IngressError};
+use crate::model::reply::{ReplyPlugin, ReplyTarget};
+use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, RunInput};
+use crate::model::ConnectorKind;
+use crate::secrets::constant_time_eq;
+use crate::sessions::{self, Resolution, SessionRequest};
+use crate::store::ingress::{GroupWriter, IngressOps, WriteJob};
+use crate::store::StoreError;
+
+/// Request body cap for HTTP, Slack and Telegram ingress (SPEC §5).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Members an HTTP payload may have (SPEC §7.1).
+const MEMBERS: [&str; 11] = [
+    "session_id",
+    "binding_keys",
+    "actor_id",
+    "content",
+    "input_items",
+    "attachments",
+    "metadata",
+    "reply_targets",
+    "reply_plugin",
+    "reply_address",
+    "idempotency_key",
+];
+
+/// Run-metadata keys (and prefixes) that only the daemon writes (SPEC §6.3, §10.2).
+const RESERVED_METADATA_PREFIXES: [&str; 6] = [
+    "connector_ingress_",
+    "http_ingress_",
+    "slack_ingress_",
+    "telegram_ingress_",
+    "external_",
+    "kheish_",
+];
+
+const MAX_ITEMS: usize = 64;
+const MAX_ATTACHMENTS: usize = 10;
+const MAX_ASSET_BYTES: usize = 1024 * 1024;
+const MAX_BINDING_KEYS: usize = 64;
+const MAX_KEY_LEN: usize = 512;
+
+/// The request as ingress sees it: borrowed from the server's request.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub method: &'a str,
+    /// The request target exactly as received (path and query).
+    pub target: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl Inbound<'_> {
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// What accepting needs besides the request: reads on this thread, the writer, the limiter,
+/// and the clock (given, so tests control it).
+pub struct IngressCtx<'a> {
+    pub ops: IngressOps<'a>,
+    pub writer: &'a GroupWriter,
+    pub limiter: &'a RateLimiter,
+    pub now_ms: i64,
+    pub now: Instant,
+}
+
+fn invalid(path: impl Into<String>, detail: impl Into<String>) -> IngressError {
+    IngressError::InvalidPayload {
+        path: path.into(),
+        detail: detail.into(),
+    }
+}
+
+fn unavailable(e: StoreError) -> IngressError {
+    IngressError::Unavailable {
+        detail: e.to_string(),
+    }
+}
+
+/// Checks the bearer token and/or the HMAC signature the connector requires.
+pub fn authenticate(rt: &HttpRuntime, req: &Inbound<'_>, now_ms: i64) -> Result<(), IngressError> {
+    let unauthorized = |detail: String| IngressError::Unauthorized { detail };
+    if let Some(bearer) = &rt.bearer {
+        let values = req.header_values("authorization");
+        let value = auth::single_header("Authorization", &values)
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let token = value
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(|| unauthorized("`Authorization` is not a `Bearer` token".into()))?;
+        // Compare against every candidate, so timing does not tell which one matched.
+        let mut matched = false;
+        for candidate in bearer.candidates(now_ms) {
+            matched |= constant_time_eq(candidate, token.as_bytes());
+        }
+        if !matched {
+            return Err(unauthorized("bearer token does not match".into()));
+        }
+    }
+    if rt.config.require_hmac_signature {
+        let Some(hmac) = &rt.hmac else {
+            return Err(unauthorized("connector has no HMAC secret".into()));
+        };
+        let ts = req.header_values(auth::KHEISH_TIMESTAMP_HEADER);
+        let sig = req.header_values(auth::KHEISH_SIGNATURE_HEADER);
+        auth::verify_kheish_v1(
+            &hmac.candidates(now_ms),
+            req.method,
+            req.target,
+            &ts,
+            &sig,
+            req.body,
+            now_ms.div_euclid(1000),
+            rt.config.signature_max_age_secs,
+        )
+        .map_err(|e: AuthError| unauthorized(format!("HMAC signature check failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A payload after the rules of §6.7 and §7.1, ready to become a run.
+#[derive(Debug)]
+struct Parsed {
+    fingerprint: String,
+    idempotency_key: Option<String>,
+    session_id: Option<String>,
+    binding_keys: Option<Vec<String>>,
+    actor_id: Option<String>,
+    input: RunInput,
+    assets: Vec<NewAsset>,
+    /// Asset ids the payload references and that must exist.
+    referenced_assets: Vec<String>,
+    metadata: Map<String, Value>,
+    reply_targets: Option<Vec<ReplyTarget>>,
+}
+
+fn string_member(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, IngressError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(format!("$.{key}"), "must be a string")),
+    }
+}
+
+fn array_member<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'v Vec<Value>>, IngressError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(invalid(format!("$.{key}"), "must be an array")),
+    }
+}
+
+/// Parses an asset item (`inline_asset` / `asset_reference`) into its stored form.
+fn asset_item(
+    item: &Map<String, Value>,
+    path: &str,
+    now_ms: i64,
+    assets: &mut Vec<NewAsset>,
+    refs: &mut Vec<String>,
+) -> Result<Value, IngressError> {
+    let ty = item.get("type").and_then(Value::as_str).unwrap_or_default();
+    let only = |allowed: &[&str]| match item.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(invalid(format!("{path}.{k}"), "unknown member")),
+        None => Ok(()),
+    };
+    match ty {
+        "inline_asset" => {
+            only(&["type", "media_type", "data_base64", "file_name"])?;
+            let media_type = match item.get("media_type") {
+                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => {
+                    return Err(invalid(
+                        format!("{path}.media_type"),
+                        "must be a non-empty string",
+                    ))
+                }
+            };
+            let data = item
+                .get("data_base64")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(format!("{path}.data_base64"), "must be a base64 string"))?;
+            if data.len() > MAX_ASSET_BYTES / 3 * 4 + 4 {
+                return Err(invalid(
+                    format!("{path}.data_base64"),
+                    "decoded asset exceeds 1 MiB",
+                ));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|_| invalid(format!("{path}.data_base64"), "is not valid base64"))?;
+            if bytes.len() > MAX_ASSET_BYTES {
+                return Err(invalid(
+                    format!("{path}.data_base64"),
+                    "decoded asset exceeds 1 MiB",
+                ));
+            }
+            let file_name = match item.get("file_name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(invalid(format!("{path}.file_name"), "must be a string")),
+            };
+            let asset_id = new_id("asset", now_ms);
+            let mut out = Map::new();
+            out.insert("type".into(), "asset_reference".into());
+            out.insert("asset_id".into(), asset_id.clone().into());
+            out.insert("media_type".into(), media_type.clone().into());
+            if let Some(name) = &file_name {
+                out.insert("file_name".into(), name.clone().into());
+            }
+            out.insert("size".into(), bytes.len().into());
+            assets.push(NewAsset {
+                asset_id,
+                media_type,
+                file_name,
+                sha256: sha256_hex(&bytes),
+                data: bytes,
+                now_ms,
+            });
+            Ok(Value::Object(out))
+        }
+        "asset_reference" => {
+            only(&["type", "asset_id"])?;
+            let id = match item.get("asset_id") {
+                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => {
+                    return Err(invalid(
+                        format!("{path}.asset_id"),
+                        "must be a non-empty string",
+                    ))
+                }
+            };
+            refs.push(id.clone());
+            let mut out = Map::new();
+            out.insert("type".into(), "asset_reference".into());
+            out.insert("asset_id".into(), id.into());
+            Ok(Value::Object(out))
+        }
+        _ => Err(invalid(
+            format!("{path}.type"),
+            "must be `inline_asset` or `asset_reference`",
+        )),
+    }
+}
+
+/// Applies every payload rule of §6.7 and §7.1 to the parsed body.
+fn parse_payload(rt: &HttpRuntime, body: &[u8], now_ms: i64) -> Result<Parsed, IngressError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| IngressError::InvalidJson {
+        detail: e.to_string(),
+    })?;
+    let Value::Object(obj) = &value else {
+        return Err(invalid("$", "the payload must be a JSON object"));
+    };
+    if let Some(member) = obj.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
+        return Err(IngressError::UnknownMember {
+            member: member.clone(),
+        });
+    }
+    let authenticated = rt.authenticated();
+    let refuse_unauth = |member: &str| {
+        if authenticated {
+            Ok(())
+        } else {
+            Err(IngressError::NotAllowedUnauthenticated {
+                member: member.to_string(),
+            })
+        }
+    };
+
+    // Idempotency key.
+    let idempotency_key = match string_member(obj, "idempotency_key")? {
+        Some(k) if k.trim().len() > MAX_KEY_LEN => {
+            return Err(invalid(
+                "$.idempotency_key",
+                format!("must be at most {MAX_KEY_LEN} bytes"),
+            ))
+        }
+        Some(k) if !k.trim().is_empty() => Some(k.trim().to_string()),
+        _ => None,
+    };
+    if idempotency_key.is_none() && rt.config.require_idempotency_key {
+        return Err(IngressError::IdempotencyKeyRequired);
+    }
+
+    // Session inputs (authenticated callers only).
+    let session_id = match string_member(obj, "session_id")? {
+        Some(s) => {
+            refuse_unauth("session_id")?;
+            if s.trim().is_empty() {
+                return Err(invalid("$.session_id", "must not be empty"));
+            }
+            Some(s.trim().to_string())
+        }
+        None => None,
+    };
+    let binding_keys = match array_member(obj, "binding_keys")? {
+        Some(items) => {
+            refuse_unauth("binding_keys")?;
+            if items.len() > MAX_BINDING_KEYS {
+                return Err(invalid(
+                    "$.binding_keys",
+                    format!("at most {MAX_BINDING_KEYS} keys"),
+                ));
+            }
+            let mut keys = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().map(str::trim) {
+                    Some(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN => keys.push(k.to_string()),
+                    _ => {
+                        return Err(invalid(
+                            format!("$.binding_keys[{i}]"),
+                            "must be a non-empty string",
+                        ))
+                    }
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            Some(keys)
+        }
+        None => None,
+    };
+    let actor_id = match string_member(obj, "actor_id")? {
+        Some(a) if a.trim().is_empty() || a.len() > MAX_KEY_LEN => {
+            return Err(invalid(
+                "$.actor_id",
+                "must be a non-empty string of at most 512 bytes",
+            ))
+        }
+        other => other,
+    };
+
+    // Content (§6.7).
+    let content = string_member(obj, "content")?;
+    let items = array_member(obj, "input_items")?;
+    let attachments = array_member(obj, "attachments")?;
+    if items.is_some() && (content.is_some() || attachments.is_some()) {
+        return Err(IngressError::MixedContent);
+    }
+    let mut assets = Vec::new();
+    let mut referenced_assets = Vec::new();
+    let mut input = RunInput {
+        content: content.clone(),
+        ..RunInput::default()
+    };
+    if let Some(items) = items {
+        if items.len() > MAX_ITEMS {
+            return Err(invalid(
+                "$.input_items",
+                format!("at most {MAX_ITEMS} items"),
+            ));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("$.input_items[{i}]");
+            let Value::Object(item) = item else {
+                return Err(invalid(path, "must be an object"));
+            };
+            match item.get("type").and_then(Value::as_str) {
+                Some("text") => {
+                    if let Some(k) = item.keys().find(|k| !matches!(k.as_str(), "type" | "text")) {
+                        return Err(invalid(format!("{path}.{k}"), "unknown member"));
+                    }
+                    let text = item
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| invalid(format!("{path}.text"), "must be a string"))?;
+                    out.push(serde_json::json!({"type": "text", "text": text}));
+                }
+                Some("inline_asset" | "asset_reference") => {
+                    refuse_unauth(&format!("input_items[{i}]"))?;
+                    out.push(asset_item(
+                        item,
+                        &path,
+                        now_ms,
+                        &mut assets,
+                        &mut referenced_assets,
+                    )?);
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("{path}.type"),
+                        "must be `text`, `inline_asset` or `asset_reference`",
+                    ))
+                }
+            }
+        }
+        input.input_items = Some(out);
+    }
+    if let Some(list) = attachments {
+        refuse_unauth("attachments")?;
+        if list.len() > MAX_ATTACHMENTS {
+            return Err(invalid(
+                "$.attachments",
+                format!("at most {MAX_ATTACHMENTS} attachments"),
+            ));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (i, item) in list.iter().enumerate() {
+            let path = format!("$.attachments[{i}]");
+            let Value::Object(item) = item else {
+                return Err(invalid(path, "must be an object"));
+            };
+            out.push(asset_item(
+                item,
+                &path,
+                now_ms,
+                &mut assets,
+                &mut referenced_assets,
+            )?);
+        }
+        input.attachments = Some(out);
+    }
+    let has_text = content.as_deref().is_some_and(|c| !c.trim().is_empty());
+    let has_items = input.input_items.as_ref().is_some_and(|i| !i.is_empty());
+    let has_attachments = input.attachments.as_ref().is_some_and(|a| !a.is_empty());
+    if !has_text && !has_items && !has_attachments {
+        return Err(IngressError::MissingContent);
+    }
+
+    // Metadata: any JSON; a non-object is kept as {"payload": value}.
+    let metadata = match obj.get("metadata") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            let mut m = Map::new();
+            m.insert("payload".into(), other.clone());
+            m
+        }
+    };
+    if let Some(key) = metadata
+        .keys()
+        .find(|k| RESERVED_METADATA_PREFIXES.iter().any(|p| k.starts_with(p)))
+    {
+        return Err(IngressError::ReservedMetadataKey { key: key.clone() });
+    }
+
+    // Reply overrides (authentication AND allow_payload_reply_targets).
+    let reply_targets = parse_reply_overrides(rt, obj, authenticated)?;
+
+    Ok(Parsed {
+        fingerprint: fingerprint(&value),
+        idempotency_key,
+        session_id,
+        binding_keys,
+        actor_id,
+        input,
+        assets,
+        referenced_assets,
+        metadata,
+        reply_targets,
+    })
+}
+
+fn parse_reply_overrides(
+    rt: &HttpRuntime,
+    obj: &Map<String, Value>,
+    authenticated: bool,
+) -> Result<Option<Vec<ReplyTarget>>, IngressError> {
+    let list = array_member(obj, "reply_targets")?;
+    let plugin = string_member(obj, "reply_plugin")?;
+    let address = string_member(obj, "reply_address")?;
+    let member = if list.is_some() {
+        "reply_targets"
+    } else if plugin.is_some() {
+        "reply_plugin"
+    } else if address.is_some() {
+        "reply_address"
+    } else {
+        return Ok(None);
+    };
+    if !authenticated {
+        return Err(IngressError::NotAllowedUnauthenticated {
+            member: member.to_string(),
+        });
+    }
+    if !rt.config.allow_payload_reply_targets {
+        return Err(IngressError::ReplyOverrideNotAllowed);
+    }
+    let mut pairs: Vec<(String, Value, Value)> = Vec::new();
+    if let Some(list) = list {
+        if plugin.is_some() || address.is_some() {
+            return Err(invalid(
+                "$.reply_plugin",
+                "use either `reply_targets` or `reply_plugin` + `reply_address`",
+            ));
+        }
+        for (i, item) in list.iter().enumerate() {
+            let Value::Object(t) = item else {
+                return Err(invalid(
+                    format!("$.reply_targets[{i}]"),
+                    "must be an object {plugin, address}",
+                ));
+            };
+            if let Some(k) = t
+                .keys()
+                .find(|k| !matches!(k.as_str(), "plugin" | "address"))
+            {
+                return Err(invalid(
+                    format!("$.reply_targets[{i}].{k}"),
+                    "unknown member",
+                ));
+            }
+            pairs.push((
+                format!("$.reply_targets[{i}]"),
+                t.get("plugin").cloned().unwrap_or(Value::Null),
+                t.get("address").cloned().unwrap_or(Value::Null),
+            ));
+        }
+    } else {
+        let (Some(p), Some(a)) = (plugin, address) else {
+            return Err(invalid(
+                "$.reply_address",
+                "`reply_plugin` and `reply_address` go together",
+            ));
+        };
+        pairs.push(("$".into(), Value::String(p), Value::String(a)));
+    }
+    let mut targets = Vec::with_capacity(pairs.len());
+    for (path, plugin, address) in pairs {
+        let plugin = plugin
+            .as_str()
+            .ok_or_else(|| invalid(format!("{path}.plugin"), "must be a string"))
+            .and_then(|p| {
+                ReplyPlugin::parse(p).map_err(|e| invalid(format!("{path}.plugin"), e))
+            })?;
+        let address = address
+            .as_str()
+            .ok_or_else(|| invalid(format!("{path}.address"), "must be a string"))?;
+        let (target, _) = ReplyTarget::new(plugin, address).map_err(|e| {
+            invalid(
+                format!("{path}.address"),
+                format!("invalid {} address: {e}", plugin.as_str()),
+            )
+        })?;
+        targets.push(target);
+    }
+    Ok(Some(targets))
+}
+
+/// The HTTP natural session id (§6.5): `http:<name>:<first 16 hex of sha256(first key)>`.
+pub fn natural_session_id(name: &str, sorted_keys: &[String]) -> Option<String> {
+    sorted_keys
+        .first()
+        .map(|k| format!("http:{name}:{}", &sha256_hex(k.as_bytes())[..16]))
+}
+
+/// Accepts one request for the HTTP connector `rt`. Body size was checked by the caller.
+pub fn accept(
+    ctx: &IngressCtx<'_>,
+    rt: &HttpRuntime,
+    req: &Inbound<'_>,
+) -> Result<Accepted, IngressError> {
+    authenticate(rt, req, ctx.now_ms)?;
+    let parsed = parse_payload(rt, req.body, ctx.now_ms)?;
+    let name = rt.id.name.as_str();
+    let connector = rt.id.to_string();
+
+    // Idempotency lookup (see the module docs for why it precedes session resolution).
+    let receipt = parsed
+        .idempotency_key
+        .as_deref()
+        .map(|raw| receipt_key(ConnectorKind::Http, name, raw));
+    if let Some((key, _)) = &receipt {
+        if let Some(existing) = ctx.ops.receipt(key).map_err(unavailable)? {
+            return answer_existing(
+                ctx.writer,
+                &existing,
+                &parsed.fingerprint,
+                &connector,
+                ctx.now_ms,
+            );
+        }
+    }
+
+    let binding_keys = parsed
+        .binding_keys
+        .clone()
+        .unwrap_or_else(|| rt.config.common.binding_keys.clone());
+    let session_request = SessionRequest {
+        explicit: rt
+            .config
+            .common
+            .fixed_session_id
+            .clone()
+            .or_else(|| parsed.session_id.clone()),
+        natural_id: natural_session_id(name, &binding_keys),
+        binding_keys,
+        unresolved_hint:
+            "send `session_id` or `binding_keys` (authenticated connectors), or configure \
+                          `fixed_session_id` or `default_binding_keys` on the connector"
+                .into(),
+        policy: rt.config.common.session_policy.clone(),
+        created_by: format!("connector:{connector}"),
+    };
+    // Read-only pre-check so that session errors are answered before the rate limit; the
+    // writer resolves again inside the transaction.
+    sessions::resolve(&ctx.ops, &session_request, ctx.now_ms)?;
+
+    ctx.limiter
+        .try_take(
+            &connector,
+            rt.config.common.ingress_events_per_second,
+            ctx.now,
+        )
+        .map_err(|retry_after_ms| IngressError::RateLimited {
+            kind: ConnectorKind::Http,
+            retry_after_ms,
+        })?;
+
+    let mut metadata = parsed.metadata;
+    metadata.insert(
+        "http_ingress_fingerprint".into(),
+        parsed.fingerprint.clone().into(),
+    );
+    if let Some((key, digest)) = &receipt {
+        metadata.insert("connector_ingress_key".into(), key.clone().into());
+        metadata.insert("http_ingress_key_sha256".into(), digest.clone().into());
+    }
+    let run_id = new_id("run", ctx.now_ms);
+    let job = AcceptJob {
+        receipt: receipt.map(|(key, digest)| (key, digest, parsed.fingerprint.clone())),
+        session_request,
+        run: NewRun {
+            run_id,
+            session_id: String::new(),
+            connector_kind: ConnectorKind::Http,
+            connector_name: name.to_string(),
+            actor_id: parsed
+                .actor_id
+                .or_else(|| rt.config.actor_id.clone())
+                .unwrap_or_else(|| "http-webhook".into()),
+            input: parsed.input,
+            metadata,
+            reply_targets: parsed
+                .reply_targets
+                .unwrap_or_else(|| rt.config.common.reply_targets.clone()),
+            policy: Default::default(),
+            now_ms: ctx.now_ms,
+        },
+        assets: parsed.assets,
+        referenced_assets: parsed.referenced_assets,
+        connector,
+        outcome: None,
+        reply: None,
+    };
+    submit(ctx.writer, job)
+}
+
+/// Answers a request whose receipt exists: the original run when the payload is the same,
+/// 409 otherwise. Counts the hit without writing on this path.
+fn answer_existing(
+    writer: &GroupWriter,
+    existing: &crate::model::run::Receipt,
+    fingerprint: &str,
+    connector: &str,
+    now_ms: i64,
+) -> Result<Accepted, IngressError> {
+    if existing.fingerprint == fingerprint {
+        writer.note_duplicate(&existing.receipt_key, now_ms);
+        Ok(Accepted {
+            status: AcceptStatus::Duplicate,
+            run_id: existing.run_id.clone(),
+            session_id: existing.session_id.clone(),
+            connector: connector.to_string(),
+        })
+    } else {
+        Err(IngressError::IdempotencyConflict {
+            run_id: existing.run_id.clone(),
+            session_id: existing.session_id.clone(),
+        })
+    }
+}
+
+type Reply = mpsc::SyncSender<Result<Accepted, IngressError>>;
+
+/// The accepting transaction of one event (runs on the writer thread).
+struct AcceptJob {
+    /// `(receipt_key, key_sha256, fingerprint)` when the event has an idempotency key.
+    receipt: Option<(String, String, String)>,
+    session_request: SessionRequest,
+    run: NewRun,
+    assets: Vec<NewAsset>,
+    referenced_assets: Vec<String>,
+    connector: String,
+    outcome: Option<Result<Accepted, IngressError>>,
+    reply: Option<Reply>,
+}
+
+fn submit(writer: &GroupWriter, mut job: AcceptJob) -> Result<Accepted, IngressError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    job.reply = Some(tx);
+    writer.submit(Box::new(job));
+    rx.recv().unwrap_or_else(|_| {
+        Err(IngressError::Unavailable {
+            detail: "the ingress writer stopped".into(),
+        })
+    })
+}
+
+impl AcceptJob {
+    /// Everything that may refuse the event, before anything is written.
+    fn decide(&mut self, ops: &IngressOps<'_>) -> Result<Option<Resolution>, StoreError> {
+        if let Some((key, _, fingerprint)) = &self.receipt {
+            if let Some(existing) = ops.receipt(key)? {
+                // Lost a race with an identical key: answer like a duplicate (no hit counted
+                // from here; the writer owns no GroupWriter handle).
+                self.outcome = Some(if &existing.fingerprint == fingerprint {
+                    Ok(Accepted {
+                        status: AcceptStatus::Duplicate,
+                        run_id: existing.run_id,
+                        session_id: existing.session_id,
+                        connector: self.connector.clone(),
+                    })
+                } else {
+                    Err(IngressError::IdempotencyConflict {
+                        run_id: existing.run_id,
+                        session_id: existing.session_id,
+                    })
+                });
+                return Ok(None);
+            }
+        }
+        let resolution = match sessions::resolve(ops, &self.session_request, self.run.now_ms) {
+            Ok(r) => r,
+            Err(IngressError::Unavailable { detail }) => {
+                return Err(StoreError::Busy {
+                    path: detail,
+                    op: "resolving a session".into(),
+                })
+            }
+            Err(e) => {
+                self.outcome = Some(Err(e));
+                return Ok(None);
+            }
+        };
+        for asset_id in &self.referenced_assets {
+            if !ops.asset_exists(asset_id)? {
+                self.outcome = Some(Err(IngressError::UnknownAsset {
+                    asset_id: asset_id.clone(),
+                }));
+                return Ok(None);
+            }
+        }
+        Ok(Some(resolution))
+    }
+}
+
+impl WriteJob for AcceptJob {
+    fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError> {
+        let Some(resolution) = self.decide(ops)? else {
+            return Ok(());
+        };
+        let session_id = resolution.session_id().to_string();
+        self.run.policy = resolution.policy().clone();
+        if let Resolution::New(session) = &resolution {
+            ops.insert_session(session)?;
+        }
+        ops.bind_keys(
+            &session_id,
+            &self.session_request.binding_keys,
+            self.run.now_ms,
+        )?;
+        for asset in &self.assets {
+            ops.insert_asset(asset)?;
+        }
+        self.run.session_id = session_id.clone();
+        ops.insert_run(&self.run)?;
+        if let Some((key, digest, fingerprint)) = &self.receipt {
+            ops.insert_receipt(&NewReceipt {
+                receipt_key: key.clone(),
+                connector_kind: ConnectorKind::Http,
+                connector_name: self.run.connector_name.clone(),
+                key_sha256: digest.clone(),
+                fingerprint: fingerprint.clone(),
+                run_id: self.run.run_id.clone(),
+                session_id: session_id.clone(),
+                now_ms: self.run.now_ms,
+            })?;
+        }
+        self.outcome = Some(Ok(Accepted {
+            status: AcceptStatus::Accepted,
+            run_id: self.run.run_id.clone(),
+            session_id,
+            connector: self.connector.clone(),
+        }));
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.outcome.take()) {
+            (Ok(()), Some(outcome)) => outcome,
+            // Refusals decided before any write stand even if the batch failed to commit.
+            (Err(_), Some(Err(refusal)))
+                if !matches!(refusal, IngressError::Unavailable { .. }) =>
+            {
+                Err(refusal)
+            }
+            (Err(e), _) => Err(unavailable(e)),
+            (Ok(()), None) => Err(IngressError::Unavailable {
+                detail: "the accepting transaction produced no outcome".into(),
+            }),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::runtime::Verifier;
+    use crate::secrets::Secret;
+
+    fn runtime(toml: &str) -> HttpRuntime {
+        let loaded = crate::config::validate::parse_str("t.toml", toml);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let config = loaded.config.http[0].clone();
+        HttpRuntime {
+            id: crate::model::ConnectorId {
+                kind: ConnectorKind::Http,
+                name: config.common.name.clone(),
+            },
+            bearer: config
+                .bearer_token
+                .as_ref()
+                .map(|_| Verifier::single(Secret::new("tok".into()))),
+            hmac: config
+                .hmac_secret
+                .as_ref()
+                .map(|_| Verifier::single(Secret::new("hmac-test-secret".into()))),
+            config,
+        }
+    }
+
+    const AUTH: &str = "[[http_connectors]]\nname = \"orders\"\nbearer_token_env = \"T\"\nallow_payload_reply_targets = true\n";
+    const OPEN: &str =
+        "[[http_connectors]]\nname = \"open\"\nallow_unauthenticated_ingress = true\n";
+
+    fn parse(toml: &str, body: &str) -> Result<Parsed, IngressError> {
+        parse_payload(&runtime(toml), body.as_bytes(), 1_700_000_000_000)
+    }
+
+    fn err_code(toml: &str, body: &str) -> String {
+        let e = parse(toml, body).expect_err("expected a refusal");
+        crate::server::response::ingress_error(&e).body.pipe(|b| {
+            serde_json::from_slice::<Value>(&b).unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    }
+
+    trait Pipe: Sized {
+        fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
+            f(self)
+        }
+    }
+    impl<T> Pipe for T {}
+
+    #[test]
+    fn payload_rules() {
+        assert!(parse(AUTH, r#"{"content":"hi","idempotency_key":"k"}"#).is_ok());
+        assert_eq!(err_code(AUTH, "{"), "invalid_json");
+        assert_eq!(err_code(AUTH, "[1]"), "invalid_payload");
+        assert_eq!(
+            err_code(AUTH, r#"{"content":"hi","idempotency_key":"k","extra":1}"#),
+            "unknown_member"
+        );
+        assert_eq!(
+            err_code(AUTH, r#"{"content":"hi"}"#),
+            "idempotency_key_required"
+        );
+        assert_eq!(
+            err_code(AUTH, r#"{"content":"hi","idempotency_key":"   "}"#),
+            "idempotency_key_required"
+        );
+        assert_eq!(
+            err_code(AUTH, r#"{"content":5,"idempotency_key":"k"}"#),
+            "invalid_payload"
+        );
+        assert_eq!(
+            err_code(AUTH, r#"{"content":"","idempotency_key":"k"}"#),
+            "missing_content"
+        );
+        assert_eq!(
+            err_code(
+                AUTH,
+                r#"{"content":"a","input_items":[],"idempotency_key":"k"}"#
+            ),
+            "mixed_content"
+        );
+        assert_eq!(
+            err_code(
+                AUTH,
+                r#"{"content":"a","metadata":{"connector_ingress_key":"x"},"idempotency_key":"k"}"#
+            ),
+            "reserved_metadata_key"
+        );
+        assert_eq!(
+            err_code(
+                AUTH,
+                r#"{"content":"a","metadata":{"http_ingress_anything":"x"},"idempotency_key":"k"}"#
+            ),
+            "reserved_metadata_key"
+        );
+        assert_eq!(
+            err_code(
+                AUTH,
+                r#"{"input_items":[{"type":"video"}],"idempotency_key":"k"}"#
+            ),
+            "invalid_payload"
+        );
+        assert_eq!(
+            err_code(
+                AUTH,
+                r#"{"input_items":[{"type":"inline_asset","media_type":"text/plain","data_base64":"!!"}],"idempotency_key":"k"}"#
+            ),
+            "invalid_payload"
+        );
+        assert_eq!(
+            err_code(
+                AUTH,
+                r#"{"content":"a","reply_targets":[{"plugin":"http","address":"https://u:p@e.com"}],"idempotency_key":"k"}"#
+            ),
+            "invalid_payload"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_restrictions() {
+        for (member, body) in [
+            ("session_id", r#"{"content":"a","session_id":"s"}"#),
+            ("binding_keys", r#"{"content":"a","binding_keys":["b"]}"#),
+            ("reply_targets", r#"{"content":"a","reply_targets":[]}"#),
+            ("attachments", r#"{"content":"a","attachments":[]}"#),
+            (
+                "input_items[0]",
+                r#"{"input_items":[{"type":"asset_reference","asset_id":"x"}]}"#,
+            ),
+        ] {
+            let toml = format!("{OPEN}require_idempotency_key = false\n");
+            match parse(&toml, body) {
+                Err(IngressError::NotAllowedUnauthenticated { member: m }) => assert_eq!(m, member),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // Reply overrides on an authenticated connector without the opt-in.
+        let toml = "[[http_connectors]]\nname = \"o\"\nbearer_token_env = \"T\"\n";
+        assert!(matches!(
+            parse(
+                toml,
+                r#"{"content":"a","idempotency_key":"k","reply_plugin":"http","reply_address":"https://e.com"}"#
+            ),
+            Err(IngressError::ReplyOverrideNotAllowed)
+        ));
+    }
+
+    #[test]
+    fn inline_assets_become_references() {
+        let p = parse(AUTH, r#"{"input_items":[{"type":"text","text":"t"},{"type":"inline_asset","media_type":"text/plain","data_base64":"aGVsbG8=","file_name":"a.txt"}],"idempotency_key":"k"}"#).unwrap();
+        assert_eq!(p.assets.len(), 1);
+        assert_eq!(p.assets[0].data, b"hello");
+        let items = p.input.input_items.unwrap();
+        assert_eq!(items[1]["type"], "asset_reference");
+        assert_eq!(items[1]["asset_id"], p.assets[0].asset_id.as_str());
+        assert!(!serde_json::to_string(&items).unwrap().contains("aGVsbG8="));
+    }
+
+    #[test]
+    fn fingerprint_ignores_order_and_whitespace() {
+        let a = parse(
+            AUTH,
+            r#"{"content":"hi","idempotency_key":"k","metadata":{"a":1,"b":2}}"#,
+        )
+        .unwrap();
+        let b = parse(
+            AUTH,
+            "{ \"metadata\": {\"b\":2, \"a\":1}, \"idempotency_key\":\"k\", \"content\":\"hi\" }",
+        )
+        .unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+    }
+
+    #[test]
+    fn bearer_and_hmac() {
+        let rt = runtime("[[http_connectors]]\nname = \"orders\"\nbearer_token_env = \"T\"\nrequire_hmac_signature = true\nhmac_secret_env = \"H\"\n");
+        let body = br#"{"content":"hello","idempotency_key":"order-123","metadata":{"k":"v"}}"#;
+        let target = "/v1/connectors/http/orders?source=a%2Fb&attempt=1";
+        let sig =
+            auth::kheish_v1_signature(b"hmac-test-secret", "POST", target, 1_710_000_000, body);
+        let headers = |auth: &str, ts: &str, sig: &str| {
+            vec![
+                ("Authorization".to_string(), auth.to_string()),
+                ("X-Kheish-Timestamp".to_string(), ts.to_string()),
+                ("X-Kheish-Signature".to_string(), sig.to_string()),
+            ]
+        };
+        let check = |h: Vec<(String, String)>, now_ms: i64| {
+            authenticate(
+                &rt,
+                &Inbound {
+                    method: "POST",
+                    target,
+                    headers: &h,
+                    body,
+                },
+                now_ms,
+            )
+        };
+        let now = 1_710_000_000_000;
+        assert!(check(headers("Bearer tok", "1710000000", &sig), now).is_ok());
+        assert!(check(headers("Bearer nope", "1710000000", &sig), now).is_err());
+        assert!(check(headers("Basic tok", "1710000000", &sig), now).is_err());
+        assert!(check(headers("Bearer tok", "1710000000", &sig), now + 301_000).is_err());
+        let mut dup = headers("Bearer tok", "1710000000", &sig);
+        dup.push(("authorization".into(), "Bearer tok".into()));
+        match check(dup, now) {
+            Err(IngressError::Unauthorized { detail }) => {
+                assert!(detail.contains("Authorization"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bearer is still required when HMAC is.
+        let no_bearer: Vec<(String, String)> = headers("Bearer tok", "1710000000", &sig)
+            .into_iter()
+            .skip(1)
+            .collect();
+        assert!(check(no_bearer, now).is_err());
+    }
+
+    #[test]
+    fn natural_ids() {
+        let id = natural_session_id("orders", &["a".into(), "b".into()]).unwrap();
+        assert_eq!(id, format!("http:orders:{}", &sha256_hex(b"a")[..16]));
+        assert_eq!(natural_session_id("orders", &[]), None);
+    }
+}

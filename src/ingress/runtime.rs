@@ -1,0 +1,208 @@
+//! The daemon's view of its connectors: the validated config plus every secret resolved, built
+//! once at start and again on reload (SIGHUP, or a rotated secret-store slot). Building fails
+//! closed: any secret that cannot be resolved makes the whole build fail with diagnostics.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, Config, HttpConnector, SecretField};
+use crate::model::{ConnectorId, ConnectorKind, Diagnostic};
+use crate::secrets::{self, Secret, SecretError, SecretSource, SecretStore};
+
+/// Values that may verify an inbound credential: the current one, and a previous one until its
+/// rotation grace window ends.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    values: Vec<(Secret, Option<i64>)>,
+}
+
+impl Verifier {
+    /// The values valid at `now_ms`.
+    pub fn candidates(&self, now_ms: i64) -> Vec<&[u8]> {
+        self.values
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|u| now_ms < u))
+            .map(|(s, _)| s.expose().as_bytes())
+            .collect()
+    }
+
+    /// A verifier holding one value (tests, env and inline sources).
+    pub fn single(secret: Secret) -> Verifier {
+        Verifier {
+            values: vec![(secret, None)],
+        }
+    }
+}
+
+/// An HTTP connector ready to serve.
+#[derive(Debug)]
+pub struct HttpRuntime {
+    pub id: ConnectorId,
+    pub config: HttpConnector,
+    pub bearer: Option<Verifier>,
+    pub hmac: Option<Verifier>,
+}
+
+impl HttpRuntime {
+    /// True when requests are authenticated (bearer, or required HMAC with a secret).
+    pub fn authenticated(&self) -> bool {
+        self.bearer.is_some() || (self.config.require_hmac_signature && self.hmac.is_some())
+    }
+}
+
+/// Every connector of the running daemon.
+#[derive(Debug, Default)]
+pub struct Connectors {
+    pub config: Config,
+    pub http: HashMap<String, Arc<HttpRuntime>>,
+    /// `(secret_ref, updated_at_ms, previous_valid_until_ms)` of every store slot seen at build
+    /// time; the watcher rebuilds when the store's list differs.
+    pub slot_versions: Vec<(String, i64, Option<i64>)>,
+}
+
+/// Why the connectors could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Secrets that are missing or empty (exit 4 for `serve`, printed like `validate`).
+    Diagnostics(Vec<Diagnostic>),
+    /// The state root or the secret store itself failed.
+    Secrets(SecretError),
+}
+
+/// Resolves every secret of `config`. `file` names the config in diagnostics.
+pub fn build(
+    config: Config,
+    file: &str,
+    state_root: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    now_ms: i64,
+) -> Result<Connectors, BuildError> {
+    let store = SecretStore::open_existing(state_root).map_err(BuildError::Secrets)?;
+    let problems = config::check_secret_sources(&config, file, |source| {
+        match secrets::resolve(source, store.as_ref(), env) {
+            Ok(_) => Ok(None),
+            Err(e) => config::secret_problem(e, state_root),
+        }
+    })
+    .map_err(BuildError::Secrets)?;
+    if !problems.is_empty() {
+        return Err(BuildError::Diagnostics(problems));
+    }
+    let slots = match &store {
+        Some(s) => s.list().map_err(BuildError::Secrets)?,
+        None => Vec::new(),
+    };
+    let verifier = |field: &Option<SecretField>| -> Result<Option<Verifier>, SecretError> {
+        let Some(field) = field else { return Ok(None) };
+        let values = match &field.source {
+            SecretSource::StoreRef(secret_ref) => {
+                let store = store.as_ref().ok_or_else(|| SecretError::NoStateRoot {
+                    secret_ref: secret_ref.clone(),
+                })?;
+                let until = slots
+                    .iter()
+                    .find(|s| &s.secret_ref == secret_ref)
+                    .and_then(|s| s.previous_valid_until_ms);
+                store
+                    .verification_values(secret_ref, now_ms)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (v, if i == 0 { None } else { until }))
+                    .collect()
+            }
+            other => vec![(secrets::resolve(other, None, env)?, None)],
+        };
+        Ok(Some(Verifier { values }))
+    };
+    let mut http = HashMap::new();
+    for c in &config.http {
+        let runtime = HttpRuntime {
+            id: ConnectorId {
+                kind: ConnectorKind::Http,
+                name: c.common.name.clone(),
+            },
+            config: c.clone(),
+            bearer: verifier(&c.bearer_token).map_err(BuildError::Secrets)?,
+            hmac: verifier(&c.hmac_secret).map_err(BuildError::Secrets)?,
+        };
+        http.insert(c.common.name.to_string(), Arc::new(runtime));
+    }
+    Ok(Connectors {
+        config,
+        http,
+        slot_versions: slot_versions(&slots),
+    })
+}
+
+fn slot_versions(slots: &[secrets::SlotInfo]) -> Vec<(String, i64, Option<i64>)> {
+    let mut v: Vec<_> = slots
+        .iter()
+        .map(|s| {
+            (
+                s.secret_ref.clone(),
+                s.updated_at_ms,
+                s.previous_valid_until_ms,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The current slot versions of the state root's store (for change detection).
+pub fn current_slot_versions(
+    state_root: &Path,
+) -> Result<Vec<(String, i64, Option<i64>)>, SecretError> {
+    match SecretStore::open_existing(state_root)? {
+        Some(store) => Ok(slot_versions(&store.list()?)),
+        None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_values_expire() {
+        let v = Verifier {
+            values: vec![
+                (Secret::new("new".into()), None),
+                (Secret::new("old".into()), Some(100)),
+            ],
+        };
+        assert_eq!(v.candidates(99).len(), 2);
+        assert_eq!(v.candidates(100), vec![b"new".as_slice()]);
+    }
+
+    #[test]
+    fn build_fails_closed_on_missing_env() {
+        let loaded = config::validate::parse_str(
+            "t.toml",
+            "[[http_connectors]]\nname = \"o\"\nbearer_token_env = \"NOPE\"\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        match build(loaded.config, "t.toml", dir.path(), &|_| None, 0) {
+            Err(BuildError::Diagnostics(d)) => assert!(d[0].message.contains("NOPE"), "{d:?}"),
+            other => panic!("expected diagnostics, got {other:?}"),
+        }
+        let loaded = config::validate::parse_str(
+            "t.toml",
+            "[[http_connectors]]\nname = \"o\"\nbearer_token_env = \"TOK\"\n",
+        );
+        let c = build(
+            loaded.config,
+            "t.toml",
+            dir.path(),
+            &|_| Some("v".into()),
+            0,
+        )
+        .unwrap();
+        assert!(c.http["o"].authenticated());
+        assert_eq!(
+            c.http["o"].bearer.as_ref().unwrap().candidates(0),
+            vec![b"v".as_slice()]
+        );
+    }
+}

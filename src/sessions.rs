@@ -1,0 +1,194 @@
+//! Session resolution and `session_policy` enforcement (SPEC §6.5), used by ingress both
+//! before the rate limit (on a read connection) and again inside the accepting transaction.
+
+use crate::config::SessionPolicy;
+use crate::ingress::IngressError;
+use crate::model::run::{NewSession, PolicySnapshot, Session};
+use crate::store::ingress::IngressOps;
+use crate::store::StoreError;
+
+/// What an event offers to find its session, in resolution order.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// `fixed_session_id` of the connector, else the (authenticated) payload `session_id`.
+    pub explicit: Option<String>,
+    /// The event's binding keys, trimmed, sorted and deduplicated.
+    pub binding_keys: Vec<String>,
+    /// The id derived from the event (§6.5 step 4), when one can be derived.
+    pub natural_id: Option<String>,
+    /// Said in the 400 when nothing resolves.
+    pub unresolved_hint: String,
+    pub policy: SessionPolicy,
+    /// `connector:KIND/NAME`, recorded on sessions this event creates.
+    pub created_by: String,
+}
+
+/// The resolved session: an existing one, or one to create in the accepting transaction.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Existing(Session),
+    New(NewSession),
+}
+
+impl Resolution {
+    pub fn session_id(&self) -> &str {
+        match self {
+            Resolution::Existing(s) => &s.session_id,
+            Resolution::New(s) => &s.session_id,
+        }
+    }
+
+    pub fn policy(&self) -> &PolicySnapshot {
+        match self {
+            Resolution::Existing(s) => &s.policy,
+            Resolution::New(s) => &s.policy,
+        }
+    }
+}
+
+fn store_err(e: StoreError) -> IngressError {
+    IngressError::Unavailable {
+        detail: e.to_string(),
+    }
+}
+
+/// The policy snapshot a connector's `session_policy` records.
+pub fn snapshot(policy: &SessionPolicy) -> PolicySnapshot {
+    PolicySnapshot {
+        persona_id: policy.persona_id.clone(),
+        capability_scope: policy.capability_scope.clone(),
+        credential_scope: policy.credential_scope.clone(),
+    }
+}
+
+/// Resolves the session for `req` (first rule that applies) and checks the policy.
+pub fn resolve(
+    ops: &IngressOps<'_>,
+    req: &SessionRequest,
+    now_ms: i64,
+) -> Result<Resolution, IngressError> {
+    let session_id = match &req.explicit {
+        Some(id) => id.clone(),
+        None => {
+            let bound = ops.bound_sessions(&req.binding_keys).map_err(store_err)?;
+            let mut ids: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
+            ids.sort();
+            ids.dedup();
+            match ids.as_slice() {
+                [] => req
+                    .natural_id
+                    .clone()
+                    .ok_or_else(|| IngressError::SessionUnresolved {
+                        hint: req.unresolved_hint.clone(),
+                    })?,
+                [one] => (*one).clone(),
+                [first, second, ..] => {
+                    return Err(IngressError::AmbiguousBinding {
+                        first: (*first).clone(),
+                        second: (*second).clone(),
+                    })
+                }
+            }
+        }
+    };
+    let wanted = snapshot(&req.policy);
+    match ops.session(&session_id).map_err(store_err)? {
+        Some(existing) => {
+            if existing.policy != wanted {
+                return Err(IngressError::SessionPolicyConflict { session_id });
+            }
+            Ok(Resolution::Existing(existing))
+        }
+        None if req.policy.create_if_missing => Ok(Resolution::New(NewSession {
+            session_id,
+            created_by: req.created_by.clone(),
+            policy: wanted,
+            reply_targets: Vec::new(),
+            metadata: Default::default(),
+            now_ms,
+        })),
+        None => Err(IngressError::SessionNotFound { session_id }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn req(
+        explicit: Option<&str>,
+        keys: &[&str],
+        natural: Option<&str>,
+        create: bool,
+    ) -> SessionRequest {
+        SessionRequest {
+            explicit: explicit.map(Into::into),
+            binding_keys: keys.iter().map(|k| k.to_string()).collect(),
+            natural_id: natural.map(Into::into),
+            unresolved_hint: "send binding_keys".into(),
+            policy: SessionPolicy {
+                create_if_missing: create,
+                ..SessionPolicy::default()
+            },
+            created_by: "connector:http/orders".into(),
+        }
+    }
+
+    fn new_session(ops: &IngressOps<'_>, id: &str, persona: Option<&str>) {
+        ops.insert_session(&NewSession {
+            session_id: id.into(),
+            created_by: "test".into(),
+            policy: PolicySnapshot {
+                persona_id: persona.map(Into::into),
+                ..Default::default()
+            },
+            reply_targets: Vec::new(),
+            metadata: Default::default(),
+            now_ms: 1,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn resolution_order_and_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = store.ingress_ops();
+        // Nothing to go on.
+        assert!(matches!(
+            resolve(&ops, &req(None, &[], None, true), 1),
+            Err(IngressError::SessionUnresolved { .. })
+        ));
+        // Natural id, created when allowed, refused when not.
+        assert!(
+            matches!(resolve(&ops, &req(None, &["k"], Some("nat"), true), 1), Ok(Resolution::New(s)) if s.session_id == "nat")
+        );
+        assert!(matches!(
+            resolve(&ops, &req(None, &["k"], Some("nat"), false), 1),
+            Err(IngressError::SessionNotFound { .. })
+        ));
+        // A bound key wins over the natural id; two sessions are ambiguous.
+        new_session(&ops, "s1", None);
+        new_session(&ops, "s2", None);
+        ops.bind_keys("s1", &["a".into()], 1).unwrap();
+        ops.bind_keys("s2", &["b".into()], 1).unwrap();
+        assert!(
+            matches!(resolve(&ops, &req(None, &["a", "z"], Some("nat"), true), 1), Ok(Resolution::Existing(s)) if s.session_id == "s1")
+        );
+        assert!(matches!(
+            resolve(&ops, &req(None, &["a", "b"], Some("nat"), true), 1),
+            Err(IngressError::AmbiguousBinding { .. })
+        ));
+        // Explicit id wins over bindings.
+        assert!(
+            matches!(resolve(&ops, &req(Some("s2"), &["a"], None, false), 1), Ok(Resolution::Existing(s)) if s.session_id == "s2")
+        );
+        // A session created with another persona is refused.
+        new_session(&ops, "s3", Some("other"));
+        assert!(matches!(
+            resolve(&ops, &req(Some("s3"), &[], None, true), 1),
+            Err(IngressError::SessionPolicyConflict { .. })
+        ));
+    }
+}
