@@ -70,7 +70,9 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// `--handler exec` without a program.
-    #[error("--handler exec needs --handler-command (the program, then its arguments, one per flag)")]
+    #[error(
+        "--handler exec needs --handler-command (the program, then its arguments, one per flag)"
+    )]
     NoCommand,
     /// A worker's database connection could not be opened.
     #[error("opening the state root for the run handlers")]
@@ -219,7 +221,10 @@ struct Captured {
 /// How an `exec` command ended.
 enum ExecEnd {
     /// Exited, and stdout reached EOF, within the timeout.
-    Exited { status: ExitStatus, stdout: Captured },
+    Exited {
+        status: ExitStatus,
+        stdout: Captured,
+    },
     TimedOut,
     Interrupted,
     StartFailed(String),
@@ -423,7 +428,10 @@ impl Worker {
                 break;
             }
             match self.events.recv_timeout(remaining) {
-                Ok(Event::Exited { token: t, status: s }) if t == token => status = Some(s),
+                Ok(Event::Exited {
+                    token: t,
+                    status: s,
+                }) if t == token => status = Some(s),
                 Ok(Event::Stdout { token: t, captured }) if t == token => stdout = Some(captured),
                 Ok(Event::Exited { .. } | Event::Stdout { .. }) => {} // an earlier command's
                 Ok(Event::Stop) => interrupted = true,
@@ -434,9 +442,7 @@ impl Worker {
             if let (Some(status), Some(stdout)) = (status.take(), stdout.take()) {
                 return match status {
                     Ok(status) => ExecEnd::Exited { status, stdout },
-                    Err(e) => {
-                        ExecEnd::StartFailed(format!("waiting for the handler command: {e}"))
-                    }
+                    Err(e) => ExecEnd::StartFailed(format!("waiting for the handler command: {e}")),
                 };
             }
         }
@@ -450,7 +456,10 @@ impl Worker {
                 break;
             }
             match self.events.recv_timeout(remaining) {
-                Ok(Event::Exited { token: t, status: s }) if t == token => status = Some(s),
+                Ok(Event::Exited {
+                    token: t,
+                    status: s,
+                }) if t == token => status = Some(s),
                 Ok(Event::Stdout { token: t, captured }) if t == token => stdout = Some(captured),
                 Ok(Event::Stop) => interrupted = true,
                 Ok(_) => {}
@@ -524,7 +533,9 @@ impl Worker {
     }
 
     fn fail(&self, run: &Run, error: &str) {
-        self.app.out.warn(&format!("run {} failed: {error}", run.run_id));
+        self.app
+            .out
+            .warn(&format!("run {} failed: {error}", run.run_id));
         if let Err(e) = self.store.finish_run(
             &run.run_id,
             Some(&self.owner),
@@ -549,10 +560,10 @@ impl Worker {
                 run.run_id,
                 chain(e)
             )),
-            other => self
-                .app
-                .out
-                .error(&format!("{}: settling run {}: {other}", self.owner, run.run_id)),
+            other => self.app.out.error(&format!(
+                "{}: settling run {}: {other}",
+                self.owner, run.run_id
+            )),
         }
     }
 }
@@ -587,7 +598,9 @@ fn exec_input(run: &Run, session: Option<&Session>) -> Vec<u8> {
     let mut doc = run_view(run);
     doc.insert(
         "session".into(),
-        session.map_or(Value::Null, |s| serde_json::to_value(s).unwrap_or(Value::Null)),
+        session.map_or(Value::Null, |s| {
+            serde_json::to_value(s).unwrap_or(Value::Null)
+        }),
     );
     let mut bytes = serde_json::to_vec(&doc).unwrap_or_default();
     bytes.push(b'\n');
@@ -846,7 +859,10 @@ mod tests {
         check(json!({}), "[empty input]");
     }
 
-    fn check_stdout(stdout: &str, expected: Result<Option<(Option<&str>, usize, usize)>, &str>) {
+    /// Expected output: content, number of parts, number of reply targets.
+    type Shape<'a> = (Option<&'a str>, usize, usize);
+
+    fn check_stdout(stdout: &str, expected: Result<Option<Shape<'_>>, &str>) {
         let got = parse_stdout(stdout.as_bytes());
         match (got, expected) {
             (Ok(None), Ok(None)) => {}
@@ -871,10 +887,7 @@ mod tests {
         check_stdout("hello\n", Ok(Some((Some("hello"), 0, 0))));
         check_stdout("  two\nlines\r\n", Ok(Some((Some("  two\nlines"), 0, 0))));
         check_stdout("[1,2]", Ok(Some((Some("[1,2]"), 0, 0))));
-        check_stdout(
-            r#"{"other":1}"#,
-            Ok(Some((Some(r#"{"other":1}"#), 0, 0))),
-        );
+        check_stdout(r#"{"other":1}"#, Ok(Some((Some(r#"{"other":1}"#), 0, 0))));
         check_stdout("{not json", Ok(Some((Some("{not json"), 0, 0))));
         check_stdout(
             "{\"content\":\"from exec\"}\n",
@@ -886,7 +899,10 @@ mod tests {
         );
         check_stdout(r#"{"content":""}"#, Ok(None));
         check_stdout(r#"{"content":5}"#, Err("`content` must be a string"));
-        check_stdout(r#"{"content":"x","extra":1}"#, Err("unknown member `extra`"));
+        check_stdout(
+            r#"{"content":"x","extra":1}"#,
+            Err("unknown member `extra`"),
+        );
         check_stdout(r#"{"parts":[1]}"#, Err("`parts[0]`"));
         check_stdout(
             r#"{"content":"x","reply_targets":[{"plugin":"http","address":{"url":"https://e.com","headers":{"Host":"x"}}}]}"#,

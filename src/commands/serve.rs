@@ -121,7 +121,15 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
         usize::from,
     );
     let running = server::start(listener, Arc::clone(&app), workers);
+    let handlers =
+        crate::handler::HandlerPool::spawn(Arc::clone(&app)).context("starting run handlers")?;
     let watcher = SecretWatcher::spawn(Arc::clone(&app), ctx.clone());
+    let retention = crate::retention::Retention::spawn(
+        ctx.state_root.clone(),
+        args.receipt_retention,
+        args.receipt_max_per_connector,
+        ctx.out.clone(),
+    );
 
     match &origin {
         TokenOrigin::StateRoot(path, true) => ctx
@@ -164,14 +172,19 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     };
     ctx.out.info(&format!("{reason}: draining"));
     app.set_phase(Phase::Draining);
+    // Wakes claim long-polls so they answer 204 now instead of holding a request thread.
+    app.runs_queued.notify_all();
     let stuck = running.shutdown(DRAIN_GRACE);
+    handlers.shutdown();
     if stuck > 0 {
         ctx.out.warn(&format!(
             "{stuck} request(s) did not finish within {DRAIN_GRACE:?}; closing them"
         ));
     }
     watcher.stop();
+    retention.shutdown();
     app.writer.shutdown();
+    app.responders.shutdown();
     signals.stop();
     let stats = app.writer.stats();
     ctx.out.info(&format!(

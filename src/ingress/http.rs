@@ -577,12 +577,58 @@ pub fn natural_session_id(name: &str, sorted_keys: &[String]) -> Option<String> 
         .map(|k| format!("http:{name}:{}", &sha256_hex(k.as_bytes())[..16]))
 }
 
-/// Accepts one request for the HTTP connector `rt`. Body size was checked by the caller.
-pub fn accept(
+/// Called exactly once with the answer to an event, possibly later and on another thread (after
+/// the group commit that made it durable).
+pub type Done = Box<dyn FnOnce(Result<Accepted, IngressError>) + Send>;
+
+/// Accepts one request for the HTTP connector `rt` (body size was checked by the caller) and
+/// calls `done` with the answer: at once for refusals and duplicates, after the commit for
+/// new events. The calling thread never waits for the commit.
+pub fn accept(ctx: &IngressCtx<'_>, rt: &HttpRuntime, req: &Inbound<'_>, done: Done) {
+    match prepare(ctx, rt, req) {
+        Ok(Prepared::Answer(answer)) => done(Ok(answer)),
+        Err(refusal) => done(Err(refusal)),
+        Ok(Prepared::Job(mut job)) => {
+            job.done = Some(done);
+            ctx.writer.submit(job);
+        }
+    }
+}
+
+/// Accepts one request and waits for the answer (tests and tools; `serve` uses [`accept`]).
+pub fn accept_blocking(
     ctx: &IngressCtx<'_>,
     rt: &HttpRuntime,
     req: &Inbound<'_>,
 ) -> Result<Accepted, IngressError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    accept(
+        ctx,
+        rt,
+        req,
+        Box::new(move |answer| {
+            let _ = tx.send(answer);
+        }),
+    );
+    rx.recv().unwrap_or_else(|_| {
+        Err(IngressError::Unavailable {
+            detail: "the ingress writer stopped".into(),
+        })
+    })
+}
+
+/// Either an answer known without writing (duplicate), or the job that writes the event.
+enum Prepared {
+    Answer(Accepted),
+    Job(Box<AcceptJob>),
+}
+
+/// Everything before the transaction, in the spec's order; see the module docs.
+fn prepare(
+    ctx: &IngressCtx<'_>,
+    rt: &HttpRuntime,
+    req: &Inbound<'_>,
+) -> Result<Prepared, IngressError> {
     authenticate(rt, req, ctx.now_ms)?;
     let parsed = parse_payload(rt, req.body, ctx.now_ms)?;
     let name = rt.id.name.as_str();
@@ -601,7 +647,8 @@ pub fn accept(
                 &parsed.fingerprint,
                 &connector,
                 ctx.now_ms,
-            );
+            )
+            .map(Prepared::Answer);
         }
     }
 
@@ -625,9 +672,10 @@ pub fn accept(
         policy: rt.config.common.session_policy.clone(),
         created_by: format!("connector:{connector}"),
     };
-    // Read-only pre-check so that session errors are answered before the rate limit; the
-    // writer resolves again inside the transaction.
-    sessions::resolve(&ctx.ops, &session_request, ctx.now_ms)?;
+    // Read-only pre-check so that session errors are answered before the rate limit. An
+    // existing session is trusted by the writer (sessions are never deleted); a new one is
+    // resolved again inside the transaction, where another event may just have created it.
+    let pre_resolved = sessions::resolve(&ctx.ops, &session_request, ctx.now_ms)?;
 
     ctx.limiter
         .try_take(
@@ -651,6 +699,10 @@ pub fn accept(
     }
     let run_id = new_id("run", ctx.now_ms);
     let job = AcceptJob {
+        pre_resolved: match pre_resolved {
+            Resolution::Existing(session) => Some(session),
+            Resolution::New(_) => None,
+        },
         receipt: receipt.map(|(key, digest)| (key, digest, parsed.fingerprint.clone())),
         session_request,
         run: NewRun {
@@ -674,9 +726,9 @@ pub fn accept(
         referenced_assets: parsed.referenced_assets,
         connector,
         outcome: None,
-        reply: None,
+        done: None,
     };
-    submit(ctx.writer, job)
+    Ok(Prepared::Job(Box::new(job)))
 }
 
 /// Answers a request whose receipt exists: the original run when the payload is the same,
@@ -704,10 +756,10 @@ fn answer_existing(
     }
 }
 
-type Reply = mpsc::SyncSender<Result<Accepted, IngressError>>;
-
 /// The accepting transaction of one event (runs on the writer thread).
 struct AcceptJob {
+    /// The session the pre-check found, when it exists already.
+    pre_resolved: Option<crate::model::run::Session>,
     /// `(receipt_key, key_sha256, fingerprint)` when the event has an idempotency key.
     receipt: Option<(String, String, String)>,
     session_request: SessionRequest,
@@ -716,18 +768,7 @@ struct AcceptJob {
     referenced_assets: Vec<String>,
     connector: String,
     outcome: Option<Result<Accepted, IngressError>>,
-    reply: Option<Reply>,
-}
-
-fn submit(writer: &GroupWriter, mut job: AcceptJob) -> Result<Accepted, IngressError> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    job.reply = Some(tx);
-    writer.submit(Box::new(job));
-    rx.recv().unwrap_or_else(|_| {
-        Err(IngressError::Unavailable {
-            detail: "the ingress writer stopped".into(),
-        })
-    })
+    done: Option<Done>,
 }
 
 impl AcceptJob {
@@ -753,7 +794,11 @@ impl AcceptJob {
                 return Ok(None);
             }
         }
-        let resolution = match sessions::resolve(ops, &self.session_request, self.run.now_ms) {
+        let resolved = match self.pre_resolved.take() {
+            Some(existing) => Ok(Resolution::Existing(existing)),
+            None => sessions::resolve(ops, &self.session_request, self.run.now_ms),
+        };
+        let resolution = match resolved {
             Ok(r) => r,
             Err(IngressError::Unavailable { detail }) => {
                 return Err(StoreError::Busy {
@@ -833,8 +878,8 @@ impl WriteJob for AcceptJob {
                 detail: "the accepting transaction produced no outcome".into(),
             }),
         };
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(answer);
+        if let Some(done) = self.done.take() {
+            done(answer);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! Every error is an `application/problem+json` response with a stable `code`:
 //! `invalid_json` (body is not JSON), `invalid_request` (wrong member types, unknown members,
 //! out-of-range values, unknown query parameters), `invalid_reply_target`, `missing_content`,
-//! `session_not_found`, `run_not_found`, `run_not_claimed` (409, with `status`), and
+//! `session_not_found`, `run_not_found`, `run_not_claimed` (409, with `run_id` and `run_status`), and
 //! `store_unavailable` (503, the database was busy or failed; the cause goes to the daemon log).
 //! Bad input is always a 4xx.
 //!
@@ -535,7 +535,8 @@ fn run_error(ctx: &RequestCtx<'_>, err: &RunError) -> ApiResponse {
         RunError::Conflict { run_id, status, .. } => {
             let mut extra = Map::new();
             extra.insert("run_id".into(), json!(run_id));
-            extra.insert("status".into(), json!(status));
+            // `status` is the problem's own HTTP status member (RFC 9457).
+            extra.insert("run_status".into(), json!(status));
             ApiResponse::problem_with(409, "run_not_claimed", err.to_string(), extra)
         }
         RunError::InvalidTransition { .. } => {

@@ -74,6 +74,8 @@ pub struct App {
     pub writer: GroupWriter,
     pub limiter: RateLimiter,
     pub admin: AdminAuth,
+    /// Writes ingress answers that complete after a group commit.
+    pub responders: Responders,
     phase: AtomicU8,
 }
 
@@ -100,6 +102,7 @@ impl App {
             writer: parts.writer,
             limiter: RateLimiter::new(),
             admin: parts.admin,
+            responders: Responders::start(2),
             phase: AtomicU8::new(Phase::Starting as u8),
         }
     }
@@ -272,7 +275,7 @@ impl Running {
     }
 }
 
-fn request_loop(app: &App, server: &tiny_http::Server, stop: &AtomicBool) {
+fn request_loop(app: &Arc<App>, server: &tiny_http::Server, stop: &AtomicBool) {
     let store = match Store::open(&app.state_root) {
         Ok(store) => store,
         Err(e) => {
@@ -302,87 +305,149 @@ fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, ()> {
     }
 }
 
-fn handle(app: &App, store: &Store, mut rq: tiny_http::Request) {
+/// The pending answer to one request: owns the connection's request object, and records the
+/// metrics and access-log line when it is sent. It may be sent from another thread (ingress
+/// answers after the group commit).
+struct Reply {
+    app: Arc<App>,
+    rq: tiny_http::Request,
+    started: Instant,
+    method: String,
+    template: &'static str,
+    connector: Option<String>,
+}
+
+impl Reply {
+    fn send(self, response: ApiResponse) {
+        let status = response.status;
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.app.metrics.request(self.template, status, seconds);
+        if self.app.out.enabled(crate::output::LogLevel::Info) {
+            let connector = self
+                .connector
+                .as_deref()
+                .map(|c| format!(" connector={c}"))
+                .unwrap_or_default();
+            self.app.out.info(&format!(
+                "{} {} {status} {:.1}ms{connector}",
+                self.method,
+                self.template,
+                seconds * 1000.0
+            ));
+        }
+        let mut resp = tiny_http::Response::from_data(response.body)
+            .with_status_code(response.status)
+            .with_header(header("Content-Type", response.content_type));
+        for (name, value) in &response.headers {
+            resp = resp.with_header(header(name, value));
+        }
+        // The client may have gone away; there is nobody left to tell.
+        let _ = self.rq.respond(resp);
+    }
+}
+
+fn handle(app: &Arc<App>, store: &Store, mut rq: tiny_http::Request) {
     let started = Instant::now();
     let method = rq.method().as_str().to_string();
     let target = rq.url().to_string();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let routed = router::route(&method, path);
     let template = routed.as_ref().map_or("(unmatched)", Route::template);
-    let mut connector_label: Option<String> = None;
-    let response = match routed {
-        Err(router::NoRoute::NotFound) => {
-            ApiResponse::problem(404, "not_found", format!("no route for {method} {path}"))
-        }
-        Err(router::NoRoute::MethodNotAllowed { allow }) => ApiResponse::problem(
-            405,
-            "method_not_allowed",
-            format!("{method} is not allowed here; use {allow}"),
-        )
-        .with_header("Allow", allow),
-        Ok(route) => {
-            let limit = match route {
-                Route::HttpIngress { .. } => http_ingress::BODY_LIMIT,
-                _ => CONTROL_BODY_LIMIT,
+    // SPEC §6.1: the connector lookup (404) comes before the body-size check (413).
+    if let Ok(Route::HttpIngress { name }) = &routed {
+        if !app.connectors().http.contains_key(name) {
+            let reply = Reply {
+                app: Arc::clone(app),
+                rq,
+                started,
+                method,
+                template,
+                connector: None,
             };
-            match read_body(&mut rq, limit) {
-                Err(()) => ApiResponse::problem(
-                    413,
-                    "payload_too_large",
-                    format!("request body exceeds the limit of {limit} bytes for this route"),
+            return reply.send(
+                ApiResponse::problem(
+                    404,
+                    "connector_not_found",
+                    format!("no http connector named `{name}`"),
                 )
                 .with_header("Connection", "close"),
-                Ok(body) => match router::query_pairs(query) {
-                    None => ApiResponse::problem(
-                        400,
-                        "invalid_query",
-                        "the query string has a malformed percent-escape",
-                    ),
-                    Some(query) => {
-                        let req = ApiRequest {
-                            method: method.clone(),
-                            target: target.clone(),
-                            path: path.to_string(),
-                            query,
-                            headers: rq
-                                .headers()
-                                .iter()
-                                .map(|h| {
-                                    (
-                                        h.field.as_str().as_str().to_string(),
-                                        h.value.as_str().to_string(),
-                                    )
-                                })
-                                .collect(),
-                            body,
-                            remote: rq.remote_addr().map(|a| a.ip()),
-                        };
-                        dispatch(app, store, &route, &req, &mut connector_label)
-                    }
-                },
-            }
+            );
         }
+    }
+    let body = match &routed {
+        Ok(Route::HttpIngress { .. }) => read_body(&mut rq, http_ingress::BODY_LIMIT),
+        Ok(_) => read_body(&mut rq, CONTROL_BODY_LIMIT),
+        Err(_) => Ok(Vec::new()),
     };
-    let status = response.status;
-    let seconds = started.elapsed().as_secs_f64();
-    app.metrics.request(template, status, seconds);
-    if app.out.enabled(crate::output::LogLevel::Info) {
-        let connector = connector_label
-            .map(|c| format!(" connector={c}"))
-            .unwrap_or_default();
-        app.out.info(&format!(
-            "{method} {template} {status} {:.1}ms{connector}",
-            seconds * 1000.0
+    let query = router::query_pairs(query);
+    let req = ApiRequest {
+        method: method.clone(),
+        target: target.clone(),
+        path: path.to_string(),
+        query: query.clone().unwrap_or_default(),
+        headers: rq
+            .headers()
+            .iter()
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_string(),
+                    h.value.as_str().to_string(),
+                )
+            })
+            .collect(),
+        body: body.clone().unwrap_or_default(),
+        remote: rq.remote_addr().map(|a| a.ip()),
+    };
+    let reply = Reply {
+        app: Arc::clone(app),
+        rq,
+        started,
+        method: method.clone(),
+        template,
+        connector: None,
+    };
+    let route = match routed {
+        Err(router::NoRoute::NotFound) => {
+            return reply.send(ApiResponse::problem(
+                404,
+                "not_found",
+                format!("no route for {method} {path}"),
+            ))
+        }
+        Err(router::NoRoute::MethodNotAllowed { allow }) => {
+            return reply.send(
+                ApiResponse::problem(
+                    405,
+                    "method_not_allowed",
+                    format!("{method} is not allowed here; use {allow}"),
+                )
+                .with_header("Allow", allow),
+            )
+        }
+        Ok(route) => route,
+    };
+    if body.is_err() {
+        let limit = match route {
+            Route::HttpIngress { .. } => http_ingress::BODY_LIMIT,
+            _ => CONTROL_BODY_LIMIT,
+        };
+        return reply.send(
+            ApiResponse::problem(
+                413,
+                "payload_too_large",
+                format!("request body exceeds the limit of {limit} bytes for this route"),
+            )
+            .with_header("Connection", "close"),
+        );
+    }
+    if query.is_none() {
+        return reply.send(ApiResponse::problem(
+            400,
+            "invalid_query",
+            "the query string has a malformed percent-escape",
         ));
     }
-    let mut resp = tiny_http::Response::from_data(response.body)
-        .with_status_code(response.status)
-        .with_header(header("Content-Type", response.content_type));
-    for (name, value) in &response.headers {
-        resp = resp.with_header(header(name, value));
-    }
-    // The client may have gone away; there is nobody left to tell.
-    let _ = rq.respond(resp);
+    dispatch(app, store, &route, &req, reply);
 }
 
 fn header(name: &str, value: &str) -> tiny_http::Header {
@@ -390,33 +455,31 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
         .expect("response header names and values are ASCII without line breaks")
 }
 
-fn dispatch(
-    app: &App,
-    store: &Store,
-    route: &Route,
-    req: &ApiRequest,
-    connector_label: &mut Option<String>,
-) -> ApiResponse {
+fn dispatch(app: &Arc<App>, store: &Store, route: &Route, req: &ApiRequest, reply: Reply) {
     if route.needs_admin() {
         let auth = req.header_values("authorization");
         match app.admin.check(req.remote, &auth, Instant::now()) {
             Ok(()) => {}
             Err(AdminRefusal::Unauthorized(why)) => {
-                return ApiResponse::problem(401, "unauthorized", why)
-                    .with_header("WWW-Authenticate", "Bearer")
+                return reply.send(
+                    ApiResponse::problem(401, "unauthorized", why)
+                        .with_header("WWW-Authenticate", "Bearer"),
+                )
             }
             Err(AdminRefusal::Locked { retry_after_secs }) => {
-                return ApiResponse::problem(
-                    429,
-                    "too_many_auth_failures",
-                    "too many failed admin authentications from this address; retry later",
+                return reply.send(
+                    ApiResponse::problem(
+                        429,
+                        "too_many_auth_failures",
+                        "too many failed admin authentications from this address; retry later",
+                    )
+                    .with_header("Retry-After", retry_after_secs.to_string()),
                 )
-                .with_header("Retry-After", retry_after_secs.to_string())
             }
         }
     }
     let ctx = RequestCtx { app, store };
-    match route {
+    let response = match route {
         Route::Healthz => ApiResponse::json(200, &serde_json::json!({"status": "ok"})),
         Route::Readyz => match app.phase() {
             Phase::Ready => ApiResponse::json(200, &serde_json::json!({"status": "ready"})),
@@ -425,27 +488,22 @@ fn dispatch(
         },
         Route::Metrics => observe::metrics(&ctx),
         Route::ListReceipts => observe::list_receipts(&ctx, req),
-        Route::HttpIngress { name } => http_route(app, store, name, req, connector_label),
+        Route::HttpIngress { name } => return http_route(app, store, name, req, reply),
         _ => control::handle(&ctx, route, req),
-    }
+    };
+    reply.send(response);
 }
 
-fn http_route(
-    app: &App,
-    store: &Store,
-    name: &str,
-    req: &ApiRequest,
-    connector_label: &mut Option<String>,
-) -> ApiResponse {
+fn http_route(app: &Arc<App>, store: &Store, name: &str, req: &ApiRequest, mut reply: Reply) {
     let connectors = app.connectors();
     let Some(rt) = connectors.http.get(name) else {
-        return ApiResponse::problem(
+        return reply.send(ApiResponse::problem(
             404,
             "connector_not_found",
             format!("no http connector named `{name}`"),
-        );
+        ));
     };
-    *connector_label = Some(rt.id.to_string());
+    reply.connector = Some(rt.id.to_string());
     let ctx = IngressCtx {
         ops: store.ingress_ops(),
         writer: &app.writer,
@@ -459,13 +517,42 @@ fn http_route(
         headers: &req.headers,
         body: &req.body,
     };
-    match http_ingress::accept(&ctx, rt, &inbound) {
+    let id = rt.id.clone();
+    let app_for_answer = Arc::clone(app);
+    let request_thread = std::thread::current().id();
+    http_ingress::accept(
+        &ctx,
+        rt,
+        &inbound,
+        Box::new(move |answer| {
+            let response = ingress_response(&app_for_answer, &id, answer);
+            if std::thread::current().id() == request_thread {
+                // Answered on the request thread (refusal or duplicate): send it here.
+                reply.send(response);
+            } else {
+                // Answered after a commit on the writer thread: hand the socket write to the
+                // responders so the writer goes straight back to the next batch.
+                app_for_answer
+                    .responders
+                    .run(Box::new(move || reply.send(response)));
+            }
+        }),
+    );
+}
+
+/// Maps an ingress answer to its response and counts its outcome.
+fn ingress_response(
+    app: &App,
+    id: &crate::model::ConnectorId,
+    answer: Result<crate::ingress::Accepted, IngressError>,
+) -> ApiResponse {
+    match answer {
         Ok(accepted) => {
             let (status, outcome) = match accepted.status {
                 AcceptStatus::Accepted => (202, IngressOutcome::Accepted),
                 AcceptStatus::Duplicate => (200, IngressOutcome::Duplicate),
             };
-            app.metrics.ingress(&rt.id, outcome);
+            app.metrics.ingress(id, outcome);
             ApiResponse::json(status, &accepted)
         }
         Err(err) => {
@@ -475,12 +562,76 @@ fn http_route(
                 IngressError::IdempotencyConflict { .. } => IngressOutcome::Conflict,
                 _ => IngressOutcome::Rejected,
             };
-            app.metrics.ingress(&rt.id, outcome);
+            app.metrics.ingress(id, outcome);
             if let IngressError::Unavailable { detail } = &err {
-                app.out
-                    .error(&format!("ingress for {} failed: {detail}", rt.id));
+                app.out.error(&format!("ingress for {id} failed: {detail}"));
             }
             response::ingress_error(&err)
+        }
+    }
+}
+
+/// Work handed to the responder threads.
+type Task = Box<dyn FnOnce() + Send>;
+
+/// A small pool of threads that write deferred responses, so the ingress writer never waits on
+/// a client socket. Tasks submitted after shutdown run on the caller's thread.
+pub struct Responders {
+    sender: std::sync::Mutex<Option<mpsc::Sender<Task>>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Responders {
+    pub fn start(n: usize) -> Responders {
+        let (sender, receiver) = mpsc::channel::<Task>();
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
+        let threads = (0..n.max(1))
+            .map(|i| {
+                let receiver = Arc::clone(&receiver);
+                std::thread::Builder::new()
+                    .name(format!("responder-{i}"))
+                    .spawn(move || loop {
+                        let task = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match task {
+                            Ok(task) => task(),
+                            Err(_) => return,
+                        }
+                    })
+                    .expect("spawning a responder thread")
+            })
+            .collect();
+        Responders {
+            sender: std::sync::Mutex::new(Some(sender)),
+            threads: std::sync::Mutex::new(threads),
+        }
+    }
+
+    pub fn run(&self, task: Task) {
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match sender {
+            Some(s) => {
+                if let Err(mpsc::SendError(task)) = s.send(task) {
+                    task();
+                }
+            }
+            None => task(),
+        }
+    }
+
+    /// Runs what is queued, then joins the threads.
+    pub fn shutdown(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = t.join();
         }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -30,6 +30,11 @@ use crate::model::ConnectorKind;
 
 /// Jobs taken into one transaction at most; more wait for the next commit.
 const MAX_BATCH: usize = 1024;
+/// The checkpointer is asked to run after this many commits.
+const CHECKPOINT_EVERY: u64 = 64;
+/// Page cache of the writer's connection (KiB, SQLite's negative form): receipt keys are
+/// random, so their index pages are touched all over; keeping them cached avoids re-reads.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// Pending duplicate-hit counts are written at the latest after this long.
 const DUPLICATE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -325,14 +330,28 @@ pub type AfterCommit = Box<dyn Fn(usize) + Send>;
 
 impl GroupWriter {
     /// Opens the writer's own connection to the state root and starts the thread.
+    ///
+    /// WAL checkpoints are taken off the writer's path: its connection does not checkpoint
+    /// automatically, and a checkpointer thread with its own connection runs PASSIVE
+    /// checkpoints (which never block the writer) after every [`CHECKPOINT_EVERY`] commits.
     pub fn start(root: &Path, after_commit: AfterCommit) -> Result<GroupWriter, StoreError> {
         let store = Store::open(root)?;
+        store
+            .conn()
+            .execute_batch(&format!(
+                "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = 0;"
+            ))
+            .map_err(|e| store.err("tuning the writer connection", e))?;
+        let checkpointer = Checkpointer::start(Store::open(root)?);
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("ingress-writer".into())
-            .spawn(move || writer_loop(store, receiver, thread_stats, after_commit))
+            .spawn(move || {
+                writer_loop(store, receiver, thread_stats, after_commit, &checkpointer);
+                checkpointer.stop();
+            })
             .map_err(|e| StoreError::Io {
                 path: root.display().to_string(),
                 source: e,
@@ -345,7 +364,11 @@ impl GroupWriter {
     }
 
     /// Queues a job. When the writer has shut down the job is finished at once with an error.
-    pub fn submit(&self, job: Box<dyn WriteJob>) {
+    pub fn submit<J: WriteJob + 'static>(&self, job: Box<J>) {
+        self.submit_dyn(job)
+    }
+
+    fn submit_dyn(&self, job: Box<dyn WriteJob>) {
         let sender = self
             .sender
             .lock()
@@ -400,25 +423,29 @@ fn writer_loop(
     receiver: mpsc::Receiver<Msg>,
     stats: Arc<WriterStats>,
     after_commit: AfterCommit,
+    checkpointer: &Checkpointer,
 ) {
     let mut duplicates: HashMap<String, (i64, i64)> = HashMap::new();
+    // When the oldest pending duplicate count arrived: it is written at most DUPLICATE_FLUSH
+    // later, even under a steady stream of duplicates and no new events.
+    let mut pending_since: Option<Instant> = None;
     let mut open = true;
     while open {
-        let first = if duplicates.is_empty() {
-            receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            receiver.recv_timeout(DUPLICATE_FLUSH)
+        let first = match pending_since {
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => receiver.recv_timeout(DUPLICATE_FLUSH.saturating_sub(since.elapsed())),
         };
         let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut take = |msg: Msg, jobs: &mut Vec<Box<dyn WriteJob>>| match msg {
             Msg::Job(job) => jobs.push(job),
             Msg::DuplicateHit { receipt_key, at_ms } => {
+                pending_since.get_or_insert_with(Instant::now);
                 let entry = duplicates.entry(receipt_key).or_insert((0, at_ms));
                 entry.0 += 1;
                 entry.1 = entry.1.max(at_ms);
             }
         };
-        let flush_duplicates = match first {
+        match first {
             Ok(msg) => {
                 take(msg, &mut jobs);
                 while jobs.len() < MAX_BATCH {
@@ -427,24 +454,61 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                !jobs.is_empty()
             }
-            Err(RecvTimeoutError::Timeout) => true,
-            Err(RecvTimeoutError::Disconnected) => {
-                open = false;
-                true
-            }
-        };
-        let write_duplicates = flush_duplicates && !duplicates.is_empty();
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        // Pending counts ride along with any batch, and are written alone once they are old.
+        let due = pending_since.is_some_and(|t| t.elapsed() >= DUPLICATE_FLUSH);
+        let write_duplicates = !duplicates.is_empty() && (!jobs.is_empty() || due || !open);
         if jobs.is_empty() && !write_duplicates {
             continue;
         }
-        let dups = if flush_duplicates {
+        let dups = if write_duplicates {
+            pending_since = None;
             std::mem::take(&mut duplicates)
         } else {
             HashMap::new()
         };
         commit_batch(&store, jobs, &dups, &stats, &after_commit);
+        if stats.commits.load(Ordering::Relaxed) % CHECKPOINT_EVERY == 0 {
+            checkpointer.nudge();
+        }
+    }
+}
+
+/// Runs WAL checkpoints on its own connection when nudged; a final one when stopped.
+struct Checkpointer {
+    nudge: mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(store: Store) -> Checkpointer {
+        let (nudge, nudged) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || {
+                while nudged.recv().is_ok() {
+                    // PASSIVE: copies what it can without waiting for or blocking anyone.
+                    let _ = store.conn().execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                }
+                let _ = store
+                    .conn()
+                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            })
+            .expect("spawning the checkpoint thread");
+        Checkpointer { nudge, thread }
+    }
+
+    /// Asks for a checkpoint; a request already pending is enough.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.nudge);
+        let _ = self.thread.join();
     }
 }
 

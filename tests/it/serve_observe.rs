@@ -339,7 +339,7 @@ fn serve_prunes_expired_receipts_and_enforces_the_per_connector_cap() {
     );
     assert_eq!(stored_keys(&sandbox).len(), 5);
 
-    let _daemon = Daemon::builder(&sandbox)
+    let daemon = Daemon::builder(&sandbox)
         .config(ORDERS)
         .args(&[
             "--receipt-retention",
@@ -362,6 +362,17 @@ fn serve_prunes_expired_receipts_and_enforces_the_per_connector_cap() {
             }
         },
     );
+    // Logged once at info, with the counts; and the retention thread does not hold up shutdown.
+    wait_until("the prune log line", Duration::from_secs(10), || {
+        let log = daemon.stderr();
+        let line = "receipt retention: pruned 2 receipts (1 older than 7days, 1 over the per-connector cap of 2)";
+        if log.contains(line) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    assert_eq!(daemon.terminate(), Some(0));
 }
 
 #[test]

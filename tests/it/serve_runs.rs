@@ -1,1 +1,800 @@
-//! (tests to come)
+//! Runs through the control plane (claim long-poll, leases, output, complete/fail), the `echo`
+//! and `exec` handlers, and sessions on the control plane — all against the real daemon on
+//! loopback, with runs created by real HTTP ingress.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::daemon::{Daemon, Response, ADMIN_TOKEN};
+use crate::support::wait::wait_until;
+use crate::support::Sandbox;
+
+const CONFIG: &str = r#"
+[[http_connectors]]
+name = "orders"
+allow_unauthenticated_ingress = true
+default_binding_keys = ["orders"]
+[http_connectors.session_policy]
+create_if_missing = true
+"#;
+
+/// Posts one event to `http/orders` and returns its run id.
+fn ingest(daemon: &Daemon, content: &str, key: &str) -> String {
+    let body = json!({"content": content, "idempotency_key": key}).to_string();
+    let resp = daemon.request(
+        "POST",
+        "/v1/connectors/http/orders",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(resp.status, 202, "ingress: {}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["status"], "accepted");
+    assert_eq!(v["connector"], "http/orders");
+    assert!(v["session_id"].is_string());
+    v["run_id"].as_str().unwrap().to_string()
+}
+
+fn admin_json(daemon: &Daemon, method: &str, target: &str, body: Value) -> Response {
+    daemon.admin(method, target, Some(&body))
+}
+
+fn assert_problem(resp: &Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        resp.text()
+    );
+    let v = resp.json();
+    assert_eq!(v["code"], code, "{v}");
+    v
+}
+
+fn get_run(daemon: &Daemon, run_id: &str) -> Value {
+    let resp = daemon.admin("GET", &format!("/v1/runs/{run_id}"), None);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+}
+
+/// Waits until the run is completed or failed and returns its view.
+fn wait_finished(daemon: &Daemon, run_id: &str) -> Value {
+    wait_until(
+        &format!("run {run_id} to finish"),
+        Duration::from_secs(20),
+        || {
+            let run = get_run(daemon, run_id);
+            match run["status"].as_str() {
+                Some("completed" | "failed") => Ok(run),
+                _ => Err(run.to_string()),
+            }
+        },
+    )
+}
+
+#[test]
+fn claim_output_complete_through_the_api() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let run_id = ingest(&daemon, "hello", "k1");
+
+    let queued = get_run(&daemon, &run_id);
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["outputs"], json!([]));
+
+    let claim = admin_json(
+        &daemon,
+        "POST",
+        "/v1/runs/claim",
+        json!({"lease_ms": 60000}),
+    );
+    assert_eq!(claim.status, 200, "{}", claim.text());
+    let claimed = claim.json();
+    assert_eq!(claimed["run_id"], run_id.as_str());
+    assert_eq!(claimed["status"], "claimed");
+    assert_eq!(claimed["connector"], "http/orders");
+    assert_eq!(claimed["input"]["content"], "hello");
+    assert_eq!(claimed["claim_count"], 1);
+    assert!(claimed["claim_owner"]
+        .as_str()
+        .unwrap()
+        .starts_with("control-plane:127.0.0.1"));
+    assert_eq!(
+        claimed["lease_expires_at_ms"],
+        claimed["claim_expires_at_ms"]
+    );
+
+    // Nothing else is queued.
+    let none = admin_json(&daemon, "POST", "/v1/runs/claim", json!({}));
+    assert_eq!(none.status, 204, "{}", none.text());
+
+    let out = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/output"),
+        json!({"content": "first answer"}),
+    );
+    assert_eq!(out.status, 201, "{}", out.text());
+    let out = out.json();
+    assert!(out["output_id"].as_str().unwrap().starts_with("out_"));
+    assert_eq!(out["content"], "first answer");
+    let out2 = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/output"),
+        json!({
+            "parts": [{"type": "text", "text": "second"}],
+            "reply_targets": [{"plugin": "http", "address": "https://example.com/hook"}]
+        }),
+    );
+    assert_eq!(out2.status, 201, "{}", out2.text());
+
+    let done = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/complete"),
+        json!({}),
+    );
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["status"], "completed");
+
+    let run = get_run(&daemon, &run_id);
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["claim_owner"], Value::Null);
+    let outputs = run["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2);
+    assert_eq!(outputs[0]["content"], "first answer");
+    assert_eq!(outputs[1]["parts"][0]["text"], "second");
+    assert_eq!(
+        outputs[1]["reply_targets"][0]["address"],
+        "https://example.com/hook"
+    );
+
+    // A finished run takes nothing more.
+    let again = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/fail"),
+        json!({}),
+    );
+    let problem = assert_problem(&again, 409, "run_not_claimed");
+    assert_eq!(problem["status"], 409);
+    assert_eq!(problem["run_status"], "completed");
+    let again = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/output"),
+        json!({"content": "late"}),
+    );
+    assert_problem(&again, 409, "run_not_claimed");
+
+    // Listings and filters.
+    let list = daemon.admin(
+        "GET",
+        "/v1/runs?status=completed&connector=http/orders",
+        None,
+    );
+    assert_eq!(list.status, 200, "{}", list.text());
+    let runs = list.json()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+    let session = runs[0]["session_id"].as_str().unwrap().to_string();
+    let list = daemon.admin(
+        "GET",
+        &format!("/v1/runs?session={session}&since=1h&limit=10"),
+        None,
+    );
+    assert_eq!(list.json()["runs"].as_array().unwrap().len(), 1);
+    let list = daemon.admin("GET", "/v1/runs?status=queued", None);
+    assert_eq!(list.json()["runs"], json!([]));
+    assert_problem(
+        &daemon.admin("GET", "/v1/runs?status=done", None),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &daemon.admin("GET", "/v1/runs?limit=501", None),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &daemon.admin("GET", "/v1/runs?colour=red", None),
+        400,
+        "invalid_request",
+    );
+}
+
+#[test]
+fn fail_records_the_error() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let run_id = ingest(&daemon, "hello", "k1");
+    let claim = admin_json(
+        &daemon,
+        "POST",
+        "/v1/runs/claim",
+        json!({"connector": "http/orders"}),
+    );
+    assert_eq!(claim.status, 200, "{}", claim.text());
+    let failed = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/fail"),
+        json!({"error": "model unavailable"}),
+    );
+    assert_eq!(failed.status, 200, "{}", failed.text());
+    let run = get_run(&daemon, &run_id);
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"], "model unavailable");
+}
+
+#[test]
+fn claim_long_poll_waits_and_wakes_on_a_new_run() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+
+    // Nothing queued: 204 after the wait.
+    let started = Instant::now();
+    let none = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"wait_ms": 300}));
+    assert_eq!(none.status, 204, "{}", none.text());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A run that arrives during the wait ends it at once.
+    std::thread::scope(|scope| {
+        let sent = Instant::now();
+        let waiter = scope.spawn(|| {
+            let started = Instant::now();
+            let resp = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"wait_ms": 30000}));
+            (resp, started.elapsed())
+        });
+        // Give the long-poll time to park in the daemon before the run arrives. Nothing can
+        // observe "parked" from outside; if it is not parked yet, it claims the run directly
+        // and the test still passes, only covering less.
+        wait_until(
+            "the long-poll to be under way",
+            Duration::from_secs(5),
+            || {
+                if sent.elapsed() >= Duration::from_millis(300) {
+                    Ok(())
+                } else {
+                    Err("waiting".to_string())
+                }
+            },
+        );
+        let run_id = ingest(&daemon, "wake up", "k-wake");
+        let (resp, elapsed) = waiter.join().unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["run_id"], run_id.as_str());
+        assert!(
+            elapsed < Duration::from_secs(20),
+            "the long-poll returned when the run arrived, not at the end of its wait ({elapsed:?})"
+        );
+    });
+
+    // A claim for another connector does not take this connector's runs.
+    ingest(&daemon, "for orders", "k-other");
+    let other = admin_json(
+        &daemon,
+        "POST",
+        "/v1/runs/claim",
+        json!({"connector": "http/billing", "wait_ms": 0}),
+    );
+    assert_eq!(other.status, 204, "{}", other.text());
+}
+
+#[test]
+fn an_expired_lease_lets_another_claimer_take_the_run() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let run_id = ingest(&daemon, "hello", "k1");
+
+    let first = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"lease_ms": 1000}));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["claim_count"], 1);
+
+    // The second claimer long-polls; the expiry of the first lease wakes it.
+    let second = admin_json(
+        &daemon,
+        "POST",
+        "/v1/runs/claim",
+        json!({"wait_ms": 15000, "lease_ms": 60000}),
+    );
+    assert_eq!(second.status, 200, "{}", second.text());
+    let second = second.json();
+    assert_eq!(second["run_id"], run_id.as_str());
+    assert_eq!(second["claim_count"], 2);
+}
+
+#[test]
+fn bad_run_requests_are_4xx() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let run_id = ingest(&daemon, "hello", "k1");
+
+    // Output and completion need a claim.
+    let resp = admin_json(
+        &daemon,
+        "POST",
+        &format!("/v1/runs/{run_id}/output"),
+        json!({"content": "x"}),
+    );
+    let problem = assert_problem(&resp, 409, "run_not_claimed");
+    assert_eq!(problem["run_status"], "queued");
+    assert_eq!(problem["run_id"], run_id.as_str());
+    assert!(
+        problem["detail"].as_str().unwrap().contains("queued"),
+        "{problem}"
+    );
+    assert_problem(
+        &admin_json(
+            &daemon,
+            "POST",
+            &format!("/v1/runs/{run_id}/complete"),
+            json!({}),
+        ),
+        409,
+        "run_not_claimed",
+    );
+
+    // Unknown runs.
+    assert_problem(
+        &daemon.admin("GET", "/v1/runs/run_nope", None),
+        404,
+        "run_not_found",
+    );
+    assert_problem(
+        &admin_json(
+            &daemon,
+            "POST",
+            "/v1/runs/run_nope/output",
+            json!({"content": "x"}),
+        ),
+        404,
+        "run_not_found",
+    );
+    assert_problem(
+        &admin_json(&daemon, "POST", "/v1/runs/run_nope/complete", json!({})),
+        404,
+        "run_not_found",
+    );
+
+    // Malformed bodies.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let raw = |target: &str, body: &[u8]| {
+        daemon.request("POST", target, &[("Authorization", &auth)], body)
+    };
+    assert_problem(&raw("/v1/runs/claim", b"{"), 400, "invalid_json");
+    assert_problem(&raw("/v1/runs/claim", b"\xff\xfe"), 400, "invalid_json");
+    assert_problem(&raw("/v1/runs/claim", b"[1]"), 400, "invalid_request");
+    assert_problem(
+        &raw("/v1/runs/claim", br#"{"wait":1}"#),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &raw("/v1/runs/claim", br#"{"lease_ms":10}"#),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &raw("/v1/runs/claim", br#"{"wait_ms":60001}"#),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &raw("/v1/runs/claim", br#"{"wait_ms":-5}"#),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &raw("/v1/runs/claim", br#"{"connector":"orders"}"#),
+        400,
+        "invalid_request",
+    );
+
+    // Claim, then refuse bad outputs without changing the run.
+    assert_eq!(
+        admin_json(&daemon, "POST", "/v1/runs/claim", json!({})).status,
+        200
+    );
+    let output = format!("/v1/runs/{run_id}/output");
+    assert_problem(&raw(&output, b"{}"), 400, "missing_content");
+    assert_problem(
+        &raw(&output, br#"{"content":"x","extra":1}"#),
+        400,
+        "invalid_request",
+    );
+    let bad_target = admin_json(
+        &daemon,
+        "POST",
+        &output,
+        json!({"content": "x", "reply_targets": [
+            {"plugin": "http", "address": "https://example.com/ok"},
+            {"plugin": "http", "address": "https://user:secret-pw@example.com/"}
+        ]}),
+    );
+    let problem = assert_problem(&bad_target, 400, "invalid_reply_target");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("reply_targets[1]"),
+        "{problem}"
+    );
+    assert!(
+        !bad_target.text().contains("secret-pw"),
+        "never echoes credentials"
+    );
+    assert_problem(
+        &raw(&format!("/v1/runs/{run_id}/fail"), br#"{"reason":"x"}"#),
+        400,
+        "invalid_request",
+    );
+    assert_eq!(get_run(&daemon, &run_id)["outputs"], json!([]));
+    assert_eq!(get_run(&daemon, &run_id)["status"], "claimed");
+}
+
+#[test]
+fn echo_handler_replies_with_the_content() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox)
+        .config(CONFIG)
+        .args(&["--handler", "echo", "--handler-concurrency", "2"])
+        .start();
+    let ids: Vec<String> = (0..3)
+        .map(|i| ingest(&daemon, &format!("hello {i}"), &format!("k{i}")))
+        .collect();
+    for (i, run_id) in ids.iter().enumerate() {
+        let run = wait_finished(&daemon, run_id);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["outputs"].as_array().unwrap().len(), 1, "{run}");
+        assert_eq!(run["outputs"][0]["content"], format!("hello {i}"));
+        assert!(run["claim_owner"].is_null());
+    }
+    // API claimers may run beside the workers; here nothing is left to claim.
+    let none = admin_json(&daemon, "POST", "/v1/runs/claim", json!({}));
+    assert_eq!(none.status, 204, "{}", none.text());
+}
+
+/// One script for every exec case, chosen by the run's content.
+const EXEC_SCRIPT: &str = r#"#!/bin/sh
+input=$(cat)
+case "$input" in
+  *'"content":"structured"'*) printf '{"content":"from exec"}\n' ;;
+  *'"content":"plain"'*) echo "plain text"; echo "line two" ;;
+  *'"content":"silent"'*) : ;;
+  *'"content":"fail"'*) echo "something broke" >&2; exit 7 ;;
+  *'"content":"slow"'*)
+    sleep 30 &
+    echo $! > "$(dirname "$0")/slow.pid"
+    wait ;;
+  *'"content":"env"'*) env ;;
+  *'"content":"stdin"'*) printf '%s' "$input" ;;
+  *) echo "unexpected input" >&2; exit 3 ;;
+esac
+"#;
+
+fn exec_daemon(sandbox: &Sandbox) -> Daemon {
+    let script = sandbox.write("handler.sh", EXEC_SCRIPT);
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    Daemon::builder(sandbox)
+        .config(CONFIG)
+        .env("KHEISH_MASTER_KEY_PLANTED", "planted-master-key-value")
+        .args(&[
+            "--handler",
+            "exec",
+            "--handler-command",
+            "/bin/sh",
+            "--handler-command",
+            script.to_str().unwrap(),
+            "--handler-timeout",
+            "1s",
+            "--handler-concurrency",
+            "3",
+        ])
+        .start()
+}
+
+#[test]
+fn exec_handler_outputs_failures_timeouts() {
+    let sandbox = Sandbox::new();
+    let daemon = exec_daemon(&sandbox);
+
+    let structured = ingest(&daemon, "structured", "k-structured");
+    let plain = ingest(&daemon, "plain", "k-plain");
+    let silent = ingest(&daemon, "silent", "k-silent");
+    let fail = ingest(&daemon, "fail", "k-fail");
+    let slow = ingest(&daemon, "slow", "k-slow");
+    let stdin = ingest(&daemon, "stdin", "k-stdin");
+
+    let run = wait_finished(&daemon, &structured);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["outputs"][0]["content"], "from exec");
+
+    let run = wait_finished(&daemon, &plain);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["outputs"][0]["content"], "plain text\nline two");
+
+    let run = wait_finished(&daemon, &silent);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["outputs"], json!([]));
+
+    let run = wait_finished(&daemon, &fail);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"], "handler command exited with code 7");
+    assert_eq!(run["outputs"], json!([]));
+
+    let run = wait_finished(&daemon, &slow);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s"),
+        "{run}"
+    );
+    // The whole process group was killed, including the background `sleep`.
+    let pid = std::fs::read_to_string(sandbox.path().join("slow.pid")).unwrap();
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+    wait_until(
+        "the timed-out handler's child to be gone",
+        Duration::from_secs(10),
+        || {
+            match std::fs::read_to_string(proc_dir.join("stat")) {
+                // A zombie waiting for its reaper is dead too.
+                Ok(stat) if !stat.contains(") Z ") => Err(stat),
+                _ => Ok(()),
+            }
+        },
+    );
+
+    // stdin carried the run view plus the session.
+    let run = wait_finished(&daemon, &stdin);
+    assert_eq!(run["status"], "completed", "{run}");
+    let doc: Value = serde_json::from_str(run["outputs"][0]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["run_id"], stdin.as_str());
+    assert_eq!(doc["connector"], "http/orders");
+    assert_eq!(doc["input"]["content"], "stdin");
+    assert_eq!(doc["session"]["session_id"], run["session_id"]);
+    assert!(doc["policy"].is_object());
+}
+
+#[test]
+fn exec_handler_gets_a_cleared_environment() {
+    let sandbox = Sandbox::new();
+    let daemon = exec_daemon(&sandbox);
+    let run_id = ingest(&daemon, "env", "k-env");
+    let run = wait_finished(&daemon, &run_id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let env = run["outputs"][0]["content"].as_str().unwrap();
+    assert!(env.contains("PATH="), "{env}");
+    assert!(!env.contains("KHEISH"), "{env}");
+    assert!(!env.contains(ADMIN_TOKEN), "{env}");
+    assert!(!env.contains("planted-master-key-value"), "{env}");
+}
+
+#[test]
+fn sessions_on_the_control_plane() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+
+    assert_problem(
+        &daemon.admin("GET", "/v1/sessions/support-1", None),
+        404,
+        "session_not_found",
+    );
+    let created = admin_json(
+        &daemon,
+        "PUT",
+        "/v1/sessions/support-1",
+        json!({
+            "persona_id": "helper",
+            "capability_scope": {"tools": ["search"]},
+            "reply_targets": [{"plugin": "http", "address": "https://example.com/replies"}],
+            "metadata": {"team": "ops"}
+        }),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let created = created.json();
+    assert_eq!(created["session_id"], "support-1");
+    assert_eq!(created["created_by"], "control_plane");
+    assert_eq!(created["persona_id"], "helper");
+    assert_eq!(created["capability_scope"]["tools"][0], "search");
+    assert_eq!(created["reply_targets"][0]["plugin"], "http");
+
+    // Field-aware update: absent members keep their value.
+    let updated = admin_json(
+        &daemon,
+        "PUT",
+        "/v1/sessions/support-1",
+        json!({"metadata": {"team": "sales"}}),
+    );
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    let got = daemon.admin("GET", "/v1/sessions/support-1", None);
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = got.json();
+    assert_eq!(got["metadata"]["team"], "sales");
+    assert_eq!(got["persona_id"], "helper");
+    assert_eq!(got["reply_targets"], created["reply_targets"]);
+
+    let targets = admin_json(
+        &daemon,
+        "PUT",
+        "/v1/sessions/support-1/reply-targets",
+        json!({"reply_targets": [
+            {"plugin": "http", "address": {"url": "https://example.com/a", "headers": {"X-Tenant": "t1"}}},
+            {"plugin": "slack", "address": "{\"connector\":\"support\",\"channel_id\":\"C1\"}"}
+        ]}),
+    );
+    assert_eq!(targets.status, 200, "{}", targets.text());
+    assert_eq!(targets.json()["reply_targets"].as_array().unwrap().len(), 2);
+
+    let forbidden = admin_json(
+        &daemon,
+        "PUT",
+        "/v1/sessions/support-1/reply-targets",
+        json!({"reply_targets": [
+            {"plugin": "http", "address": {"url": "https://example.com/a", "headers": {"Authorization": "x"}}}
+        ]}),
+    );
+    let problem = assert_problem(&forbidden, 400, "invalid_reply_target");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("reply_targets[0]"),
+        "{problem}"
+    );
+    // Unchanged after the refusal.
+    let got = daemon.admin("GET", "/v1/sessions/support-1", None).json();
+    assert_eq!(got["reply_targets"].as_array().unwrap().len(), 2);
+
+    assert_problem(
+        &admin_json(
+            &daemon,
+            "PUT",
+            "/v1/sessions/nope/reply-targets",
+            json!({"reply_targets": []}),
+        ),
+        404,
+        "session_not_found",
+    );
+    assert_problem(
+        &admin_json(&daemon, "PUT", "/v1/sessions/x", json!({"persona": "p"})),
+        400,
+        "invalid_request",
+    );
+    assert_problem(
+        &admin_json(
+            &daemon,
+            "PUT",
+            "/v1/sessions/x",
+            json!({"reply_targets": [{"plugin": "fax", "address": "1"}]}),
+        ),
+        400,
+        "invalid_reply_target",
+    );
+
+    // An ingress-created session is visible and keeps its creator.
+    let run_id = ingest(&daemon, "hello", "k1");
+    let session_id = get_run(&daemon, &run_id)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let encoded = session_id.replace(':', "%3A");
+    let got = daemon.admin("GET", &format!("/v1/sessions/{encoded}"), None);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["created_by"], "connector:http/orders");
+}
+
+#[test]
+fn the_control_plane_needs_the_admin_token() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    for (method, target) in [
+        ("GET", "/v1/runs"),
+        ("POST", "/v1/runs/claim"),
+        ("GET", "/v1/runs/run_x"),
+        ("POST", "/v1/runs/run_x/complete"),
+        ("GET", "/v1/sessions/s1"),
+        ("PUT", "/v1/sessions/s1"),
+    ] {
+        let none = daemon.request(method, target, &[], b"{}");
+        assert_problem(&none, 401, "unauthorized");
+        let wrong = daemon.request(
+            method,
+            target,
+            &[("Authorization", "Bearer not-the-token")],
+            b"{}",
+        );
+        assert_problem(&wrong, 401, "unauthorized");
+        assert!(!wrong.text().contains(ADMIN_TOKEN));
+        // A good request clears this client's failure count (failures are rate-limited).
+        assert_eq!(daemon.admin("GET", "/v1/runs", None).status, 200);
+    }
+    // Nothing was created by the refused PUT.
+    assert_problem(
+        &daemon.admin("GET", "/v1/sessions/s1", None),
+        404,
+        "session_not_found",
+    );
+}
+
+#[test]
+fn shutdown_releases_an_exec_run_and_ends_long_polls() {
+    let sandbox = Sandbox::new();
+    let script = sandbox.write("handler.sh", EXEC_SCRIPT);
+    let daemon = Daemon::builder(&sandbox)
+        .config(CONFIG)
+        .args(&[
+            "--handler",
+            "exec",
+            "--handler-command",
+            "/bin/sh",
+            "--handler-command",
+            script.to_str().unwrap(),
+            "--handler-timeout",
+            "60s",
+        ])
+        .start();
+    let run_id = ingest(&daemon, "slow", "k-slow");
+    let pid_file = sandbox.path().join("slow.pid");
+    wait_until("the slow handler to start", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|pid| pid.ends_with('\n'))
+            .ok_or_else(|| "no pid file yet".to_string())
+    });
+    assert_eq!(get_run(&daemon, &run_id)["status"], "claimed");
+
+    std::thread::scope(|scope| {
+        // A control-plane long-poll in flight must not hold the shutdown up.
+        let poll = scope.spawn(|| {
+            admin_json(&daemon, "POST", "/v1/runs/claim", json!({"wait_ms": 60000})).status
+        });
+        // As above: nothing can observe "parked" from outside; give it a moment.
+        let sent = Instant::now();
+        wait_until(
+            "the long-poll to be under way",
+            Duration::from_secs(5),
+            || {
+                if sent.elapsed() >= Duration::from_millis(300) {
+                    Ok(())
+                } else {
+                    Err("waiting".to_string())
+                }
+            },
+        );
+        let started = Instant::now();
+        daemon.signal("TERM");
+        let status = poll.join().unwrap();
+        assert!(matches!(status, 204 | 503), "long-poll ended with {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "shutdown was held up ({:?})",
+            started.elapsed()
+        );
+    });
+    assert_eq!(daemon.wait(), Some(0));
+
+    // The interrupted run is back in the queue, and its process group is gone.
+    let sleeper = std::fs::read_to_string(&pid_file).unwrap();
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", sleeper.trim()));
+    wait_until(
+        "the interrupted handler's child to be gone",
+        Duration::from_secs(10),
+        || match std::fs::read_to_string(proc_dir.join("stat")) {
+            Ok(stat) if !stat.contains(") Z ") => Err(stat),
+            _ => Ok(()),
+        },
+    );
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let run = get_run(&daemon, &run_id);
+    assert_eq!(run["status"], "queued", "{run}");
+    assert_eq!(run["claim_count"], 1);
+    assert_eq!(run["claim_owner"], Value::Null);
+}
