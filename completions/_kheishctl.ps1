@@ -37,7 +37,9 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
             [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
             [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Replay or resolve dead-lettered deliveries')
             [CompletionResult]::new('inspect-receipts', 'inspect-receipts', [CompletionResultType]::ParameterValue, 'List ingress receipts from the state root')
+            [CompletionResult]::new('drain-deliveries', 'drain-deliveries', [CompletionResultType]::ParameterValue, 'Run the delivery worker in this process until the queue is drained')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print a man page (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -52,6 +54,7 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--handler-timeout', '--handler-timeout', [CompletionResultType]::ParameterName, 'With --handler exec: a run whose command takes longer is killed and failed')
             [CompletionResult]::new('--admin-token-env', '--admin-token-env', [CompletionResultType]::ParameterName, 'Read the admin token from this environment variable')
             [CompletionResult]::new('--admin-token-file', '--admin-token-file', [CompletionResultType]::ParameterName, 'Read the admin token from this file (one trailing newline is stripped)')
+            [CompletionResult]::new('--delivery-workers', '--delivery-workers', [CompletionResultType]::ParameterName, 'Delivery worker threads sending queued output to reply targets (0 disables delivery in this daemon; `drain-deliveries` can still send)')
             [CompletionResult]::new('--receipt-retention', '--receipt-retention', [CompletionResultType]::ParameterName, 'How long submitted ingress receipts are kept')
             [CompletionResult]::new('--receipt-max-per-connector', '--receipt-max-per-connector', [CompletionResultType]::ParameterName, 'At most this many receipts are kept per connector (oldest pruned first)')
             [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
@@ -133,6 +136,33 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'kheishctl;replay' {
+            [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Only deliveries of runs from this connector (KIND/NAME)')
+            [CompletionResult]::new('--plugin', '--plugin', [CompletionResultType]::ParameterName, 'Only deliveries to this plugin (http, slack, telegram, external)')
+            [CompletionResult]::new('--session', '--session', [CompletionResultType]::ParameterName, 'Only deliveries of this session')
+            [CompletionResult]::new('--run', '--run', [CompletionResultType]::ParameterName, 'Only deliveries of this run')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only dead letters since WHEN (a duration ago like 1h, or an RFC 3339 time)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most this many dead letters with --all')
+            [CompletionResult]::new('--reason', '--reason', [CompletionResultType]::ParameterName, 'Why the dead letters are resolved (recorded with --resolve)')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--all', '--all', [CompletionResultType]::ParameterName, 'Select dead letters with the filters below instead of naming them')
+            [CompletionResult]::new('--include-resolved', '--include-resolved', [CompletionResultType]::ParameterName, 'Also select dead letters that were already resolved')
+            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replay even when a replay of the dead letter exists already')
+            [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Show what would happen; change nothing')
+            [CompletionResult]::new('--resolve', '--resolve', [CompletionResultType]::ParameterName, 'Mark the selected dead letters as handled instead of replaying them')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'kheishctl;inspect-receipts' {
             [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Only receipts of this connector (KIND/NAME, e.g. http/orders)')
             [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)')
@@ -143,6 +173,26 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
             [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;drain-deliveries' {
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Stop after this long even if due deliveries are left (exit 3)')
+            [CompletionResult]::new('--plugin', '--plugin', [CompletionResultType]::ParameterName, 'Only deliveries to this plugin')
+            [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Only deliveries of runs from this connector (KIND/NAME)')
+            [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'Deliveries sent at the same time')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--ignore-backoff', '--ignore-backoff', [CompletionResultType]::ParameterName, 'Also send deliveries whose retry time has not come yet, until nothing is pending')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
@@ -189,7 +239,9 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
             [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
             [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Replay or resolve dead-lettered deliveries')
             [CompletionResult]::new('inspect-receipts', 'inspect-receipts', [CompletionResultType]::ParameterValue, 'List ingress receipts from the state root')
+            [CompletionResult]::new('drain-deliveries', 'drain-deliveries', [CompletionResultType]::ParameterValue, 'Run the delivery worker in this process until the queue is drained')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print a man page (for packagers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -207,7 +259,13 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
         'kheishctl;help;rotate-secret' {
             break
         }
+        'kheishctl;help;replay' {
+            break
+        }
         'kheishctl;help;inspect-receipts' {
+            break
+        }
+        'kheishctl;help;drain-deliveries' {
             break
         }
         'kheishctl;help;completions' {

@@ -19,6 +19,9 @@ _kheishctl() {
             kheishctl,completions)
                 cmd="kheishctl__subcmd__completions"
                 ;;
+            kheishctl,drain-deliveries)
+                cmd="kheishctl__subcmd__drain__subcmd__deliveries"
+                ;;
             kheishctl,help)
                 cmd="kheishctl__subcmd__help"
                 ;;
@@ -27,6 +30,9 @@ _kheishctl() {
                 ;;
             kheishctl,man)
                 cmd="kheishctl__subcmd__man"
+                ;;
+            kheishctl,replay)
+                cmd="kheishctl__subcmd__replay"
                 ;;
             kheishctl,rotate-secret)
                 cmd="kheishctl__subcmd__rotate__subcmd__secret"
@@ -43,6 +49,9 @@ _kheishctl() {
             kheishctl__subcmd__help,completions)
                 cmd="kheishctl__subcmd__help__subcmd__completions"
                 ;;
+            kheishctl__subcmd__help,drain-deliveries)
+                cmd="kheishctl__subcmd__help__subcmd__drain__subcmd__deliveries"
+                ;;
             kheishctl__subcmd__help,help)
                 cmd="kheishctl__subcmd__help__subcmd__help"
                 ;;
@@ -51,6 +60,9 @@ _kheishctl() {
                 ;;
             kheishctl__subcmd__help,man)
                 cmd="kheishctl__subcmd__help__subcmd__man"
+                ;;
+            kheishctl__subcmd__help,replay)
+                cmd="kheishctl__subcmd__help__subcmd__replay"
                 ;;
             kheishctl__subcmd__help,rotate-secret)
                 cmd="kheishctl__subcmd__help__subcmd__rotate__subcmd__secret"
@@ -71,7 +83,7 @@ _kheishctl() {
 
     case "${cmd}" in
         kheishctl)
-            opts="-q -v -h -V --state-root --connectors-config --json --quiet --verbose --color --help --version serve validate sign rotate-secret inspect-receipts completions man help"
+            opts="-q -v -h -V --state-root --connectors-config --json --quiet --verbose --color --help --version serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -128,8 +140,53 @@ _kheishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kheishctl__subcmd__drain__subcmd__deliveries)
+            opts="-q -v -h -V --timeout --plugin --connector --concurrency --ignore-backoff --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --plugin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-root)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --connectors-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kheishctl__subcmd__help)
-            opts="serve validate sign rotate-secret inspect-receipts completions man help"
+            opts="serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -143,6 +200,20 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kheishctl__subcmd__help__subcmd__drain__subcmd__deliveries)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -185,6 +256,20 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kheishctl__subcmd__help__subcmd__replay)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -336,6 +421,63 @@ _kheishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kheishctl__subcmd__replay)
+            opts="-q -v -h -V --all --connector --plugin --session --run --since --limit --include-resolved --force --dry-run --resolve --reason --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --connector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --plugin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --session)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-root)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --connectors-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kheishctl__subcmd__rotate__subcmd__secret)
             opts="-q -v -h -V --from-env --from-file --stdin --generate --bytes --grace --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -393,7 +535,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__serve)
-            opts="-q -v -h -V --listen --workers --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            opts="-q -v -h -V --listen --workers --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --delivery-workers --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -440,6 +582,10 @@ _kheishctl() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o filenames
                     fi
+                    return 0
+                    ;;
+                --delivery-workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --receipt-retention)

@@ -34,7 +34,9 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand validate 'Validate a connector file and the secrets it references'
             cand sign 'Sign a request body the way ingress verifies it'
             cand rotate-secret 'Write a new value into a secret-store slot'
+            cand replay 'Replay or resolve dead-lettered deliveries'
             cand inspect-receipts 'List ingress receipts from the state root'
+            cand drain-deliveries 'Run the delivery worker in this process until the queue is drained'
             cand completions 'Print a shell completion script'
             cand man 'Print a man page (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -48,6 +50,7 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand --handler-timeout 'With --handler exec: a run whose command takes longer is killed and failed'
             cand --admin-token-env 'Read the admin token from this environment variable'
             cand --admin-token-file 'Read the admin token from this file (one trailing newline is stripped)'
+            cand --delivery-workers 'Delivery worker threads sending queued output to reply targets (0 disables delivery in this daemon; `drain-deliveries` can still send)'
             cand --receipt-retention 'How long submitted ingress receipts are kept'
             cand --receipt-max-per-connector 'At most this many receipts are kept per connector (oldest pruned first)'
             cand --state-root 'The state root directory (created 0700 when a command needs to write)'
@@ -125,6 +128,32 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'kheishctl;replay'= {
+            cand --connector 'Only deliveries of runs from this connector (KIND/NAME)'
+            cand --plugin 'Only deliveries to this plugin (http, slack, telegram, external)'
+            cand --session 'Only deliveries of this session'
+            cand --run 'Only deliveries of this run'
+            cand --since 'Only dead letters since WHEN (a duration ago like 1h, or an RFC 3339 time)'
+            cand --limit 'At most this many dead letters with --all'
+            cand --reason 'Why the dead letters are resolved (recorded with --resolve)'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --all 'Select dead letters with the filters below instead of naming them'
+            cand --include-resolved 'Also select dead letters that were already resolved'
+            cand --force 'Replay even when a replay of the dead letter exists already'
+            cand --dry-run 'Show what would happen; change nothing'
+            cand --resolve 'Mark the selected dead letters as handled instead of replaying them'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'kheishctl;inspect-receipts'= {
             cand --connector 'Only receipts of this connector (KIND/NAME, e.g. http/orders)'
             cand --key 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)'
@@ -135,6 +164,25 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand --state-root 'The state root directory (created 0700 when a command needs to write)'
             cand --connectors-config 'The TOML connector file'
             cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;drain-deliveries'= {
+            cand --timeout 'Stop after this long even if due deliveries are left (exit 3)'
+            cand --plugin 'Only deliveries to this plugin'
+            cand --connector 'Only deliveries of runs from this connector (KIND/NAME)'
+            cand --concurrency 'Deliveries sent at the same time'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --ignore-backoff 'Also send deliveries whose retry time has not come yet, until nothing is pending'
             cand --json 'Machine-readable output on stdout (one JSON document)'
             cand -q 'Only log errors'
             cand --quiet 'Only log errors'
@@ -178,7 +226,9 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand validate 'Validate a connector file and the secrets it references'
             cand sign 'Sign a request body the way ingress verifies it'
             cand rotate-secret 'Write a new value into a secret-store slot'
+            cand replay 'Replay or resolve dead-lettered deliveries'
             cand inspect-receipts 'List ingress receipts from the state root'
+            cand drain-deliveries 'Run the delivery worker in this process until the queue is drained'
             cand completions 'Print a shell completion script'
             cand man 'Print a man page (for packagers)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -191,7 +241,11 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
         }
         &'kheishctl;help;rotate-secret'= {
         }
+        &'kheishctl;help;replay'= {
+        }
         &'kheishctl;help;inspect-receipts'= {
+        }
+        &'kheishctl;help;drain-deliveries'= {
         }
         &'kheishctl;help;completions'= {
         }

@@ -38,7 +38,9 @@ complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "serve" -d 'Run 
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "validate" -d 'Validate a connector file and the secrets it references'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "replay" -d 'Replay or resolve dead-lettered deliveries'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "drain-deliveries" -d 'Run the delivery worker in this process until the queue is drained'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "man" -d 'Print a man page (for packagers)'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -52,6 +54,7 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-co
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-timeout -d 'With --handler exec: a run whose command takes longer is killed and failed' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-env -d 'Read the admin token from this environment variable' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-file -d 'Read the admin token from this file (one trailing newline is stripped)' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l delivery-workers -d 'Delivery worker threads sending queued output to reply targets (0 disables delivery in this daemon; `drain-deliveries` can still send)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l receipt-retention -d 'How long submitted ingress receipts are kept' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l receipt-max-per-connector -d 'At most this many receipts are kept per connector (oldest pruned first)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
@@ -117,6 +120,28 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s q 
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l connector -d 'Only deliveries of runs from this connector (KIND/NAME)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l plugin -d 'Only deliveries to this plugin (http, slack, telegram, external)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l session -d 'Only deliveries of this session' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l run -d 'Only deliveries of this run' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l since -d 'Only dead letters since WHEN (a duration ago like 1h, or an RFC 3339 time)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l limit -d 'At most this many dead letters with --all' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l reason -d 'Why the dead letters are resolved (recorded with --resolve)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l all -d 'Select dead letters with the filters below instead of naming them'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l include-resolved -d 'Also select dead letters that were already resolved'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l force -d 'Replay even when a replay of the dead letter exists already'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l dry-run -d 'Show what would happen; change nothing'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l resolve -d 'Mark the selected dead letters as handled instead of replaying them'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s V -l version -d 'Print version'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l connector -d 'Only receipts of this connector (KIND/NAME, e.g. http/orders)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l key -d 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l run -d 'Only the receipt of this run' -r
@@ -133,6 +158,21 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l timeout -d 'Stop after this long even if due deliveries are left (exit 3)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l plugin -d 'Only deliveries to this plugin' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l connector -d 'Only deliveries of runs from this connector (KIND/NAME)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l concurrency -d 'Deliveries sent at the same time' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l ignore-backoff -d 'Also send deliveries whose retry time has not come yet, until nothing is pending'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand drain-deliveries" -s V -l version -d 'Print version'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l connectors-config -d 'The TOML connector file' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand completions" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
@@ -153,11 +193,13 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s q -l quiet -
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "serve" -d 'Run the gateway daemon'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "man" -d 'Print a man page (for packagers)'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret inspect-receipts completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "serve" -d 'Run the gateway daemon'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "replay" -d 'Replay or resolve dead-lettered deliveries'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "drain-deliveries" -d 'Run the delivery worker in this process until the queue is drained'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "man" -d 'Print a man page (for packagers)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

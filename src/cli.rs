@@ -82,7 +82,9 @@ pub enum Command {
     Validate(ValidateArgs),
     Sign(SignArgs),
     RotateSecret(RotateSecretArgs),
+    Replay(ReplayArgs),
     InspectReceipts(InspectReceiptsArgs),
+    DrainDeliveries(DrainDeliveriesArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -147,6 +149,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Delivery worker threads sending queued output to reply targets (0 disables delivery in
+    /// this daemon; `drain-deliveries` can still send).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub delivery_workers: u16,
+
     /// How long submitted ingress receipts are kept.
     #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
     pub receipt_retention: std::time::Duration,
@@ -154,6 +161,113 @@ pub struct ServeArgs {
     /// At most this many receipts are kept per connector (oldest pruned first).
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub receipt_max_per_connector: u64,
+}
+
+/// Replay or resolve dead-lettered deliveries.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Replay dead-lettered deliveries: each becomes a NEW pending delivery with \
+`replayed_from_delivery_id`, and the dead letter stays as audit history. Without --force, a dead \
+letter that already has a replay returns that replay instead of creating another. --all selects \
+unresolved dead letters in bulk with the filters (default limit 100, at most 500); --dry-run \
+only lists what would happen; --resolve marks the selected dead letters as handled without \
+redelivery. Prints one row per item: would_replay, replayed, existing_replay or resolved.\n\n\
+Works on the state root directly and is safe beside a running daemon, whose workers pick up \
+the new deliveries.\n\n\
+Examples:\n  kheishctl replay dlv_0192f3a4b5c6_9f8e7d6c5b4a3928\n  \
+kheishctl replay --all --plugin http --since 1h --dry-run\n  \
+kheishctl replay --all --connector http/orders --resolve --reason \"customer endpoint retired\""
+)]
+pub struct ReplayArgs {
+    /// Dead-lettered delivery ids to replay (or resolve).
+    #[arg(
+        value_name = "DELIVERY_ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub delivery_ids: Vec<String>,
+
+    /// Select dead letters with the filters below instead of naming them.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Only deliveries of runs from this connector (KIND/NAME).
+    #[arg(long, value_name = "KIND/NAME", requires = "all")]
+    pub connector: Option<crate::model::ConnectorId>,
+
+    /// Only deliveries to this plugin (http, slack, telegram, external).
+    #[arg(long, value_name = "P", requires = "all")]
+    pub plugin: Option<String>,
+
+    /// Only deliveries of this session.
+    #[arg(long, value_name = "S", requires = "all")]
+    pub session: Option<String>,
+
+    /// Only deliveries of this run.
+    #[arg(long, value_name = "R", requires = "all")]
+    pub run: Option<String>,
+
+    /// Only dead letters since WHEN (a duration ago like 1h, or an RFC 3339 time).
+    #[arg(long, value_name = "WHEN", requires = "all")]
+    pub since: Option<String>,
+
+    /// At most this many dead letters with --all.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub limit: u32,
+
+    /// Also select dead letters that were already resolved.
+    #[arg(long)]
+    pub include_resolved: bool,
+
+    /// Replay even when a replay of the dead letter exists already.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Show what would happen; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Mark the selected dead letters as handled instead of replaying them.
+    #[arg(long, requires = "reason", conflicts_with = "force")]
+    pub resolve: bool,
+
+    /// Why the dead letters are resolved (recorded with --resolve).
+    #[arg(long, value_name = "TEXT", requires = "resolve")]
+    pub reason: Option<String>,
+}
+
+/// Run the delivery worker in this process until the queue is drained.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run the delivery worker in this process until no pending delivery is due \
+(with --ignore-backoff: until none is pending at all), then print a summary: delivered, retried \
+(still pending) and dead-lettered. Shows a progress bar on a terminal. Safe beside a running \
+daemon: deliveries are leased, so two workers never send the same delivery at once.\n\n\
+Exit status: 0 when everything attempted was delivered, 1 when a delivery was dead-lettered, \
+3 when --timeout passed with due deliveries left, 4 when the state root cannot be opened.\n\n\
+Examples:\n  kheishctl drain-deliveries\n  kheishctl drain-deliveries --plugin http --timeout 5m --json\n  \
+KHEISH_DELIVERY_INITIAL_RETRY_MS=10 kheishctl drain-deliveries --ignore-backoff"
+)]
+pub struct DrainDeliveriesArgs {
+    /// Stop after this long even if due deliveries are left (exit 3).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Only deliveries to this plugin.
+    #[arg(long, value_name = "P")]
+    pub plugin: Option<String>,
+
+    /// Only deliveries of runs from this connector (KIND/NAME).
+    #[arg(long, value_name = "KIND/NAME")]
+    pub connector: Option<crate::model::ConnectorId>,
+
+    /// Deliveries sent at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// Also send deliveries whose retry time has not come yet, until nothing is pending.
+    #[arg(long)]
+    pub ignore_backoff: bool,
 }
 
 /// List ingress receipts from the state root.

@@ -2,7 +2,9 @@
 //! prints through the [`Printer`]; none contains SQL, HTTP or secret handling of its own.
 
 mod completions;
+mod drain_deliveries;
 mod inspect_receipts;
+mod replay;
 mod rotate_secret;
 mod serve;
 mod sign;
@@ -71,6 +73,8 @@ pub fn run(cli: Cli) -> Result<ExitStatus> {
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Validate(args) => validate::run(&ctx, args),
         Command::InspectReceipts(args) => inspect_receipts::run(&ctx, args),
+        Command::Replay(args) => replay::run(&ctx, args),
+        Command::DrainDeliveries(args) => drain_deliveries::run(&ctx, args),
         Command::Sign(args) => sign::run(&ctx, args),
         Command::RotateSecret(args) => rotate_secret::run(&ctx, args),
         Command::Completions(args) => completions::run(&ctx, args),

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod delivery;
 pub mod reply;
 pub mod run;
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod deliveries;
 pub mod observe;
 pub mod response;
 pub mod router;
@@ -488,6 +489,12 @@ fn dispatch(app: &Arc<App>, store: &Store, route: &Route, req: &ApiRequest, repl
         },
         Route::Metrics => observe::metrics(&ctx),
         Route::ListReceipts => observe::list_receipts(&ctx, req),
+        Route::ListDeliveries
+        | Route::DeadLetters
+        | Route::GetDelivery { .. }
+        | Route::ReplayDelivery { .. }
+        | Route::ResolveDelivery { .. }
+        | Route::ReplayBulk => deliveries::handle(&ctx, route, req),
         Route::HttpIngress { name } => return http_route(app, store, name, req, reply),
         _ => control::handle(&ctx, route, req),
     };

@@ -46,6 +46,24 @@ pub enum Route {
     },
     /// `GET /v1/receipts`
     ListReceipts,
+    /// `GET /v1/deliveries`
+    ListDeliveries,
+    /// `GET /v1/deliveries/dead-letter`
+    DeadLetters,
+    /// `GET /v1/deliveries/{id}`
+    GetDelivery {
+        id: String,
+    },
+    /// `POST /v1/deliveries/{id}/replay[?force=true]`
+    ReplayDelivery {
+        id: String,
+    },
+    /// `POST /v1/deliveries/{id}/resolve`
+    ResolveDelivery {
+        id: String,
+    },
+    /// `POST /v1/deliveries/replay-bulk`
+    ReplayBulk,
 }
 
 impl Route {
@@ -65,6 +83,12 @@ impl Route {
             Route::CompleteRun { .. } => "/v1/runs/{id}/complete",
             Route::FailRun { .. } => "/v1/runs/{id}/fail",
             Route::ListReceipts => "/v1/receipts",
+            Route::ListDeliveries => "/v1/deliveries",
+            Route::DeadLetters => "/v1/deliveries/dead-letter",
+            Route::GetDelivery { .. } => "/v1/deliveries/{id}",
+            Route::ReplayDelivery { .. } => "/v1/deliveries/{id}/replay",
+            Route::ResolveDelivery { .. } => "/v1/deliveries/{id}/resolve",
+            Route::ReplayBulk => "/v1/deliveries/replay-bulk",
         }
     }
 
@@ -142,6 +166,20 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
             one("POST", "POST", Route::FailRun { id: id.to_string() })
         }
         ["v1", "receipts"] => one("GET", "GET", Route::ListReceipts),
+        ["v1", "deliveries"] => one("GET", "GET", Route::ListDeliveries),
+        ["v1", "deliveries", "dead-letter"] => one("GET", "GET", Route::DeadLetters),
+        ["v1", "deliveries", "replay-bulk"] => one("POST", "POST", Route::ReplayBulk),
+        ["v1", "deliveries", id] if nonempty(id) => {
+            one("GET", "GET", Route::GetDelivery { id: id.to_string() })
+        }
+        ["v1", "deliveries", id, "replay"] if nonempty(id) => {
+            one("POST", "POST", Route::ReplayDelivery { id: id.to_string() })
+        }
+        ["v1", "deliveries", id, "resolve"] if nonempty(id) => one(
+            "POST",
+            "POST",
+            Route::ResolveDelivery { id: id.to_string() },
+        ),
         _ => Err(NoRoute::NotFound),
     }
 }
@@ -228,6 +266,18 @@ mod tests {
             Err(NoRoute::MethodNotAllowed { allow: "GET, PUT" }),
         );
         check("GET", "/v1/sessions/%zz", Err(NoRoute::NotFound));
+        check("GET", "/v1/deliveries/dead-letter", Ok(Route::DeadLetters));
+        check("POST", "/v1/deliveries/replay-bulk", Ok(Route::ReplayBulk));
+        check(
+            "POST",
+            "/v1/deliveries/dlv_1/replay",
+            Ok(Route::ReplayDelivery { id: "dlv_1".into() }),
+        );
+        check(
+            "GET",
+            "/v1/deliveries/dlv_1",
+            Ok(Route::GetDelivery { id: "dlv_1".into() }),
+        );
         check("GET", "/nope", Err(NoRoute::NotFound));
         check("GET", "nope", Err(NoRoute::NotFound));
     }

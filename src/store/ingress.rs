@@ -34,7 +34,7 @@ const MAX_BATCH: usize = 1024;
 const CHECKPOINT_EVERY: u64 = 64;
 /// Page cache of the writer's connection (KiB, SQLite's negative form): receipt keys are
 /// random, so their index pages are touched all over; keeping them cached avoids re-reads.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Pending duplicate-hit counts are written at the latest after this long.
 const DUPLICATE_FLUSH: Duration = Duration::from_secs(2);
 

@@ -167,6 +167,67 @@ pub const MIGRATIONS: &[Migration] = &[
             ) STRICT;
         ",
     },
+    // Version 3: the delivery queue (SPEC §11.3–§11.6).
+    Migration {
+        name: "delivery queue and per-target state",
+        sql: "
+            -- One delivery per (output, target); a replay is a new row pointing at its source.
+            CREATE TABLE deliveries (
+                seq                       INTEGER PRIMARY KEY,
+                delivery_id               TEXT NOT NULL UNIQUE,
+                output_id                 TEXT NOT NULL REFERENCES run_outputs (output_id),
+                run_id                    TEXT NOT NULL,
+                session_id                TEXT NOT NULL,
+                connector_kind            TEXT NOT NULL,
+                connector_name            TEXT NOT NULL,
+                plugin                    TEXT NOT NULL,
+                address                   TEXT NOT NULL,
+                target_key                TEXT NOT NULL,
+                status                    TEXT NOT NULL
+                    CHECK (status IN ('pending', 'retrying', 'delivered', 'dead_lettered')),
+                attempts                  INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at_ms        INTEGER NOT NULL,
+                lease_owner               TEXT,
+                lease_expires_at_ms       INTEGER,
+                last_error                TEXT,
+                last_error_code           TEXT,
+                last_http_status          INTEGER,
+                -- Per-step progress of multi-step transports (JSON).
+                progress                  TEXT,
+                created_at_ms             INTEGER NOT NULL,
+                updated_at_ms             INTEGER NOT NULL,
+                delivered_at_ms           INTEGER,
+                dead_lettered_at_ms       INTEGER,
+                resolution                TEXT,
+                resolved_at_ms            INTEGER,
+                replayed_from_delivery_id TEXT REFERENCES deliveries (delivery_id)
+            ) STRICT;
+            -- Open deliveries of a target in creation order: the FIFO.
+            CREATE INDEX deliveries_open_by_target ON deliveries (target_key, seq)
+                WHERE status IN ('pending', 'retrying');
+            CREATE INDEX deliveries_by_status ON deliveries (status, updated_at_ms);
+            CREATE INDEX deliveries_by_run ON deliveries (run_id, seq);
+            CREATE INDEX deliveries_by_output ON deliveries (output_id);
+            CREATE INDEX deliveries_replays ON deliveries (replayed_from_delivery_id)
+                WHERE replayed_from_delivery_id IS NOT NULL;
+
+            -- One row per target that has open deliveries: its FIFO head, when the head is due,
+            -- the lease of the worker sending it, and the circuit breaker. Claiming picks a due,
+            -- unleased, unpaused target here, so it costs the same with 10 or 100 000 pending.
+            CREATE TABLE delivery_targets (
+                target_key           TEXT PRIMARY KEY NOT NULL,
+                plugin               TEXT NOT NULL,
+                head_seq             INTEGER NOT NULL,
+                next_attempt_at_ms   INTEGER NOT NULL,
+                lease_owner          TEXT,
+                lease_expires_at_ms  INTEGER,
+                consecutive_failures INTEGER NOT NULL DEFAULT 0,
+                paused_until_ms      INTEGER NOT NULL DEFAULT 0,
+                open_count           INTEGER NOT NULL
+            ) STRICT, WITHOUT ROWID;
+            CREATE INDEX delivery_targets_due ON delivery_targets (next_attempt_at_ms);
+        ",
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.

@@ -8,6 +8,8 @@ mod cli_rotate_secret;
 mod cli_sign;
 /// `validate`: every diagnostic shape, exit codes, `--json`, online secret checks.
 mod cli_validate;
+/// Delivery: queue, http transport, outbound guard, dead letters, replay, drain, crash.
+mod delivery;
 /// `completions/` and `man/` match what the clap definition renders.
 mod generated_files;
 /// `serve` with HTTP ingress: auth, payload rules, receipts, sessions, malformed input, crash.

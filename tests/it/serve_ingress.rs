@@ -2,9 +2,10 @@
 //! an ephemeral port: bearer + HMAC authentication (SPEC §7.2, including the fixed vector's
 //! path with a query string), receipts and duplicates (§6.2–§6.4), every 4xx of the pipeline
 //! (§6.1) with its problem `code` and no write, no 5xx for any malformed input (§15), rate
-//! limiting (§6.6), session resolution (§6.5), secrets that never leak (§15), the daemon's
-//! lifecycle (§1.3, §5: readiness, SIGHUP, SIGTERM, fail-closed start), secret rotation picked up
-//! by a running daemon (§1.3), and the kill -9 crash test (§3, §15).
+//! limiting (§6.6), session resolution (§6.5), concurrent copies of one event, secrets that
+//! never leak (§15), the daemon's lifecycle (§1.3, §5: readiness, SIGHUP, SIGTERM, fail-closed
+//! start), secret rotation picked up by a running daemon (§1.3), and the kill -9 crash test
+//! (§3, §15).
 //!
 //! Nothing here sleeps: answers are awaited with `wait_until`, and the crash test picks its kill
 //! moment by counting answers, not by waiting.
@@ -2104,7 +2105,7 @@ create_if_missing = true
 const CRASH_TARGET: &str = "/v1/connectors/http/crash";
 const N_CRASH_EVENTS: usize = 200;
 const N_CLIENTS: usize = 8;
-const N_ROUNDS: usize = 3;
+const N_ROUNDS: usize = 5;
 
 /// The answer one client got for one request: `None` when the connection failed.
 type Answer = Option<(u16, Value)>;
@@ -2192,7 +2193,7 @@ fn crash_round(round: usize, kill_after: usize) {
     let daemon = start_crash_daemon(&sandbox);
     let addr = daemon.addr;
     let (kill_tx, kill_rx) = mpsc::sync_channel::<()>(1);
-    let (before_kill, _) = std::thread::scope(|scope| {
+    let before_kill = std::thread::scope(|scope| {
         let loader = scope.spawn(|| {
             send_all(addr, &bodies, &|n| {
                 if n == kill_after {
@@ -2203,8 +2204,9 @@ fn crash_round(round: usize, kill_after: usize) {
         kill_rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("{context}: never got {kill_after} answers"));
+        // SIGKILL while the clients are still sending: they see refused or reset connections.
         daemon.kill();
-        (loader.join().expect("the load thread panicked"), ())
+        loader.join().expect("the load thread panicked")
     });
     let n_acknowledged = before_kill.iter().flatten().count();
     assert!(n_acknowledged >= kill_after, "{context}");

@@ -1,0 +1,225 @@
+//! The retry policy (SPEC §11.3), pure: the delay after a failed attempt, the Retry-After
+//! clamp, and the dead-letter decision. No clock, no I/O; table-tested.
+
+use std::time::Duration;
+
+/// Retry knobs, from the `KHEISH_DELIVERY_*` environment variables or their defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// `KHEISH_DELIVERY_INITIAL_RETRY_MS` (default 1000).
+    pub initial_retry_ms: u64,
+    /// `KHEISH_DELIVERY_MAX_RETRY_MS` (default 60000).
+    pub max_retry_ms: u64,
+    /// `KHEISH_DELIVERY_MAX_RETRY_AFTER_MS` (default 3600000): cap on a target's Retry-After.
+    pub max_retry_after_ms: u64,
+    /// `KHEISH_DELIVERY_MAX_ATTEMPTS` (default 8): the last attempt dead-letters on failure.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            initial_retry_ms: 1000,
+            max_retry_ms: 60_000,
+            max_retry_after_ms: 3_600_000,
+            max_attempts: 8,
+        }
+    }
+}
+
+/// An invalid `KHEISH_DELIVERY_*` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}=`{value}` is invalid: {problem}")]
+pub struct PolicyError {
+    pub var: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl RetryPolicy {
+    /// Reads the four variables through `env`; unset or empty means the default.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<RetryPolicy, PolicyError> {
+        let d = RetryPolicy::default();
+        let read =
+            |var: &'static str, default: u64, min: u64, max: u64| -> Result<u64, PolicyError> {
+                match env(var).filter(|v| !v.trim().is_empty()) {
+                    None => Ok(default),
+                    Some(v) => match v.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        Ok(_) => Err(PolicyError {
+                            var,
+                            value: v.clone(),
+                            problem: format!("must be between {min} and {max}"),
+                        }),
+                        Err(_) => Err(PolicyError {
+                            var,
+                            value: v.clone(),
+                            problem: "must be a whole number".into(),
+                        }),
+                    },
+                }
+            };
+        let policy = RetryPolicy {
+            initial_retry_ms: read(
+                "KHEISH_DELIVERY_INITIAL_RETRY_MS",
+                d.initial_retry_ms,
+                1,
+                86_400_000,
+            )?,
+            max_retry_ms: read(
+                "KHEISH_DELIVERY_MAX_RETRY_MS",
+                d.max_retry_ms,
+                1,
+                86_400_000,
+            )?,
+            max_retry_after_ms: read(
+                "KHEISH_DELIVERY_MAX_RETRY_AFTER_MS",
+                d.max_retry_after_ms,
+                0,
+                86_400_000,
+            )?,
+            max_attempts: read(
+                "KHEISH_DELIVERY_MAX_ATTEMPTS",
+                u64::from(d.max_attempts),
+                1,
+                1000,
+            )? as u32,
+        };
+        if policy.max_retry_ms < policy.initial_retry_ms {
+            return Err(PolicyError {
+                var: "KHEISH_DELIVERY_MAX_RETRY_MS",
+                value: policy.max_retry_ms.to_string(),
+                problem: format!(
+                    "must not be below KHEISH_DELIVERY_INITIAL_RETRY_MS ({})",
+                    policy.initial_retry_ms
+                ),
+            });
+        }
+        Ok(policy)
+    }
+
+    /// Delay after failed attempt `n` (1-based): `max(min(retry_after, max_retry_after),
+    /// min(initial × 2^min(n−1, 6), max_retry))`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = attempt.saturating_sub(1).min(6);
+        let backoff = self
+            .initial_retry_ms
+            .saturating_mul(1 << exp)
+            .min(self.max_retry_ms);
+        let hinted = retry_after
+            .map(|d| (d.as_millis().min(u128::from(u64::MAX)) as u64).min(self.max_retry_after_ms))
+            .unwrap_or(0);
+        Duration::from_millis(backoff.max(hinted))
+    }
+
+    /// What happens after attempt `attempt` failed: retry at `now_ms + delay`, or dead-letter
+    /// when the failure is terminal or this was the last attempt.
+    pub fn after_failure(
+        &self,
+        attempt: u32,
+        terminal: bool,
+        retry_after: Option<Duration>,
+        now_ms: i64,
+    ) -> Next {
+        if terminal || attempt >= self.max_attempts {
+            Next::DeadLetter
+        } else {
+            Next::RetryAt(
+                now_ms.saturating_add(self.delay(attempt, retry_after).as_millis() as i64),
+            )
+        }
+    }
+}
+
+/// The decision after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    RetryAt(i64),
+    DeadLetter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backoff_table() {
+        let p = RetryPolicy::default();
+        let table = [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (4, 8000),
+            (5, 16000),
+            (6, 32000),
+            (7, 60000),
+            (8, 60000),
+            (20, 60000),
+        ];
+        for (attempt, expected) in table {
+            assert_eq!(p.delay(attempt, None), ms(expected), "attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(1, Some(ms(30_000))), ms(30_000));
+        assert_eq!(
+            p.delay(7, Some(ms(5_000))),
+            ms(60_000),
+            "backoff wins when larger"
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(10 * 3600))),
+            ms(3_600_000),
+            "capped at one hour"
+        );
+    }
+
+    #[test]
+    fn dead_letter_decision() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.after_failure(1, false, None, 0), Next::RetryAt(1000));
+        assert_eq!(p.after_failure(3, false, None, 0), Next::DeadLetter);
+        assert_eq!(p.after_failure(1, true, None, 0), Next::DeadLetter);
+    }
+
+    #[test]
+    fn env_values() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            RetryPolicy::from_env(&env(&[])).unwrap(),
+            RetryPolicy::default()
+        );
+        let p = RetryPolicy::from_env(&env(&[
+            ("KHEISH_DELIVERY_INITIAL_RETRY_MS", "5"),
+            ("KHEISH_DELIVERY_MAX_ATTEMPTS", "2"),
+        ]))
+        .unwrap();
+        assert_eq!((p.initial_retry_ms, p.max_attempts), (5, 2));
+        let e =
+            RetryPolicy::from_env(&env(&[("KHEISH_DELIVERY_MAX_ATTEMPTS", "lots")])).unwrap_err();
+        assert_eq!(e.var, "KHEISH_DELIVERY_MAX_ATTEMPTS");
+        assert!(RetryPolicy::from_env(&env(&[("KHEISH_DELIVERY_MAX_ATTEMPTS", "0")])).is_err());
+        assert!(RetryPolicy::from_env(&env(&[
+            ("KHEISH_DELIVERY_INITIAL_RETRY_MS", "9000"),
+            ("KHEISH_DELIVERY_MAX_RETRY_MS", "10")
+        ]))
+        .is_err());
+    }
+}

@@ -1,0 +1,2 @@
+//! Delivery transports, one file per plugin.
+pub mod http;

@@ -1,0 +1,1 @@
+//! Delivery worker threads (being built).

@@ -1,0 +1,97 @@
+//! Deliveries (SPEC §11.3–§11.6): one output envelope queued for one reply target, delivered at
+//! least once or dead-lettered. The status names are the spec's words.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::reply::ReplyTarget;
+
+/// Delivery states: `pending` (attempts 0), `retrying`, `delivered`, `dead_lettered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Retrying,
+    Delivered,
+    DeadLettered,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "retrying" => Some(DeliveryStatus::Retrying),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead_lettered" => Some(DeliveryStatus::DeadLettered),
+            _ => None,
+        }
+    }
+
+    /// `pending` or `retrying`: still owed to its target.
+    pub fn is_open(self) -> bool {
+        matches!(self, DeliveryStatus::Pending | DeliveryStatus::Retrying)
+    }
+}
+
+impl fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A delivery as stored and shown by the control plane and `replay`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub output_id: String,
+    pub run_id: String,
+    pub session_id: String,
+    /// The connector of the run that produced the output (`KIND/NAME`).
+    pub connector: String,
+    pub target: ReplyTarget,
+    /// Identity of the target for per-target order and the circuit breaker.
+    pub target_key: String,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<i64>,
+    /// The last failure, redacted (never a token, path or query of a URL).
+    pub last_error: Option<String>,
+    /// Stable code of the last failure (`http_status_500`, `timeout`, `blocked_private_address`, …).
+    pub last_error_code: Option<String>,
+    pub last_http_status: Option<u16>,
+    /// Per-step progress of multi-step transports (Slack, Telegram), opaque JSON.
+    pub progress: Option<Value>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+    pub dead_lettered_at_ms: Option<i64>,
+    /// Set when an operator resolved a dead letter without redelivery.
+    pub resolution: Option<String>,
+    pub resolved_at_ms: Option<i64>,
+    /// The dead letter this delivery replays, if any.
+    pub replayed_from_delivery_id: Option<String>,
+}
+
+/// What a transport is asked to send: the delivery and its output's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryJob {
+    pub delivery: Delivery,
+    /// The attempt number of this send (1 for the first).
+    pub attempt: u32,
+    pub content: Option<String>,
+    pub parts: Option<Vec<Value>>,
+}

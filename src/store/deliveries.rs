@@ -1,0 +1,1 @@
+//! The delivery queue's SQL (being built).
