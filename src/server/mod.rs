@@ -294,15 +294,25 @@ fn request_loop(app: &Arc<App>, server: &tiny_http::Server, stop: &AtomicBool) {
     }
 }
 
-/// Reads the body up to `limit` bytes; `Err(())` when it is larger.
-fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, ()> {
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyError {
+    /// Larger than the route's limit (413).
+    TooLarge,
+    /// The framing is broken (bad chunk size, unsupported transfer coding, early close): 400.
+    Malformed,
+}
+
+/// Reads the body up to `limit` bytes.
+fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
     if rq.body_length().is_some_and(|n| n > limit) {
-        return Err(());
+        return Err(BodyError::TooLarge);
     }
     let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(limit));
     match rq.as_reader().take(limit as u64 + 1).read_to_end(&mut body) {
         Ok(_) if body.len() <= limit => Ok(body),
-        _ => Err(()),
+        Ok(_) => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Malformed),
     }
 }
 
@@ -427,6 +437,12 @@ fn handle(app: &Arc<App>, store: &Store, mut rq: tiny_http::Request) {
         }
         Ok(route) => route,
     };
+    if body == Err(BodyError::Malformed) {
+        return reply.send(
+            ApiResponse::problem(400, "invalid_body", "the request body could not be read (broken chunked framing or an unsupported transfer coding)")
+                .with_header("Connection", "close"),
+        );
+    }
     if body.is_err() {
         let limit = match route {
             Route::HttpIngress { .. } => http_ingress::BODY_LIMIT,
