@@ -100,6 +100,10 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     let (control_tx, control_rx) = mpsc::channel();
     let signals = Signals::install(control_tx.clone()).context("installing signal handlers")?;
 
+    let workers = args.workers.map_or_else(
+        || 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        usize::from,
+    );
     let app = Arc::new(App::new(AppParts {
         out: ctx.out.clone(),
         state_root: ctx.state_root.clone(),
@@ -108,6 +112,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
             handler_command: args.handler_command.clone(),
             handler_concurrency: args.handler_concurrency,
             handler_timeout: args.handler_timeout,
+            long_poll_slots: (workers / 2).max(1),
             receipt_retention: args.receipt_retention,
             receipt_max_per_connector: args.receipt_max_per_connector,
         },
@@ -116,10 +121,6 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
         writer,
         admin: AdminAuth::new(token),
     }));
-    let workers = args.workers.map_or_else(
-        || 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-        usize::from,
-    );
     let running = server::start(listener, Arc::clone(&app), workers);
     let handlers =
         crate::handler::HandlerPool::spawn(Arc::clone(&app)).context("starting run handlers")?;

@@ -235,6 +235,14 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
         None => "control-plane:unknown".to_string(),
     };
 
+    // Each waiting long-poll holds a request thread; past the slot limit a claim looks once and
+    // answers, so long-polling workers can never starve ingress of threads.
+    let slot = if wait_ms > 0 {
+        ctx.app.long_poll_slot()
+    } else {
+        None
+    };
+    let wait_ms = if slot.is_some() { wait_ms } else { 0 };
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
         // Read the generation BEFORE looking, so a run queued between the look and the wait

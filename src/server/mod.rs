@@ -54,6 +54,9 @@ pub struct Options {
     pub handler_concurrency: u16,
     /// `--handler-timeout`.
     pub handler_timeout: Duration,
+    /// Claim long-polls that may wait at once (each holds a request thread); further claims
+    /// answer after one look. Half the request threads, at least one.
+    pub long_poll_slots: usize,
     /// Submitted receipts older than this are pruned.
     pub receipt_retention: Duration,
     /// At most this many receipts per connector are kept.
@@ -77,7 +80,20 @@ pub struct App {
     pub admin: AdminAuth,
     /// Writes ingress answers that complete after a group commit.
     pub responders: Responders,
+    /// Claim long-polls waiting now (bounded by `options.long_poll_slots`).
+    pub long_polls: std::sync::atomic::AtomicUsize,
     phase: AtomicU8,
+}
+
+/// A held long-poll slot (see [`App::long_poll_slot`]).
+pub struct LongPollSlot<'a> {
+    app: &'a App,
+}
+
+impl Drop for LongPollSlot<'_> {
+    fn drop(&mut self) {
+        self.app.long_polls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Everything [`App::new`] needs.
@@ -104,7 +120,19 @@ impl App {
             limiter: RateLimiter::new(),
             admin: parts.admin,
             responders: Responders::start(2),
+            long_polls: std::sync::atomic::AtomicUsize::new(0),
             phase: AtomicU8::new(Phase::Starting as u8),
+        }
+    }
+
+    /// Takes a long-poll slot if one is free; the slot is returned when the guard drops.
+    pub fn long_poll_slot(&self) -> Option<LongPollSlot<'_>> {
+        let taken = self.long_polls.fetch_add(1, Ordering::AcqRel);
+        if taken < self.options.long_poll_slots {
+            Some(LongPollSlot { app: self })
+        } else {
+            self.long_polls.fetch_sub(1, Ordering::AcqRel);
+            None
         }
     }
 

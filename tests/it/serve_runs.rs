@@ -798,3 +798,36 @@ fn shutdown_releases_an_exec_run_and_ends_long_polls() {
     assert_eq!(run["claim_count"], 1);
     assert_eq!(run["claim_owner"], Value::Null);
 }
+
+/// With `--workers 2` one claim may long-poll at a time; a second long-poll must not take the
+/// other request thread, so it answers 204 after one look while the first keeps waiting.
+#[test]
+fn long_polls_never_take_every_request_thread() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox)
+        .config(CONFIG)
+        .args(&["--workers", "2"])
+        .start();
+    let daemon = std::sync::Arc::new(daemon);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let daemon = std::sync::Arc::clone(&daemon);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let resp = daemon.admin("POST", "/v1/runs/claim", Some(&json!({"wait_ms": 30000})));
+            let _ = tx.send((resp.status, Instant::now()));
+        });
+    }
+    // Whichever claim did not get the slot answers at once; the other is still waiting.
+    let (first_status, _) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("one claim answers without waiting out its wait_ms");
+    assert_eq!(first_status, 204);
+    // The waiting one still holds a thread; the other thread serves ingress meanwhile.
+    let run_id = ingest(&daemon, "wake up", "slot-1");
+    let (second_status, _) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the waiting claim wakes for the new run");
+    assert_eq!(second_status, 200);
+    assert_eq!(get_run(&daemon, &run_id)["status"], "claimed");
+}
