@@ -9,7 +9,8 @@
 //! - [`config`]: the connector file: parsing and validation with positions.
 //! - [`secrets`]: the `Secret` type, secret sources and the encrypted secret store.
 //! - [`store`]: the state root and its SQLite database (the only SQL).
-//! - [`net`]: outbound address policy (public-IP guard).
+//! - [`net`]: the one outbound HTTP agent builder and the private-address guard.
+//! - [`delivery`]: the delivery queue: transports, retry policy, workers, replay.
 //! - [`ingress`]: the inbound pipeline (auth, payload rules, sessions, receipts, runs).
 //! - [`handler`]: run handlers inside `serve` (echo, exec).
 //! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
