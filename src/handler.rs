@@ -516,18 +516,23 @@ impl Worker {
     }
 
     fn complete(&self, run: &Run, output: Option<NewRunOutput>) {
-        match self.store.complete_with_output(
+        match self.store.complete_with_output_queued(
             &run.run_id,
             Some(&self.owner),
             output.as_ref(),
             now_ms(),
         ) {
-            Ok(_) => self.app.out.debug(&format!(
-                "run {} completed by {}{}",
-                run.run_id,
-                self.owner,
-                if output.is_some() { "" } else { " (no output)" }
-            )),
+            Ok((_, _, queued)) => {
+                if queued.has_pending() {
+                    self.app.deliveries_queued.notify_all();
+                }
+                self.app.out.debug(&format!(
+                    "run {} completed by {}{}",
+                    run.run_id,
+                    self.owner,
+                    if output.is_some() { "" } else { " (no output)" }
+                ));
+            }
             Err(e) => self.settle_error(run, &e),
         }
     }

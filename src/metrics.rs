@@ -1,13 +1,15 @@
 //! The daemon's in-memory metrics, rendered as Prometheus text exposition format 0.0.4
 //! (SPEC §13): ingress requests by connector and outcome, HTTP request latency by route
-//! template, HTTP requests by route and status, plus whatever other parts of the daemon report
+//! template, HTTP requests by route and status, delivery attempts by plugin and outcome, plus
+//! whatever other parts of the daemon report
 //! through [`Sample`]s (collectors registered with [`Metrics::add_collector`], or the `extra`
 //! argument of [`Metrics::render`]).
 //!
 //! Recording is lock-light: a read lock to find the series and an atomic add; the write lock is
 //! taken only the first time a series appears. Labels are route templates, connector ids of
-//! configured connectors and status codes — never raw paths, queries, headers or secrets — so
-//! the number of series stays bounded by the configuration.
+//! configured connectors, status codes, delivery plugin names and attempt outcomes — never raw
+//! paths, queries, headers, target addresses or secrets — so the number of series stays bounded
+//! by the configuration.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -204,6 +206,8 @@ pub struct Metrics {
     requests: CounterFamily<(&'static str, u16)>,
     /// `kheish_http_request_duration_seconds{route}`.
     latency: RwLock<BTreeMap<&'static str, Histogram>>,
+    /// `kheish_delivery_attempts_total{plugin, outcome}`.
+    delivery_attempts: CounterFamily<(String, String)>,
     /// Scrape-time reporters registered by other parts of the daemon.
     collectors: RwLock<Vec<Collector>>,
 }
@@ -226,6 +230,7 @@ impl Metrics {
             ingress: CounterFamily::new(),
             requests: CounterFamily::new(),
             latency: RwLock::new(BTreeMap::new()),
+            delivery_attempts: CounterFamily::new(),
             collectors: RwLock::new(Vec::new()),
         }
     }
@@ -251,6 +256,15 @@ impl Metrics {
             .entry(route)
             .or_insert_with(Histogram::new)
             .observe(seconds);
+    }
+
+    /// Counts one delivery attempt to `plugin` (`http`, `slack`, `telegram`, `external`) that
+    /// ended with `outcome` (the worker's fixed set: `delivered`, `retryable`,
+    /// `terminal`, `dead_lettered`). Both are label values, so pass only those bounded names — never a
+    /// target address, an error text or an HTTP status taken from a target.
+    pub fn delivery_attempt(&self, plugin: &str, outcome: &str) {
+        self.delivery_attempts
+            .add(&(plugin.to_string(), outcome.to_string()), 1);
     }
 
     /// Registers a callback that pushes samples each time metrics are rendered: the way a part
@@ -337,6 +351,21 @@ impl Metrics {
             for (route, h) in latency.iter() {
                 write_histogram(&mut out, route, h);
             }
+        }
+
+        family_header(
+            &mut out,
+            "kheish_delivery_attempts_total",
+            "Delivery attempts by plugin and outcome.",
+            "counter",
+        );
+        for ((plugin, outcome), value) in self.delivery_attempts.snapshot() {
+            write_series(
+                &mut out,
+                "kheish_delivery_attempts_total",
+                &[("plugin", &plugin), ("outcome", &outcome)],
+                &value.to_string(),
+            );
         }
 
         let mut samples: Vec<Sample> = Vec::new();
@@ -493,7 +522,27 @@ mod tests {
              # HELP kheish_http_requests_total HTTP requests by route template and status code.\n\
              # TYPE kheish_http_requests_total counter\n\
              # HELP kheish_http_request_duration_seconds HTTP request latency by route template, from request read to response written.\n\
-             # TYPE kheish_http_request_duration_seconds histogram\n"
+             # TYPE kheish_http_request_duration_seconds histogram\n\
+             # HELP kheish_delivery_attempts_total Delivery attempts by plugin and outcome.\n\
+             # TYPE kheish_delivery_attempts_total counter\n"
+        );
+    }
+
+    #[test]
+    fn delivery_attempts_count_by_plugin_and_outcome() {
+        let m = Metrics::new();
+        m.delivery_attempt("http", "retry");
+        m.delivery_attempt("http", "delivered");
+        m.delivery_attempt("http", "retry");
+        m.delivery_attempt("slack", "dead_lettered");
+        let text = m.render(&[]);
+        assert_eq!(
+            lines(&text, "kheish_delivery_attempts_total{"),
+            [
+                r#"kheish_delivery_attempts_total{plugin="http",outcome="delivered"} 1"#,
+                r#"kheish_delivery_attempts_total{plugin="http",outcome="retry"} 2"#,
+                r#"kheish_delivery_attempts_total{plugin="slack",outcome="dead_lettered"} 1"#,
+            ]
         );
     }
 

@@ -12,13 +12,20 @@ use anyhow::{Context as _, Result};
 use super::Context;
 use crate::cli::ServeArgs;
 use crate::config::{self, Config};
+use crate::delivery::policy::RetryPolicy;
+use crate::delivery::retention::DeliveryRetention;
+use crate::delivery::transport::http::HttpTransport;
+use crate::delivery::worker::DEFAULT_LEASE;
+use crate::delivery::{Observer, Transports, WorkerConfig, WorkerPool};
 use crate::exit::{ExitStatus, StatusError};
 use crate::ingress::runtime::{self, BuildError, Connectors};
+use crate::model::reply::ReplyPlugin;
 use crate::model::{now_ms, Severity};
 use crate::notify::Notify;
 use crate::server::admin::{self, AdminAuth, TokenOrigin};
 use crate::server::shutdown::{Control, Signals};
 use crate::server::{self, App, AppParts, Listener, Options, Phase};
+use crate::store::deliveries::ClaimFilter;
 use crate::store::ingress::GroupWriter;
 use crate::store::Store;
 
@@ -83,6 +90,8 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
         ctx.out.warn("no connector file given (--connectors-config / KHEISH_CONNECTORS_CONFIG); serving the control plane only");
     }
     let connectors = load_connectors(ctx, config_path.as_deref())?;
+    // Invalid KHEISH_DELIVERY_* values stop the start like an invalid config (exit 4).
+    let delivery_policy = RetryPolicy::from_env(&env).map_err(|e| unavailable(e.to_string()))?;
     // Opening here creates the state root and migrates it before any thread needs it.
     Store::open(&ctx.state_root)?;
     let (token, origin) = admin::resolve_token(
@@ -117,6 +126,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
             receipt_max_per_connector: args.receipt_max_per_connector,
         },
         runs_queued,
+        deliveries_queued: Arc::new(Notify::new()),
         connectors,
         writer,
         admin: AdminAuth::new(token),
@@ -124,6 +134,22 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     let running = server::start(listener, Arc::clone(&app), workers);
     let handlers =
         crate::handler::HandlerPool::spawn(Arc::clone(&app)).context("starting run handlers")?;
+    let delivery_observer: Arc<dyn Observer> = Arc::new(DaemonObserver(Arc::clone(&app)));
+    // Slack, Telegram and external transports come with their own issues; until then their
+    // deliveries dead-letter as `plugin_unavailable`.
+    let transports = Transports::new().with(ReplyPlugin::Http, Arc::new(HttpTransport::new()));
+    let deliveries = WorkerPool::spawn(WorkerConfig {
+        state_root: ctx.state_root.clone(),
+        workers: usize::from(args.delivery_workers),
+        owner_prefix: "serve".into(),
+        policy: delivery_policy,
+        transports: Arc::new(transports),
+        notify: Arc::clone(&app.deliveries_queued),
+        filter: ClaimFilter::default(),
+        lease: DEFAULT_LEASE,
+        observer: Arc::clone(&delivery_observer),
+    });
+    let delivery_retention = DeliveryRetention::spawn(ctx.state_root.clone(), delivery_observer);
     let watcher = SecretWatcher::spawn(Arc::clone(&app), ctx.clone());
     let retention = crate::retention::Retention::spawn(
         ctx.state_root.clone(),
@@ -177,6 +203,9 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     app.runs_queued.notify_all();
     let stuck = running.shutdown(DRAIN_GRACE);
     handlers.shutdown();
+    // After the request threads and handlers (nothing queues output any more), before the
+    // writer: in-flight sends finish and their settlements are written.
+    deliveries.shutdown();
     if stuck > 0 {
         ctx.out.warn(&format!(
             "{stuck} request(s) did not finish within {DRAIN_GRACE:?}; closing them"
@@ -184,6 +213,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     }
     watcher.stop();
     retention.shutdown();
+    delivery_retention.shutdown();
     app.writer.shutdown();
     app.responders.shutdown();
     signals.stop();
@@ -194,6 +224,19 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
         stats.commits.load(std::sync::atomic::Ordering::Relaxed)
     ));
     Ok(ExitStatus::Success)
+}
+
+/// Counts delivery attempts in the daemon's metrics and logs worker warnings.
+struct DaemonObserver(Arc<App>);
+
+impl Observer for DaemonObserver {
+    fn attempt(&self, plugin: &str, outcome: &str) {
+        self.0.metrics.delivery_attempt(plugin, outcome);
+    }
+
+    fn warn(&self, message: &str) {
+        self.0.out.warn(message);
+    }
 }
 
 /// SIGHUP: re-read the connector file; an invalid new file keeps the old config.

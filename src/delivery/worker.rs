@@ -1,1 +1,982 @@
-//! Delivery worker threads (being built).
+//! Delivery workers (SPEC §11.3–§11.4): threads that claim a due delivery, send it through its
+//! plugin's transport, and settle the result — plus [`drain`], the same loop run to completion
+//! for `kheishctl drain-deliveries`.
+//!
+//! Each thread opens its own [`Store`]. Claim and settle are separate short transactions; the
+//! send in between holds no database lock, only the lease, which is what makes a worker of
+//! `serve` and one of `drain-deliveries` (or a second daemon) safe side by side: a delivery is
+//! never sent by two workers at once unless a lease expired, and then the first worker's late
+//! settlement is refused (at-least-once, never lost).
+//!
+//! When nothing is claimable a worker waits on the shared [`Notify`] until it is woken (new
+//! output, a replay, shutdown) or the next target becomes due — never `sleep`.
+//!
+//! Plugins without a transport in [`Transports`] (slack, telegram and external until their
+//! transports land with their own issues) settle as terminal failures with code
+//! `plugin_unavailable`, so nothing waits forever for code that is not there.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::policy::RetryPolicy;
+use super::{outcome_label, settlement_for, AttemptOutcome, ProgressSink, Transport};
+use crate::model::now_ms;
+use crate::model::reply::ReplyPlugin;
+use crate::notify::Notify;
+use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement};
+use crate::store::{Store, StoreError};
+
+/// Default lease: the http transport's total timeout (15 s, SPEC §11.5) plus as much again as
+/// margin, so a slow but live send is never taken over. It is also how long a delivery that was
+/// in flight when its process crashed waits before another worker sends it again.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The longest an idle worker waits before looking at the queue again. Workers of this process
+/// are woken through [`Notify`] when output is queued or replayed here, but another process
+/// (`kheishctl replay`, `drain-deliveries`, a second daemon on the same state root) can add or
+/// release work this process is never told about; this cap bounds how late such work starts.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Code of a delivery whose plugin has no transport in this build.
+pub const PLUGIN_UNAVAILABLE: &str = "plugin_unavailable";
+/// Code of a transport that panicked (a bug); the delivery is retried.
+pub const TRANSPORT_PANIC: &str = "transport_panic";
+
+/// Receives what workers do, so the server can count metrics and log without `delivery`
+/// importing `server`.
+pub trait Observer: Send + Sync {
+    /// One attempt ended; `outcome` is `delivered`, `retryable`, `terminal` or `dead_lettered`
+    /// (see [`super::outcome_label`]).
+    fn attempt(&self, plugin: &str, outcome: &str);
+
+    /// Something went wrong that the worker handled (database busy, a lease lost to another
+    /// worker); the message names no secret. Ignored by default.
+    fn warn(&self, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn attempt(&self, _plugin: &str, _outcome: &str) {}
+}
+
+/// The transport of each plugin that has one.
+#[derive(Default, Clone)]
+pub struct Transports {
+    by_plugin: HashMap<ReplyPlugin, Arc<dyn Transport>>,
+}
+
+impl fmt::Debug for Transports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut plugins: Vec<&str> = self.by_plugin.keys().map(|p| p.as_str()).collect();
+        plugins.sort_unstable();
+        f.debug_struct("Transports")
+            .field("plugins", &plugins)
+            .finish()
+    }
+}
+
+impl Transports {
+    /// No transport at all: every delivery dead-letters as `plugin_unavailable`.
+    pub fn new() -> Transports {
+        Transports::default()
+    }
+
+    /// Adds (or replaces) the transport of `plugin`.
+    pub fn with(mut self, plugin: ReplyPlugin, transport: Arc<dyn Transport>) -> Transports {
+        self.by_plugin.insert(plugin, transport);
+        self
+    }
+
+    /// The transport of `plugin`, if this build has one.
+    pub fn get(&self, plugin: ReplyPlugin) -> Option<&Arc<dyn Transport>> {
+        self.by_plugin.get(&plugin)
+    }
+}
+
+/// Everything [`WorkerPool::spawn`] needs.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub state_root: PathBuf,
+    /// Worker threads; 0 starts none.
+    pub workers: usize,
+    /// Start of each worker's lease owner name; a process id, a random tag and the worker
+    /// index are appended so owners never collide across processes.
+    pub owner_prefix: String,
+    pub policy: RetryPolicy,
+    pub transports: Arc<Transports>,
+    /// Woken when deliveries are queued (output, replay) and on shutdown.
+    pub notify: Arc<Notify>,
+    pub filter: ClaimFilter,
+    /// How long a claim lasts ([`DEFAULT_LEASE`]); must exceed the transports' own timeouts.
+    pub lease: Duration,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// Running delivery workers; [`WorkerPool::shutdown`] stops and joins them.
+pub struct WorkerPool {
+    stop: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("workers", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lease owner unique to this process and call: `PREFIX-PID-RANDOM-INDEX`.
+fn owner_names(prefix: &str, n: usize) -> Vec<String> {
+    let tag: u32 = rand::random();
+    let pid = std::process::id();
+    (0..n)
+        .map(|idx| format!("{prefix}-{pid}-{tag:08x}-{idx}"))
+        .collect()
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+impl WorkerPool {
+    /// Starts `cfg.workers` threads.
+    pub fn spawn(cfg: WorkerConfig) -> WorkerPool {
+        let stop = Arc::new(AtomicBool::new(false));
+        let notify = Arc::clone(&cfg.notify);
+        let cfg = Arc::new(cfg);
+        let threads = owner_names(&cfg.owner_prefix, cfg.workers)
+            .into_iter()
+            .map(|owner| {
+                let cfg = Arc::clone(&cfg);
+                let stop = Arc::clone(&stop);
+                std::thread::Builder::new()
+                    .name(owner.clone())
+                    .spawn(move || worker_loop(&owner, &cfg, &stop))
+                    .expect("spawning a delivery worker thread (the OS refused a thread)")
+            })
+            .collect();
+        WorkerPool {
+            stop,
+            notify,
+            threads,
+        }
+    }
+
+    /// Stops the workers: sets the stop flag, wakes them, and joins them. A send in flight
+    /// finishes (bounded by its transport's timeout) and its settlement is written first.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.notify.notify_all();
+        for thread in self.threads {
+            // A panicking worker already printed its message through the default hook.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One worker thread of a [`WorkerPool`].
+fn worker_loop(owner: &str, cfg: &WorkerConfig, stop: &AtomicBool) {
+    let lease = lease_ms(cfg.lease);
+    let mut store: Option<Store> = None;
+    loop {
+        // Read the generation BEFORE the stop flag and the claim: a notify after this point
+        // (shutdown, new output) ends the wait below at once, so no wake-up is ever missed.
+        let seen = cfg.notify.generation();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let st = match store.as_ref() {
+            Some(st) => st,
+            None => match Store::open(&cfg.state_root) {
+                Ok(st) => store.insert(st),
+                Err(e) => {
+                    cfg.observer
+                        .warn(&format!("delivery worker {owner}: {}", error_chain(&e)));
+                    cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
+                    continue;
+                }
+            },
+        };
+        let now = now_ms();
+        match st.claim_next(owner, lease, now, &cfg.filter) {
+            Ok(Some(claimed)) => {
+                send_and_settle(
+                    st,
+                    owner,
+                    &claimed,
+                    &cfg.transports,
+                    &cfg.policy,
+                    &*cfg.observer,
+                );
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                cfg.observer.warn(&format!(
+                    "delivery worker {owner}: {}; retrying",
+                    error_chain(&e)
+                ));
+                // Reopen next time: the connection may be what failed.
+                store = None;
+                cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
+                continue;
+            }
+        }
+        let wait = match st.next_due_ms(&cfg.filter) {
+            Ok(Some(at)) => until(at, now_ms()),
+            Ok(None) => MAX_IDLE_WAIT,
+            Err(e) => {
+                cfg.observer
+                    .warn(&format!("delivery worker {owner}: {}", error_chain(&e)));
+                MAX_IDLE_WAIT
+            }
+        };
+        cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
+    }
+}
+
+/// How long until `at_ms` (at least 1 ms, so a target due "now" that another worker just took
+/// cannot make the loop spin).
+fn until(at_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(at_ms.saturating_sub(now_ms).max(1) as u64)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Writes a transport's step progress to the delivery row while the lease is ours.
+struct StoreProgress<'a> {
+    store: &'a Store,
+    delivery_id: &'a str,
+    owner: &'a str,
+}
+
+impl ProgressSink for StoreProgress<'_> {
+    fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
+        match self
+            .store
+            .save_progress(self.delivery_id, self.owner, progress, now_ms())
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "delivery {} is no longer leased by {}; another worker took it over",
+                self.delivery_id, self.owner
+            )),
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+}
+
+/// Runs one attempt: re-validates the target (SPEC §11.2: targets are checked again when
+/// delivered), picks the plugin's transport and sends. Never panics: a panicking transport is
+/// a retryable `transport_panic`.
+fn attempt(
+    store: &Store,
+    owner: &str,
+    claimed: &Claimed,
+    transports: &Transports,
+) -> AttemptOutcome {
+    let job = &claimed.job;
+    let target = &job.delivery.target;
+    if let Err(why) = target.parsed() {
+        return AttemptOutcome::Terminal {
+            code: crate::store::deliveries::INVALID_TARGET_CODE.into(),
+            reason: format!(
+                "{} reply target is not valid: {why}",
+                target.plugin.as_str()
+            ),
+            http_status: None,
+        };
+    }
+    let Some(transport) = transports.get(target.plugin) else {
+        return AttemptOutcome::Terminal {
+            code: PLUGIN_UNAVAILABLE.into(),
+            reason: format!(
+                "no `{}` delivery transport in this kheishctl build",
+                target.plugin.as_str()
+            ),
+            http_status: None,
+        };
+    };
+    let mut sink = StoreProgress {
+        store,
+        delivery_id: &job.delivery.delivery_id,
+        owner,
+    };
+    panic::catch_unwind(AssertUnwindSafe(|| transport.deliver(job, &mut sink))).unwrap_or_else(
+        |_| AttemptOutcome::Retryable {
+            code: TRANSPORT_PANIC.into(),
+            reason: format!("the `{}` transport panicked", target.plugin.as_str()),
+            http_status: None,
+            retry_after: None,
+        },
+    )
+}
+
+/// Sends one claimed delivery and settles it. Returns the settlement, or `None` when it could
+/// not be written (lease lost or database error, both reported to the observer; the delivery
+/// is sent again after its lease expires).
+fn send_and_settle(
+    store: &Store,
+    owner: &str,
+    claimed: &Claimed,
+    transports: &Transports,
+    policy: &RetryPolicy,
+    observer: &dyn Observer,
+) -> Option<Settlement> {
+    let outcome = attempt(store, owner, claimed, transports);
+    let settlement = settlement_for(&outcome, claimed.job.attempt, policy, now_ms());
+    let plugin = claimed.job.delivery.target.plugin.as_str();
+    observer.attempt(plugin, outcome_label(&settlement));
+    let id = &claimed.job.delivery.delivery_id;
+    match store.settle(owner, claimed, settlement.clone(), now_ms()) {
+        Ok(SettleOutcome::Settled { circuit_opened, .. }) => {
+            if circuit_opened {
+                observer.warn(&format!(
+                    "{plugin} target {} failed {} times in a row; paused for {} s",
+                    short(&claimed.job.delivery.target_key),
+                    crate::store::deliveries::CIRCUIT_THRESHOLD,
+                    crate::store::deliveries::CIRCUIT_PAUSE_MS / 1000
+                ));
+            }
+            Some(settlement)
+        }
+        Ok(SettleOutcome::LeaseLost { current_owner, .. }) => {
+            observer.warn(&format!(
+                "delivery {id}: lease lost to {} before settling; its result was dropped",
+                current_owner
+                    .as_deref()
+                    .unwrap_or("nobody (already settled)")
+            ));
+            None
+        }
+        Err(e) => {
+            observer.warn(&format!(
+                "delivery {id}: cannot record the attempt ({}); it is sent again when the lease expires",
+                error_chain(&e)
+            ));
+            None
+        }
+    }
+}
+
+fn short(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// drain
+
+/// Everything [`drain`] needs.
+#[derive(Clone)]
+pub struct DrainConfig {
+    pub state_root: PathBuf,
+    /// Deliveries sent at the same time (at least 1).
+    pub concurrency: usize,
+    pub policy: RetryPolicy,
+    pub transports: Arc<Transports>,
+    /// Plugin/connector filters and `ignore_backoff`.
+    pub filter: ClaimFilter,
+    /// Stop claiming after this long; in-flight sends still finish.
+    pub timeout: Option<Duration>,
+    pub lease: Duration,
+    pub owner_prefix: String,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// Running totals, reported after every attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainProgress {
+    /// Attempts made so far.
+    pub attempts: u64,
+    /// Distinct deliveries whose latest attempt here delivered / was retried / dead-lettered.
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    /// Open deliveries matching the filter when the drain started (a progress bar's length).
+    pub open_at_start: u64,
+}
+
+/// What a drain did, per distinct delivery by its last attempt here, and what is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DrainSummary {
+    pub delivered: u64,
+    /// Attempted and still open (retrying) at the end.
+    pub retried: u64,
+    pub dead_lettered: u64,
+    /// Open deliveries due now (with `ignore_backoff`: every open one).
+    pub remaining_due: u64,
+    pub remaining_pending: u64,
+    pub elapsed_ms: u64,
+    /// The timeout passed with due deliveries left (`drain-deliveries` exits 3).
+    #[serde(skip)]
+    pub timed_out: bool,
+}
+
+/// One attempt's result, sent from a drain worker to the reporting thread.
+struct AttemptEvent {
+    delivery_id: String,
+    label: &'static str,
+}
+
+/// Runs `cfg.concurrency` workers in this thread's scope over the same claim/settle functions
+/// as [`WorkerPool`], until nothing matching the filter is claimable and no worker of this
+/// drain is in flight (with `ignore_backoff`: until nothing is open, apart from targets leased
+/// by another process), or the timeout passes. `progress` is called on the calling thread after
+/// every attempt. Deliveries leased by another process (a running `serve`) are left to it.
+pub fn drain(
+    cfg: DrainConfig,
+    progress: &dyn Fn(DrainProgress),
+) -> Result<DrainSummary, StoreError> {
+    let cfg = &cfg;
+    let started = Instant::now();
+    let deadline = cfg.timeout.map(|t| started + t);
+    let store = Store::open(&cfg.state_root)?;
+    let open_at_start = store.count_open(&cfg.filter, now_ms())?.pending;
+    let busy = AtomicUsize::new(0);
+    let settled = Notify::new();
+    let (events_tx, events_rx) = mpsc::channel::<AttemptEvent>();
+    let owners = owner_names(&cfg.owner_prefix, cfg.concurrency.max(1));
+
+    let mut last: HashMap<String, &'static str> = HashMap::new();
+    let mut tally = DrainProgress {
+        open_at_start,
+        ..DrainProgress::default()
+    };
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = owners
+            .iter()
+            .map(|owner| {
+                let events = events_tx.clone();
+                let (busy, settled) = (&busy, &settled);
+                scope.spawn(move || drain_worker(owner, cfg, deadline, busy, settled, &events))
+            })
+            .collect();
+        drop(events_tx);
+        for event in events_rx {
+            tally.attempts += 1;
+            last.insert(event.delivery_id, event.label);
+            tally.delivered = count(&last, &["delivered"]);
+            tally.retried = count(&last, &["retryable"]);
+            tally.dead_lettered = count(&last, &["terminal", "dead_lettered"]);
+            progress(tally);
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("a drain worker panicked (a bug in kheishctl)"))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let remaining = store.count_open(&cfg.filter, now_ms())?;
+    Ok(DrainSummary {
+        delivered: tally.delivered,
+        retried: tally.retried,
+        dead_lettered: tally.dead_lettered,
+        remaining_due: remaining.due,
+        remaining_pending: remaining.pending,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        timed_out: deadline.is_some_and(|d| Instant::now() >= d) && remaining.due > 0,
+    })
+}
+
+fn count(last: &HashMap<String, &'static str>, labels: &[&str]) -> u64 {
+    last.values().filter(|l| labels.contains(l)).count() as u64
+}
+
+/// One drain worker. `busy` counts workers between "about to claim" and "settled": a worker
+/// that finds nothing claimable waits while any other is busy (its settlement may make the next
+/// delivery of a target due) and ends when none is.
+fn drain_worker(
+    owner: &str,
+    cfg: &DrainConfig,
+    deadline: Option<Instant>,
+    busy: &AtomicUsize,
+    settled: &Notify,
+    events: &mpsc::Sender<AttemptEvent>,
+) -> Result<(), StoreError> {
+    let store = Store::open(&cfg.state_root)?;
+    let lease = lease_ms(cfg.lease);
+    loop {
+        let seen = settled.generation();
+        let left = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return Ok(()),
+            },
+            None => MAX_IDLE_WAIT,
+        };
+        busy.fetch_add(1, Ordering::SeqCst);
+        let claimed = store.claim_next(owner, lease, now_ms(), &cfg.filter);
+        let claimed = match claimed {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => {
+                if busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    // Nobody is in flight: wake the waiters so they see it and end too.
+                    settled.notify_all();
+                    return Ok(());
+                }
+                // Someone else is sending; their settlement may unblock a target. The cap is
+                // for targets that become due by time alone (or are released by another
+                // process) while we wait.
+                settled.wait_past(seen, left.min(MAX_IDLE_WAIT));
+                continue;
+            }
+            Err(e) => {
+                busy.fetch_sub(1, Ordering::SeqCst);
+                settled.notify_all();
+                return Err(e);
+            }
+        };
+        let result = send_and_settle(
+            &store,
+            owner,
+            &claimed,
+            &cfg.transports,
+            &cfg.policy,
+            &*cfg.observer,
+        );
+        if let Some(settlement) = result {
+            // The receiver lives until every worker ended.
+            let _ = events.send(AttemptEvent {
+                delivery_id: claimed.job.delivery.delivery_id.clone(),
+                label: outcome_label(&settlement),
+            });
+        }
+        busy.fetch_sub(1, Ordering::SeqCst);
+        settled.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::delivery::{DeliveryJob, DeliveryStatus};
+    use crate::model::reply::ReplyTarget;
+    use crate::store::deliveries::fixture::*;
+    use crate::store::deliveries::DeliveryFilter;
+
+    /// A transport that answers with `answer(job)` and reports every send on a channel.
+    struct Fake {
+        answer: Box<dyn Fn(&DeliveryJob) -> AttemptOutcome + Send + Sync>,
+        sent: Mutex<mpsc::Sender<(String, String, u32)>>,
+    }
+
+    impl Transport for Fake {
+        fn deliver(&self, job: &DeliveryJob, _progress: &mut dyn ProgressSink) -> AttemptOutcome {
+            let sent = (
+                job.delivery.delivery_id.clone(),
+                job.content.clone().unwrap_or_default(),
+                job.attempt,
+            );
+            let _ = self.sent.lock().unwrap().send(sent);
+            (self.answer)(job)
+        }
+    }
+
+    type Sends = mpsc::Receiver<(String, String, u32)>;
+
+    fn fake(
+        answer: impl Fn(&DeliveryJob) -> AttemptOutcome + Send + Sync + 'static,
+    ) -> (Arc<Transports>, Sends) {
+        let (tx, rx) = mpsc::channel();
+        let transport = Fake {
+            answer: Box::new(answer),
+            sent: Mutex::new(tx),
+        };
+        (
+            Arc::new(Transports::new().with(ReplyPlugin::Http, Arc::new(transport))),
+            rx,
+        )
+    }
+
+    fn ok(_: &DeliveryJob) -> AttemptOutcome {
+        AttemptOutcome::Delivered {
+            http_status: Some(200),
+        }
+    }
+
+    /// Tiny delays so retries never make a test wait; three attempts.
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial_retry_ms: 1,
+            max_retry_ms: 1,
+            max_retry_after_ms: 3_600_000,
+            max_attempts: 3,
+        }
+    }
+
+    fn drain_cfg(root: &std::path::Path, transports: Arc<Transports>) -> DrainConfig {
+        DrainConfig {
+            state_root: root.to_path_buf(),
+            concurrency: 4,
+            policy: policy(),
+            transports,
+            filter: ClaimFilter::default(),
+            timeout: None,
+            lease: DEFAULT_LEASE,
+            owner_prefix: "test-drain".into(),
+            observer: Arc::new(NoObserver),
+        }
+    }
+
+    fn address(job: &DeliveryJob) -> &str {
+        &job.delivery.target.address
+    }
+
+    fn get(store: &Store, id: &str) -> crate::model::delivery::Delivery {
+        store.get_delivery(id).unwrap().unwrap()
+    }
+
+    /// Receives `n` sends, failing after a generous deadline instead of hanging.
+    fn receive(rx: &Sends, n: usize) -> Vec<(String, String, u32)> {
+        (0..n)
+            .map(|i| {
+                rx.recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_else(|e| panic!("send {i} of {n} never came: {e}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pool_sends_queued_output_when_woken_and_shuts_down() {
+        let (tmp, store) = store();
+        let (transports, rx) = fake(ok);
+        let notify = Arc::new(Notify::new());
+        let pool = WorkerPool::spawn(WorkerConfig {
+            state_root: tmp.path().to_path_buf(),
+            workers: 2,
+            owner_prefix: "test".into(),
+            policy: policy(),
+            transports,
+            notify: Arc::clone(&notify),
+            filter: ClaimFilter::default(),
+            lease: DEFAULT_LEASE,
+            observer: Arc::new(NoObserver),
+        });
+        let ids = queue(
+            &store,
+            "run_a",
+            &[http("https://a.example/")],
+            &["a1", "a2"],
+        );
+        notify.notify_all();
+        let sends = receive(&rx, 2);
+        assert_eq!(
+            sends.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(),
+            ["a1", "a2"],
+            "in order"
+        );
+        pool.shutdown();
+        for id in &ids {
+            assert_eq!(get(&store, id).status, DeliveryStatus::Delivered);
+        }
+        assert!(rx.try_recv().is_err(), "nothing sent twice");
+    }
+
+    #[test]
+    fn two_pools_on_one_state_root_send_every_delivery_exactly_once() {
+        let (tmp, store) = store();
+        const TARGETS: usize = 12;
+        const PER_TARGET: usize = 8;
+        let mut ids = Vec::new();
+        for t in 0..TARGETS {
+            let texts: Vec<String> = (0..PER_TARGET).map(|n| format!("{t}-{n}")).collect();
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            ids.extend(queue(
+                &store,
+                &format!("run_{t}"),
+                &[http(&format!("https://t{t}.example/"))],
+                &texts,
+            ));
+        }
+        let (tx, rx) = mpsc::channel();
+        let pools: Vec<WorkerPool> = (0..2)
+            .map(|p| {
+                let transport = Fake {
+                    answer: Box::new(ok),
+                    sent: Mutex::new(tx.clone()),
+                };
+                WorkerPool::spawn(WorkerConfig {
+                    state_root: tmp.path().to_path_buf(),
+                    workers: 3,
+                    owner_prefix: format!("pool{p}"),
+                    policy: policy(),
+                    transports: Arc::new(
+                        Transports::new().with(ReplyPlugin::Http, Arc::new(transport)),
+                    ),
+                    // Separate notifiers, as two processes would have.
+                    notify: Arc::new(Notify::new()),
+                    filter: ClaimFilter::default(),
+                    lease: DEFAULT_LEASE,
+                    observer: Arc::new(NoObserver),
+                })
+            })
+            .collect();
+        let sends = receive(&rx, TARGETS * PER_TARGET);
+        for pool in pools {
+            pool.shutdown();
+        }
+        assert!(rx.try_recv().is_err(), "no extra sends");
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut order: HashMap<String, Vec<usize>> = HashMap::new();
+        for (id, text, attempt) in &sends {
+            *counts.entry(id.as_str()).or_default() += 1;
+            assert_eq!(*attempt, 1);
+            let (target, n) = text.split_once('-').unwrap();
+            order
+                .entry(target.to_string())
+                .or_default()
+                .push(n.parse().unwrap());
+        }
+        assert_eq!(counts.len(), ids.len());
+        assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+        for (target, ns) in order {
+            assert_eq!(
+                ns,
+                (0..PER_TARGET).collect::<Vec<_>>(),
+                "target {target} in order"
+            );
+        }
+        for id in &ids {
+            assert_eq!(get(&store, id).status, DeliveryStatus::Delivered);
+        }
+    }
+
+    #[test]
+    fn two_concurrent_drains_send_every_delivery_exactly_once() {
+        let (tmp, store) = store();
+        let mut ids = Vec::new();
+        for t in 0..10 {
+            ids.extend(queue(
+                &store,
+                &format!("run_{t}"),
+                &[http(&format!("https://t{t}.example/"))],
+                &["x", "y", "z"],
+            ));
+        }
+        let (transports, rx) = fake(ok);
+        let summaries: Vec<DrainSummary> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let cfg = drain_cfg(tmp.path(), Arc::clone(&transports));
+                    scope.spawn(move || drain(cfg, &|_| {}).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        drop(transports);
+        let sends: Vec<_> = rx.iter().collect();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (id, _, _) in sends {
+            *counts.entry(id).or_default() += 1;
+        }
+        assert_eq!(counts.len(), ids.len());
+        assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+        let delivered: u64 = summaries.iter().map(|s| s.delivered).sum();
+        assert_eq!(delivered, ids.len() as u64);
+        assert!(summaries
+            .iter()
+            .all(|s| s.remaining_pending == 0 && s.dead_lettered == 0));
+    }
+
+    #[test]
+    fn drain_sorts_outcomes_and_dead_letters_what_cannot_go() {
+        let (tmp, store) = store();
+        let ok_ids = queue(
+            &store,
+            "run_ok",
+            &[http("https://ok.example/")],
+            &["1", "2", "3"],
+        );
+        let terminal = queue(
+            &store,
+            "run_t",
+            &[http("https://terminal.example/")],
+            &["t"],
+        );
+        let flaky = queue(&store, "run_f", &[http("https://flaky.example/")], &["f"]);
+        let slack = ReplyTarget::new(
+            ReplyPlugin::Slack,
+            r#"{"connector":"team","channel_id":"C1"}"#,
+        )
+        .unwrap()
+        .0;
+        let unavailable = queue(&store, "run_s", &[slack], &["s"]);
+        let (transports, rx) = fake(|job| match address(job) {
+            "https://terminal.example/" => AttemptOutcome::Terminal {
+                code: "http_status_404".into(),
+                reason: "target answered 404".into(),
+                http_status: Some(404),
+            },
+            "https://flaky.example/" => AttemptOutcome::Retryable {
+                code: "http_status_503".into(),
+                reason: "target answered 503".into(),
+                http_status: Some(503),
+                retry_after: None,
+            },
+            _ => ok(job),
+        });
+        let mut cfg = drain_cfg(tmp.path(), transports);
+        cfg.filter.ignore_backoff = true;
+        let seen = Mutex::new(Vec::new());
+        let summary = drain(cfg, &|p| seen.lock().unwrap().push(p)).unwrap();
+        assert_eq!(
+            (summary.delivered, summary.retried, summary.dead_lettered),
+            (3, 0, 3)
+        );
+        assert_eq!((summary.remaining_due, summary.remaining_pending), (0, 0));
+        assert!(!summary.timed_out);
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 3 + 1 + 3 + 1, "one report per attempt");
+        assert_eq!(seen[0].open_at_start, 6);
+
+        for id in &ok_ids {
+            assert_eq!(get(&store, id).status, DeliveryStatus::Delivered);
+        }
+        let t = get(&store, &terminal[0]);
+        assert_eq!((t.status, t.attempts), (DeliveryStatus::DeadLettered, 1));
+        assert_eq!(t.last_error_code.as_deref(), Some("http_status_404"));
+        let f = get(&store, &flaky[0]);
+        assert_eq!(
+            (f.status, f.attempts),
+            (DeliveryStatus::DeadLettered, 3),
+            "the last attempt"
+        );
+        let s = get(&store, &unavailable[0]);
+        assert_eq!(s.status, DeliveryStatus::DeadLettered);
+        assert_eq!(s.last_error_code.as_deref(), Some(PLUGIN_UNAVAILABLE));
+        assert!(s.last_error.unwrap().contains("slack"));
+        let attempts: Vec<u32> = rx
+            .try_iter()
+            .filter(|(id, _, _)| id == &flaky[0])
+            .map(|(_, _, a)| a)
+            .collect();
+        assert_eq!(attempts, [1, 2, 3]);
+    }
+
+    #[test]
+    fn drain_honours_retry_after_and_keeps_the_target_in_order() {
+        let (tmp, store) = store();
+        let slow = queue(
+            &store,
+            "run_a",
+            &[http("https://slow.example/")],
+            &["a1", "a2"],
+        );
+        let fine = queue(
+            &store,
+            "run_b",
+            &[http("https://fine.example/")],
+            &["b1", "b2"],
+        );
+        let (transports, rx) = fake(|job| match address(job) {
+            "https://slow.example/" => AttemptOutcome::Retryable {
+                code: "http_status_429".into(),
+                reason: "target answered 429".into(),
+                http_status: Some(429),
+                retry_after: Some(Duration::from_secs(30)),
+            },
+            _ => ok(job),
+        });
+        let before = now_ms();
+        let summary = drain(drain_cfg(tmp.path(), transports), &|_| {}).unwrap();
+        let after = now_ms();
+        assert_eq!(
+            (summary.delivered, summary.retried, summary.dead_lettered),
+            (2, 1, 0)
+        );
+        assert_eq!((summary.remaining_due, summary.remaining_pending), (0, 2));
+        let a1 = get(&store, &slow[0]);
+        assert_eq!((a1.status, a1.attempts), (DeliveryStatus::Retrying, 1));
+        assert!(
+            (before + 30_000..=after + 30_000).contains(&a1.next_attempt_at_ms),
+            "Retry-After honoured: {} not in {}..={}",
+            a1.next_attempt_at_ms,
+            before + 30_000,
+            after + 30_000
+        );
+        assert_eq!(get(&store, &slow[1]).status, DeliveryStatus::Pending);
+        for id in &fine {
+            assert_eq!(get(&store, id).status, DeliveryStatus::Delivered);
+        }
+        let texts: Vec<String> = rx.try_iter().map(|(_, text, _)| text).collect();
+        assert!(
+            !texts.contains(&"a2".to_string()),
+            "a2 waits behind a1: {texts:?}"
+        );
+    }
+
+    #[test]
+    fn drain_stops_at_its_timeout_with_due_work_left() {
+        let (tmp, store) = store();
+        queue(&store, "run_a", &[http("https://a.example/")], &["a1"]);
+        let (transports, rx) = fake(ok);
+        let mut cfg = drain_cfg(tmp.path(), transports);
+        cfg.timeout = Some(Duration::ZERO);
+        let summary = drain(cfg, &|_| {}).unwrap();
+        assert!(summary.timed_out);
+        assert_eq!((summary.remaining_due, summary.remaining_pending), (1, 1));
+        assert!(rx.try_recv().is_err(), "nothing sent after the deadline");
+        assert_eq!(
+            store
+                .list_deliveries(&DeliveryFilter::default())
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn drain_filters_by_plugin_and_connector() {
+        let (tmp, store) = store();
+        queue(&store, "run_a", &[http("https://a.example/")], &["a1"]);
+        let (transports, rx) = fake(ok);
+        let mut cfg = drain_cfg(tmp.path(), transports);
+        cfg.filter.plugin = Some("slack".into());
+        let summary = drain(cfg.clone(), &|_| {}).unwrap();
+        assert_eq!((summary.delivered, summary.remaining_pending), (0, 0));
+        cfg.filter.plugin = None;
+        cfg.filter.connector = Some((crate::model::ConnectorKind::Http, "orders".into()));
+        let summary = drain(cfg, &|_| {}).unwrap();
+        assert_eq!(summary.delivered, 1);
+        assert_eq!(receive(&rx, 1)[0].1, "a1");
+    }
+
+    #[test]
+    fn a_panicking_transport_is_a_retryable_failure() {
+        let (tmp, store) = store();
+        let ids = queue(&store, "run_a", &[http("https://a.example/")], &["a1"]);
+        let (transports, _rx) = fake(|_| panic!("transport bug"));
+        let summary = drain(drain_cfg(tmp.path(), transports), &|_| {}).unwrap();
+        assert_eq!(summary.dead_lettered + summary.retried, 1);
+        let d = get(&store, &ids[0]);
+        assert_eq!(d.last_error_code.as_deref(), Some(TRANSPORT_PANIC));
+    }
+}

@@ -279,10 +279,13 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
 fn add_output(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
     let body: OutputBody = parse_body(req)?;
     let output = new_output(body)?;
-    let recorded = ctx
+    let (recorded, queued) = ctx
         .store
-        .add_output(id, None, &output, now_ms())
+        .add_output_queued(id, None, &output, now_ms())
         .map_err(|e| run_error(ctx, &e))?;
+    if queued.has_pending() {
+        ctx.app.deliveries_queued.notify_all();
+    }
     Ok(ApiResponse::json(201, &output_view(&recorded)))
 }
 

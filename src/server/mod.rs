@@ -72,6 +72,8 @@ pub struct App {
     /// Bumped whenever a run becomes claimable (new run, run released); claim long-polls and
     /// handler workers wait on it.
     pub runs_queued: Arc<Notify>,
+    /// Bumped whenever deliveries were queued (run output, replay); delivery workers wait on it.
+    pub deliveries_queued: Arc<Notify>,
     /// The connectors in force; replaced whole on reload.
     pub connectors: RwLock<Arc<Connectors>>,
     /// The group-commit writer for accepted events.
@@ -102,6 +104,7 @@ pub struct AppParts {
     pub state_root: PathBuf,
     pub options: Options,
     pub runs_queued: Arc<Notify>,
+    pub deliveries_queued: Arc<Notify>,
     pub connectors: Connectors,
     pub writer: GroupWriter,
     pub admin: AdminAuth,
@@ -115,6 +118,7 @@ impl App {
             options: parts.options,
             metrics: Metrics::new(),
             runs_queued: parts.runs_queued,
+            deliveries_queued: parts.deliveries_queued,
             connectors: RwLock::new(Arc::new(parts.connectors)),
             writer: parts.writer,
             limiter: RateLimiter::new(),

@@ -50,6 +50,14 @@ pub fn metrics(ctx: &RequestCtx<'_>) -> ApiResponse {
         )
         .label("version", env!("CARGO_PKG_VERSION")),
     ];
+    let mut extra = extra.to_vec();
+    match ctx.store.delivery_stats(crate::model::now_ms()) {
+        Ok(stats) => extra.extend(super::deliveries::delivery_samples(&stats)),
+        Err(e) => ctx
+            .app
+            .out
+            .warn(&format!("/metrics: delivery statistics unavailable: {e}")),
+    }
     ApiResponse::text(200, METRICS_CONTENT_TYPE, ctx.app.metrics.render(&extra))
 }
 

@@ -10,6 +10,11 @@
 //! claimable again, exactly as if it were still queued. No write lock is held across a handler's
 //! work or any network I/O.
 //!
+//! Recording an output also queues its deliveries (one per reply target, `store::deliveries`)
+//! in the SAME transaction: after a crash there is never an output without its deliveries. The
+//! `*_queued` variants return which deliveries were created so the caller can wake the delivery
+//! workers.
+//!
 //! JSON columns are written with `serde_json` from the `model` types and read back into them:
 //! `input` is a [`RunInput`], `metadata` a JSON object, `reply_targets` an array of
 //! [`ReplyTarget`], `policy` a [`PolicySnapshot`]; `sessions.capability_scope`,
@@ -20,6 +25,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension, Row, TransactionBeha
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::deliveries::Enqueued;
 use super::{Store, StoreError};
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{new_id, PolicySnapshot, Run, RunInput, RunOutput, RunStatus, Session};
@@ -233,9 +239,10 @@ impl Store {
             .map_err(|e| self.err("reading claim expiries", e))
     }
 
-    /// Records one output of a claimed run. `owner`, when given, must be the run's current claim
-    /// owner (handler workers pass theirs so a run whose lease expired and was claimed by
-    /// someone else is not written to twice); the control plane passes `None`.
+    /// Records one output of a claimed run and queues its deliveries, in one transaction.
+    /// `owner`, when given, must be the run's current claim owner (handler workers pass theirs
+    /// so a run whose lease expired and was claimed by someone else is not written to twice);
+    /// the control plane passes `None`.
     pub fn add_output(
         &self,
         run_id: &str,
@@ -243,13 +250,27 @@ impl Store {
         output: &NewRunOutput,
         now_ms: i64,
     ) -> Result<RunOutput, RunError> {
+        self.add_output_queued(run_id, owner, output, now_ms)
+            .map(|(recorded, _)| recorded)
+    }
+
+    /// [`Store::add_output`], also returning the deliveries it queued: wake the delivery
+    /// workers when [`Enqueued::has_pending`].
+    pub fn add_output_queued(
+        &self,
+        run_id: &str,
+        owner: Option<&str>,
+        output: &NewRunOutput,
+        now_ms: i64,
+    ) -> Result<(RunOutput, Enqueued), RunError> {
         let op = "recording run output";
         let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
             .map_err(|e| self.err(op, e))?;
         self.check_claimed(&tx, run_id, owner)?;
         let recorded = self.insert_output(&tx, run_id, output, now_ms)?;
+        let enqueued = self.enqueue_output(&tx, &recorded, now_ms)?;
         tx.commit().map_err(|e| self.err(op, e))?;
-        Ok(recorded)
+        Ok((recorded, enqueued))
     }
 
     /// Ends a claimed run as `completed` or `failed` (with `error`), clearing its claim. Refused
@@ -263,12 +284,13 @@ impl Store {
         error: Option<&str>,
         now_ms: i64,
     ) -> Result<Run, RunError> {
-        self.settle(run_id, owner, None, status, error, now_ms)
-            .map(|(run, _)| run)
+        self.finish_claimed(run_id, owner, None, status, error, now_ms)
+            .map(|(run, _, _)| run)
     }
 
-    /// Records `output` (if any) and completes the run in ONE transaction, so a crash never
-    /// leaves an output of a run that a later worker will handle again. Used by the handlers.
+    /// Records `output` (if any), queues its deliveries and completes the run in ONE
+    /// transaction, so a crash never leaves an output of a run that a later worker will handle
+    /// again, nor an output without its deliveries. Used by the handlers.
     pub fn complete_with_output(
         &self,
         run_id: &str,
@@ -276,7 +298,20 @@ impl Store {
         output: Option<&NewRunOutput>,
         now_ms: i64,
     ) -> Result<(Run, Option<RunOutput>), RunError> {
-        self.settle(run_id, owner, output, RunStatus::Completed, None, now_ms)
+        self.complete_with_output_queued(run_id, owner, output, now_ms)
+            .map(|(run, recorded, _)| (run, recorded))
+    }
+
+    /// [`Store::complete_with_output`], also returning the deliveries it queued (empty without
+    /// an output): wake the delivery workers when [`Enqueued::has_pending`].
+    pub fn complete_with_output_queued(
+        &self,
+        run_id: &str,
+        owner: Option<&str>,
+        output: Option<&NewRunOutput>,
+        now_ms: i64,
+    ) -> Result<(Run, Option<RunOutput>, Enqueued), RunError> {
+        self.finish_claimed(run_id, owner, output, RunStatus::Completed, None, now_ms)
     }
 
     /// Gives a claimed run back to the queue (a worker shutting down before it finished the
@@ -508,7 +543,7 @@ impl Store {
     }
 
     /// The shared body of [`Store::finish_run`] and [`Store::complete_with_output`].
-    fn settle(
+    fn finish_claimed(
         &self,
         run_id: &str,
         owner: Option<&str>,
@@ -516,7 +551,7 @@ impl Store {
         status: RunStatus,
         error: Option<&str>,
         now_ms: i64,
-    ) -> Result<(Run, Option<RunOutput>), RunError> {
+    ) -> Result<(Run, Option<RunOutput>, Enqueued), RunError> {
         if !status.is_final() {
             return Err(RunError::InvalidTransition {
                 run_id: run_id.to_string(),
@@ -527,9 +562,13 @@ impl Store {
         let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
             .map_err(|e| self.err(op, e))?;
         self.check_claimed(&tx, run_id, owner)?;
-        let recorded = match output {
-            Some(output) => Some(self.insert_output(&tx, run_id, output, now_ms)?),
-            None => None,
+        let (recorded, enqueued) = match output {
+            Some(output) => {
+                let recorded = self.insert_output(&tx, run_id, output, now_ms)?;
+                let enqueued = self.enqueue_output(&tx, &recorded, now_ms)?;
+                (Some(recorded), enqueued)
+            }
+            None => (None, Enqueued::default()),
         };
         let run = tx
             .query_row(
@@ -543,7 +582,7 @@ impl Store {
             )
             .map_err(|e| self.err(op, e))?;
         tx.commit().map_err(|e| self.err(op, e))?;
-        Ok((run, recorded))
+        Ok((run, recorded, enqueued))
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod receiver;
 pub mod wait;
 
 use std::ffi::OsString;
