@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::deliveries::Enqueued;
+use super::ingress::{session_from_row, SESSION_COLUMNS};
 use super::{Store, StoreError};
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{new_id, PolicySnapshot, Run, RunInput, RunOutput, RunStatus, Session};
@@ -117,9 +118,6 @@ const RUN_COLUMNS: &str = "run_id, session_id, connector_kind, connector_name, s
      claim_expires_at_ms, claim_count, finished_at_ms, error";
 
 const OUTPUT_COLUMNS: &str = "output_id, run_id, content, parts, reply_targets, created_at_ms";
-
-const SESSION_COLUMNS: &str = "session_id, created_at_ms, updated_at_ms, created_by, persona_id, \
-     capability_scope, credential_scope, reply_targets, metadata";
 
 impl Store {
     /// One run by id.
@@ -650,22 +648,6 @@ fn output_from_row(row: &Row<'_>) -> rusqlite::Result<RunOutput> {
         parts: opt_json_col(row, 3)?,
         reply_targets: opt_json_col(row, 4)?,
         created_at_ms: row.get(5)?,
-    })
-}
-
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        session_id: row.get(0)?,
-        created_at_ms: row.get(1)?,
-        updated_at_ms: row.get(2)?,
-        created_by: row.get(3)?,
-        policy: PolicySnapshot {
-            persona_id: row.get(4)?,
-            capability_scope: json_col(row, 5)?,
-            credential_scope: json_col(row, 6)?,
-        },
-        reply_targets: json_col(row, 7)?,
-        metadata: json_col(row, 8)?,
     })
 }
 
