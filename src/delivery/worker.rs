@@ -200,7 +200,9 @@ fn worker_loop(owner: &str, cfg: &WorkerConfig, stop: &AtomicBool) {
         }
         let st = match store.as_ref() {
             Some(st) => st,
-            None => match Store::open(&cfg.state_root) {
+            None => match Store::open(&cfg.state_root)
+                .and_then(|st| st.relax_sync_for_redoable_writes().map(|()| st))
+            {
                 Ok(st) => store.insert(st),
                 Err(e) => {
                     cfg.observer
@@ -519,6 +521,9 @@ fn drain_worker(
     events: &mpsc::Sender<AttemptEvent>,
 ) -> Result<(), StoreError> {
     let store = Store::open(&cfg.state_root)?;
+    // Claims and settlements may be lost to a power cut without breaking at-least-once
+    // (see `Store::relax_sync_for_redoable_writes`).
+    store.relax_sync_for_redoable_writes()?;
     let lease = lease_ms(cfg.lease);
     loop {
         let seen = settled.generation();

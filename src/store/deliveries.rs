@@ -35,7 +35,7 @@
 //! them (`replayed_from_delivery_id`), children first, in bounded batches.
 
 use rusqlite::types::Type;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -378,9 +378,8 @@ fn limit_of(limit: u32) -> i64 {
 }
 
 impl Store {
-    fn begin(&self, op: &str) -> Result<rusqlite::Transaction<'_>, StoreError> {
-        rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
-            .map_err(|e| self.err(op, e))
+    fn begin(&self, op: &str) -> Result<super::WriteTx<'_>, StoreError> {
+        self.write_tx(op)
     }
 
     // -----------------------------------------------------------------------------------------

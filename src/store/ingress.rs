@@ -523,6 +523,7 @@ fn commit_batch(
     let conn = store.conn();
     let ops = store.ingress_ops();
     let mut job_errors: Vec<Option<StoreError>> = Vec::with_capacity(jobs.len());
+    let lock = super::process_write_lock();
     let result = (|| -> Result<(), StoreError> {
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| store.err("starting the ingress transaction", e))?;
@@ -548,6 +549,11 @@ fn commit_batch(
         conn.execute_batch("COMMIT")
             .map_err(|e| store.err("committing the ingress transaction", e))
     })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    // Answers are sent without holding the write lock.
+    drop(lock);
     match result {
         Ok(()) => {
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -561,7 +567,6 @@ fn commit_batch(
             }
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
             for job in jobs {
                 job.finish(Err(StoreError::Busy {
                     path: e.to_string(),

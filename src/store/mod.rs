@@ -122,6 +122,38 @@ pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreE
     }
 }
 
+/// Serialises this process's write transactions on the state root.
+///
+/// SQLite allows one writer at a time; when several threads of one process collide, the
+/// loser's busy handler sleeps with a growing backoff (1, 2, 5, 10 … ms) and the lock sits
+/// idle meanwhile. Taking this mutex before `BEGIN IMMEDIATE` makes threads of one process
+/// queue in order instead; other processes (a `drain-deliveries` beside `serve`) still meet
+/// SQLite's own lock and busy timeout.
+pub(crate) fn process_write_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) holding this process's write lock. Dropping it
+/// without `commit` rolls back, like the transaction inside.
+pub(crate) struct WriteTx<'c> {
+    tx: rusqlite::Transaction<'c>,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl<'c> std::ops::Deref for WriteTx<'c> {
+    type Target = rusqlite::Transaction<'c>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl WriteTx<'_> {
+    pub(crate) fn commit(self) -> rusqlite::Result<()> {
+        self.tx.commit()
+    }
+}
+
 /// An open state root: the directory and one connection to its database. Each thread that needs
 /// the database opens its own `Store` (connections are cheap; WAL lets readers run beside a
 /// writer).
@@ -219,6 +251,29 @@ impl Store {
             )
             .map_err(|e| self.err("writing store metadata", e))?;
         Ok(n == 1)
+    }
+
+    /// Commits on this connection stop waiting for fsync (`synchronous=NORMAL`; WAL stays
+    /// consistent and a killed process loses nothing, only an OS crash or power loss can drop
+    /// the last commits). Only for connections whose writes are safe to lose that way: the
+    /// delivery workers' claims and settlements, where a lost claim makes a delivery claimable
+    /// again and a lost settlement makes it be sent again with the same Idempotency-Key — the
+    /// at-least-once contract. Deliveries themselves are created with full durability.
+    pub fn relax_sync_for_redoable_writes(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(|e| self.err("relaxing synchronous for delivery workers", e))
+    }
+
+    /// Starts a write transaction behind the process write lock.
+    pub(crate) fn write_tx(&self, op: &str) -> Result<WriteTx<'_>, StoreError> {
+        let lock = process_write_lock();
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(|e| self.err(op, e))?;
+        Ok(WriteTx { tx, _lock: lock })
     }
 
     pub(crate) fn conn(&self) -> &Connection {

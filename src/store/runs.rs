@@ -21,7 +21,7 @@
 //! `credential_scope` and `metadata` are JSON objects.
 
 use rusqlite::types::Type;
-use rusqlite::{params, params_from_iter, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -187,8 +187,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<Run>, StoreError> {
         let op = "claiming a run";
-        let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
-            .map_err(|e| self.err(op, e))?;
+        let tx = self.write_tx(op)?;
         let (kind, name) = match connector {
             Some((kind, name)) => (Some(kind.as_str()), Some(name)),
             None => (None, None),
@@ -262,8 +261,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(RunOutput, Enqueued), RunError> {
         let op = "recording run output";
-        let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
-            .map_err(|e| self.err(op, e))?;
+        let tx = self.write_tx(op)?;
         self.check_claimed(&tx, run_id, owner)?;
         let recorded = self.insert_output(&tx, run_id, output, now_ms)?;
         let enqueued = self.enqueue_output(&tx, &recorded, now_ms)?;
@@ -316,8 +314,7 @@ impl Store {
     /// run). The claim count stays as it was, so repeated hand-backs remain visible.
     pub fn release_run(&self, run_id: &str, owner: &str, now_ms: i64) -> Result<Run, RunError> {
         let op = "releasing a run";
-        let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
-            .map_err(|e| self.err(op, e))?;
+        let tx = self.write_tx(op)?;
         self.check_claimed(&tx, run_id, Some(owner))?;
         let run = tx
             .query_row(
@@ -371,8 +368,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Session, bool), StoreError> {
         let op = "writing a session";
-        let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
-            .map_err(|e| self.err(op, e))?;
+        let tx = self.write_tx(op)?;
         let existing = tx
             .query_row(
                 &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
@@ -557,8 +553,7 @@ impl Store {
             });
         }
         let op = "finishing a run";
-        let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
-            .map_err(|e| self.err(op, e))?;
+        let tx = self.write_tx(op)?;
         self.check_claimed(&tx, run_id, owner)?;
         let (recorded, enqueued) = match output {
             Some(output) => {
