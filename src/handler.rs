@@ -57,8 +57,10 @@ const MAX_STDERR_LINE_CHARS: usize = 512;
 /// Lease on top of `--handler-timeout`, so a run is not handed to another worker while its
 /// command is still allowed to run.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// The lease of an `echo` claim (echo settles in milliseconds).
-const ECHO_LEASE: Duration = Duration::from_secs(60);
+/// The lease of an `echo` claim. Echo settles in milliseconds; the lease only matters when a
+/// daemon dies between claim and completion, and then it is how long the run waits before a
+/// restarted daemon handles it again — so it is short.
+const ECHO_LEASE: Duration = Duration::from_secs(5);
 /// The longest an idle worker waits without being woken.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
 /// After a SIGKILL, how long to wait for the exit status and stdout before giving up on them.

@@ -29,6 +29,9 @@ use crate::store::Store;
 pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
     let policy = RetryPolicy::from_env(&|name| std::env::var(name).ok())
         .map_err(|e| StatusError::new(ExitStatus::Unavailable, e.to_string()))?;
+    let lease =
+        crate::delivery::policy::lease_from_env(&|name| std::env::var(name).ok(), DEFAULT_LEASE)
+            .map_err(|e| StatusError::new(ExitStatus::Unavailable, e.to_string()))?;
     let plugin = args
         .plugin
         .as_deref()
@@ -75,7 +78,7 @@ pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
             transports: Arc::new(transports),
             filter,
             timeout: args.timeout,
-            lease: DEFAULT_LEASE,
+            lease,
             owner_prefix: "drain".into(),
             observer,
         };

@@ -92,6 +92,8 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     let connectors = load_connectors(ctx, config_path.as_deref())?;
     // Invalid KHEISH_DELIVERY_* values stop the start like an invalid config (exit 4).
     let delivery_policy = RetryPolicy::from_env(&env).map_err(|e| unavailable(e.to_string()))?;
+    let delivery_lease = crate::delivery::policy::lease_from_env(&env, DEFAULT_LEASE)
+        .map_err(|e| unavailable(e.to_string()))?;
     // Opening here creates the state root and migrates it before any thread needs it.
     Store::open(&ctx.state_root)?;
     let (token, origin) = admin::resolve_token(
@@ -146,7 +148,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
         transports: Arc::new(transports),
         notify: Arc::clone(&app.deliveries_queued),
         filter: ClaimFilter::default(),
-        lease: DEFAULT_LEASE,
+        lease: delivery_lease,
         observer: Arc::clone(&delivery_observer),
     });
     let delivery_retention = DeliveryRetention::spawn(ctx.state_root.clone(), delivery_observer);

@@ -131,6 +131,32 @@ impl RetryPolicy {
     }
 }
 
+/// How long a delivery claim lasts: `KHEISH_DELIVERY_LEASE_MS`, else `default`. A crashed
+/// worker's deliveries become claimable again after this long, so it must exceed the
+/// transports' own time limits (15 s for http); 1 s to 1 h.
+pub fn lease_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    default: Duration,
+) -> Result<Duration, PolicyError> {
+    const VAR: &str = "KHEISH_DELIVERY_LEASE_MS";
+    match env(VAR).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (1000..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Ok(_) => Err(PolicyError {
+                var: VAR,
+                value: v.clone(),
+                problem: "must be between 1000 and 3600000".into(),
+            }),
+            Err(_) => Err(PolicyError {
+                var: VAR,
+                value: v.clone(),
+                problem: "must be a whole number of milliseconds".into(),
+            }),
+        },
+    }
+}
+
 /// The decision after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -190,6 +216,18 @@ mod tests {
         assert_eq!(p.after_failure(1, false, None, 0), Next::RetryAt(1000));
         assert_eq!(p.after_failure(3, false, None, 0), Next::DeadLetter);
         assert_eq!(p.after_failure(1, true, None, 0), Next::DeadLetter);
+    }
+
+    #[test]
+    fn lease_values() {
+        let d = Duration::from_secs(30);
+        assert_eq!(lease_from_env(&|_| None, d).unwrap(), d);
+        assert_eq!(
+            lease_from_env(&|_| Some("3000".into()), d).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert!(lease_from_env(&|_| Some("10".into()), d).is_err());
+        assert!(lease_from_env(&|_| Some("soon".into()), d).is_err());
     }
 
     #[test]
