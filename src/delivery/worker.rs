@@ -191,11 +191,15 @@ impl WorkerPool {
 fn worker_loop(owner: &str, cfg: &WorkerConfig, stop: &AtomicBool) {
     let lease = lease_ms(cfg.lease);
     let mut store: Option<Store> = None;
+    // A delivery claimed together with the previous settlement, to send next.
+    let mut pending: Option<Claimed> = None;
     loop {
         // Read the generation BEFORE the stop flag and the claim: a notify after this point
         // (shutdown, new output) ends the wait below at once, so no wake-up is ever missed.
         let seen = cfg.notify.generation();
-        if stop.load(Ordering::SeqCst) {
+        // A delivery already claimed is still sent on shutdown (its lease would otherwise
+        // hold it back from the next daemon); nothing new is claimed once stopping.
+        if stop.load(Ordering::SeqCst) && pending.is_none() {
             return;
         }
         let st = match store.as_ref() {
@@ -212,41 +216,46 @@ fn worker_loop(owner: &str, cfg: &WorkerConfig, stop: &AtomicBool) {
                 }
             },
         };
-        let now = now_ms();
-        match st.claim_next(owner, lease, now, &cfg.filter) {
-            Ok(Some(claimed)) => {
-                send_and_settle(
-                    st,
-                    owner,
-                    &claimed,
-                    &cfg.transports,
-                    &cfg.policy,
-                    &*cfg.observer,
-                );
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                cfg.observer.warn(&format!(
-                    "delivery worker {owner}: {}; retrying",
-                    error_chain(&e)
-                ));
-                // Reopen next time: the connection may be what failed.
-                store = None;
-                cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
-                continue;
-            }
-        }
-        let wait = match st.next_due_ms(&cfg.filter) {
-            Ok(Some(at)) => until(at, now_ms()),
-            Ok(None) => MAX_IDLE_WAIT,
-            Err(e) => {
-                cfg.observer
-                    .warn(&format!("delivery worker {owner}: {}", error_chain(&e)));
-                MAX_IDLE_WAIT
-            }
+        let claimed = match pending.take() {
+            Some(claimed) => claimed,
+            None => match st.claim_next(owner, lease, now_ms(), &cfg.filter) {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => {
+                    let wait = match st.next_due_ms(&cfg.filter) {
+                        Ok(Some(at)) => until(at, now_ms()),
+                        Ok(None) => MAX_IDLE_WAIT,
+                        Err(e) => {
+                            cfg.observer
+                                .warn(&format!("delivery worker {owner}: {}", error_chain(&e)));
+                            MAX_IDLE_WAIT
+                        }
+                    };
+                    cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
+                    continue;
+                }
+                Err(e) => {
+                    cfg.observer.warn(&format!(
+                        "delivery worker {owner}: {}; retrying",
+                        error_chain(&e)
+                    ));
+                    // Reopen next time: the connection may be what failed.
+                    store = None;
+                    cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
+                    continue;
+                }
+            },
         };
-        cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
+        let chain = (!stop.load(Ordering::SeqCst)).then_some((lease, &cfg.filter));
+        let (_, next) = send_and_settle(
+            st,
+            owner,
+            &claimed,
+            &cfg.transports,
+            &cfg.policy,
+            &*cfg.observer,
+            chain,
+        );
+        pending = next;
     }
 }
 
@@ -339,6 +348,9 @@ fn attempt(
 /// Sends one claimed delivery and settles it. Returns the settlement, or `None` when it could
 /// not be written (lease lost or database error, both reported to the observer; the delivery
 /// is sent again after its lease expires).
+/// Sends `claimed`, then settles it. With `claim_next` the settlement and the claim of this
+/// owner's next delivery share one transaction (one commit per delivery for a busy worker);
+/// the newly claimed delivery, if any, comes back with the settlement.
 fn send_and_settle(
     store: &Store,
     owner: &str,
@@ -346,13 +358,26 @@ fn send_and_settle(
     transports: &Transports,
     policy: &RetryPolicy,
     observer: &dyn Observer,
-) -> Option<Settlement> {
+    claim_next: Option<(i64, &ClaimFilter)>,
+) -> (Option<Settlement>, Option<Claimed>) {
     let outcome = attempt(store, owner, claimed, transports);
     let settlement = settlement_for(&outcome, claimed.job.attempt, policy, now_ms());
     let plugin = claimed.job.delivery.target.plugin.as_str();
     observer.attempt(plugin, outcome_label(&settlement));
     let id = &claimed.job.delivery.delivery_id;
-    match store.settle(owner, claimed, settlement.clone(), now_ms()) {
+    let settled = match claim_next {
+        Some((lease, filter)) => {
+            store.settle_and_claim_next(owner, claimed, settlement.clone(), lease, now_ms(), filter)
+        }
+        None => store
+            .settle(owner, claimed, settlement.clone(), now_ms())
+            .map(|outcome| (outcome, None)),
+    };
+    let (outcome, next) = match settled {
+        Ok((outcome, next)) => (Ok(outcome), next),
+        Err(e) => (Err(e), None),
+    };
+    let settlement = match outcome {
         Ok(SettleOutcome::Settled { circuit_opened, .. }) => {
             if circuit_opened {
                 observer.warn(&format!(
@@ -380,7 +405,8 @@ fn send_and_settle(
             ));
             None
         }
-    }
+    };
+    (settlement, next)
 }
 
 fn short(key: &str) -> &str {
@@ -556,13 +582,14 @@ fn drain_worker(
                 return Err(e);
             }
         };
-        let result = send_and_settle(
+        let (result, _) = send_and_settle(
             &store,
             owner,
             &claimed,
             &cfg.transports,
             &cfg.policy,
             &*cfg.observer,
+            None,
         );
         if let Some(settlement) = result {
             // The receiver lives until every worker ended.

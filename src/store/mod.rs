@@ -221,6 +221,8 @@ impl Store {
         let db_path = db.display().to_string();
         let conn = open_configured(db, &db_path)?;
         migrations::migrate(&conn, &db_path)?;
+        // The hot paths (ingress, the delivery queue) reuse a few dozen distinct statements.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Store {
             conn,
             root: root.to_path_buf(),
