@@ -242,7 +242,9 @@ pub struct ReplayArgs {
     long_about = "Run the delivery worker in this process until no pending delivery is due \
 (with --ignore-backoff: until none is pending at all), then print a summary: delivered, retried \
 (still pending) and dead-lettered. Shows a progress bar on a terminal. Safe beside a running \
-daemon: deliveries are leased, so two workers never send the same delivery at once.\n\n\
+daemon: deliveries are leased, so two workers never send the same delivery at once; while \
+another process holds a lease, the drain waits for its settlement (or for the lease to expire) \
+before it ends.\n\n\
 Exit status: 0 when everything attempted was delivered, 1 when a delivery was dead-lettered, \
 3 when --timeout passed with due deliveries left, 4 when the state root cannot be opened.\n\n\
 Examples:\n  kheishctl drain-deliveries\n  kheishctl drain-deliveries --plugin http --timeout 5m --json\n  \

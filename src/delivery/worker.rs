@@ -44,6 +44,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// (`kheishctl replay`, `drain-deliveries`, a second daemon on the same state root) can add or
 /// release work this process is never told about; this cap bounds how late such work starts.
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How often a drain with nothing claimable looks again while another process holds a lease.
+const FOREIGN_LEASE_POLL: Duration = Duration::from_millis(20);
 
 /// Code of a delivery whose plugin has no transport in this build.
 pub const PLUGIN_UNAVAILABLE: &str = "plugin_unavailable";
@@ -469,10 +471,12 @@ struct AttemptEvent {
 }
 
 /// Runs `cfg.concurrency` workers in this thread's scope over the same claim/settle functions
-/// as [`WorkerPool`], until nothing matching the filter is claimable and no worker of this
-/// drain is in flight (with `ignore_backoff`: until nothing is open, apart from targets leased
-/// by another process), or the timeout passes. `progress` is called on the calling thread after
-/// every attempt. Deliveries leased by another process (a running `serve`) are left to it.
+/// as [`WorkerPool`], until nothing matching the filter is claimable and no worker, of this
+/// drain or of another process, holds a lease on a matching target (its settlement can make
+/// the next delivery of that target due), or the timeout passes. A delivery leased by another
+/// process (a running `serve`, a second drain) is never sent here while the lease lasts; the
+/// drain waits for it and takes the target over only when the lease expires. `progress` is
+/// called on the calling thread after every attempt.
 pub fn drain(
     cfg: DrainConfig,
     progress: &dyn Fn(DrainProgress),
@@ -566,7 +570,20 @@ fn drain_worker(
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
                 if busy.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    // Nobody is in flight: wake the waiters so they see it and end too.
+                    // Nobody of this drain is in flight. Another process (a daemon, another
+                    // drain) may still hold a lease whose settlement makes more work due: poll
+                    // until it is gone, then end and wake the waiters so they end too.
+                    match store.leased_elsewhere(&cfg.filter, now_ms()) {
+                        Ok(true) => {
+                            settled.wait_past(seen, left.min(FOREIGN_LEASE_POLL));
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            settled.notify_all();
+                            return Err(e);
+                        }
+                    }
                     settled.notify_all();
                     return Ok(());
                 }
@@ -836,6 +853,39 @@ mod tests {
         assert!(summaries
             .iter()
             .all(|s| s.remaining_pending == 0 && s.dead_lettered == 0));
+    }
+
+    #[test]
+    fn a_drain_waits_for_a_lease_held_elsewhere_instead_of_ending_with_work_in_flight() {
+        let (tmp, store) = store();
+        let ids = queue(
+            &store,
+            "run_l",
+            &[http("https://leased.example/")],
+            &["l1", "l2"],
+        );
+        // Another process claimed the head and then went quiet: its short lease must run out
+        // before the drain may take the target over.
+        let foreign = store
+            .claim_next("other-process", 300, now_ms(), &ClaimFilter::default())
+            .unwrap()
+            .expect("the head is claimable");
+        assert!(store
+            .leased_elsewhere(&ClaimFilter::default(), now_ms())
+            .unwrap());
+        let (transports, rx) = fake(ok);
+        let summary = drain(drain_cfg(tmp.path(), transports), &|_| {}).unwrap();
+        assert_eq!(summary.delivered, 2, "{summary:?}");
+        assert_eq!(summary.remaining_pending, 0);
+        let sent: Vec<String> = rx.try_iter().map(|s| s.0).collect();
+        assert_eq!(
+            sent, ids,
+            "the expired head is sent first, then the rest, once each"
+        );
+        assert_eq!(foreign.job.delivery.delivery_id, ids[0]);
+        assert!(!store
+            .leased_elsewhere(&ClaimFilter::default(), now_ms())
+            .unwrap());
     }
 
     #[test]

@@ -966,6 +966,29 @@ impl Store {
         })
     }
 
+    /// Whether a worker (of this or another process) holds an unexpired lease on a target with
+    /// an open delivery matching `filter`: its settlement may make more work due, so a drain
+    /// that found nothing claimable waits for it rather than ending with work in flight.
+    pub fn leased_elsewhere(&self, filter: &ClaimFilter, now_ms: i64) -> Result<bool, StoreError> {
+        let (kind, name) = match &filter.connector {
+            Some((kind, name)) => (Some(kind.as_str()), Some(name.as_str())),
+            None => (None, None),
+        };
+        self.conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM delivery_targets t
+                     WHERE t.lease_owner IS NOT NULL AND t.lease_expires_at_ms >= ?1
+                       AND (?2 IS NULL OR t.plugin = ?2)
+                       AND (?3 IS NULL OR EXISTS (SELECT 1 FROM deliveries d
+                            WHERE d.target_key = t.target_key
+                              AND d.status IN ('pending', 'retrying')
+                              AND d.connector_kind = ?3 AND d.connector_name = ?4)))",
+                params![now_ms, filter.plugin, kind, name],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err("looking for leased deliveries", e))
+    }
+
     // -----------------------------------------------------------------------------------------
     // Reads
 
