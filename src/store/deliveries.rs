@@ -389,6 +389,32 @@ fn cached_exec<P: rusqlite::Params>(
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// [`cached_row`] and [`cached_exec`] in method form, so the hot queue paths read like
+/// rusqlite's own `query_row` and `execute`.
+trait CachedExt {
+    fn query_row_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl CachedExt for Connection {
+    fn query_row_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        cached_row(self, sql, params, f)
+    }
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        cached_exec(self, sql, params)
+    }
+}
+
 fn limit_of(limit: u32) -> i64 {
     i64::from(if limit == 0 {
         DEFAULT_LIST_LIMIT
@@ -427,7 +453,7 @@ impl Store {
             String,
             Option<String>,
         ) = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT r.session_id, r.connector_kind, r.connector_name, r.reply_targets,
                      s.reply_targets
                  FROM runs r LEFT JOIN sessions s ON s.session_id = r.session_id
@@ -525,7 +551,7 @@ impl Store {
             None => (DeliveryStatus::Pending, None, None, None),
         };
         let seq: i64 = conn
-            .query_row(
+            .query_row_cached(
                 "INSERT INTO deliveries (delivery_id, output_id, run_id, session_id,
                      connector_kind, connector_name, plugin, address, target_key, status, attempts,
                      next_attempt_at_ms, last_error, last_error_code, created_at_ms, updated_at_ms,
@@ -608,7 +634,7 @@ impl Store {
         // moving the head on; a few rounds bound the work.
         for _ in 0..8 {
             let candidate: Option<(String, i64)> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT t.target_key, t.head_seq FROM delivery_targets t
                      WHERE (?1 OR (t.next_attempt_at_ms <= ?2 AND t.paused_until_ms <= ?2))
                        AND (t.lease_owner IS NULL OR t.lease_expires_at_ms < ?2)
@@ -626,7 +652,7 @@ impl Store {
                 return Ok(None);
             };
             let leased = tx
-                .query_row(
+                .query_row_cached(
                     &format!(
                         "UPDATE deliveries SET lease_owner = ?1, lease_expires_at_ms = ?2,
                              updated_at_ms = ?3
@@ -650,7 +676,7 @@ impl Store {
             )
             .map_err(|e| self.err(op, e))?;
             let (content, parts): (Option<String>, Option<String>) = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT content, parts FROM run_outputs WHERE output_id = ?1",
                     [&delivery.output_id],
                     |row| Ok((row.get(0)?, row.get(1)?)),
@@ -728,7 +754,7 @@ impl Store {
     ) -> Result<SettleOutcome, StoreError> {
         let op = "settling a delivery";
         let current: Option<(Option<String>, String)> = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT lease_owner, status FROM deliveries WHERE seq = ?1",
                 [claimed.seq],
                 |row| Ok((row.get(0)?, row.get(1)?)),
@@ -750,7 +776,7 @@ impl Store {
         }
         let key = &claimed.job.delivery.target_key;
         let failures: i64 = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT consecutive_failures FROM delivery_targets WHERE target_key = ?1",
                 [key],
                 |row| row.get(0),
@@ -865,7 +891,7 @@ impl Store {
         let op = "advancing a target's queue";
         // The condition matches `deliveries_open_by_target`'s, so this walks that index.
         let next: Option<(i64, i64)> = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT seq, next_attempt_at_ms FROM deliveries
                  WHERE target_key = ?1 AND status IN ('pending', 'retrying')
                  ORDER BY seq LIMIT 1",
@@ -904,7 +930,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let n = self
             .conn()
-            .execute(
+            .execute_cached(
                 "UPDATE deliveries SET progress = ?3, updated_at_ms = ?4
                  WHERE delivery_id = ?1 AND lease_owner = ?2 AND status IN ('pending', 'retrying')",
                 params![delivery_id, owner, progress.to_string(), now_ms],
@@ -923,7 +949,7 @@ impl Store {
             None => (None, None),
         };
         self.conn()
-            .query_row(
+            .query_row_cached(
                 "SELECT MIN(MAX(
                      CASE WHEN ?1 THEN 0 ELSE MAX(t.next_attempt_at_ms, t.paused_until_ms) END,
                      CASE WHEN t.lease_owner IS NULL THEN 0 ELSE t.lease_expires_at_ms + 1 END))

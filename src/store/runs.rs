@@ -21,7 +21,7 @@
 //! `credential_scope` and `metadata` are JSON objects.
 
 use rusqlite::types::Type;
-use rusqlite::{params, params_from_iter, OptionalExtension, Row};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -457,7 +457,7 @@ impl Store {
     /// Inside `tx`: fails unless `run_id` is claimed (by `owner`, when given).
     fn check_claimed(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         run_id: &str,
         owner: Option<&str>,
     ) -> Result<(), RunError> {
@@ -507,7 +507,7 @@ impl Store {
 
     fn insert_output(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &Connection,
         run_id: &str,
         output: &NewRunOutput,
         now_ms: i64,
