@@ -1,15 +1,18 @@
-//! Delivery workers (SPEC §11.3–§11.4): threads that claim a due delivery, send it through its
-//! plugin's transport, and settle the result — plus [`drain`], the same loop run to completion
-//! for `kheishctl drain-deliveries`.
+//! Delivery workers (SPEC §11.3–§11.4): the pool inside `serve` that claims due deliveries,
+//! sends them through their plugin's transport and settles the results — plus [`drain`], a
+//! loop run to completion for `kheishctl drain-deliveries`.
 //!
-//! Each thread opens its own [`Store`]. Claim and settle are separate short transactions; the
-//! send in between holds no database lock, only the lease, which is what makes a worker of
-//! `serve` and one of `drain-deliveries` (or a second daemon) safe side by side: a delivery is
-//! never sent by two workers at once unless a lease expired, and then the first worker's late
-//! settlement is refused (at-least-once, never lost).
+//! A [`WorkerPool`] is one dispatcher thread, the only one of the pool that touches the
+//! queue, and N sender threads. Each round the dispatcher settles every send that finished and
+//! claims enough due deliveries to refill the senders, in one short transaction; a send holds
+//! no database lock, only its lease. Leases are what make `serve`, `drain-deliveries` and a
+//! second daemon safe side by side: a delivery is never sent by two workers at once unless a
+//! lease expired, and then the first worker's late settlement is refused (at-least-once,
+//! never lost).
 //!
-//! When nothing is claimable a worker waits on the shared [`Notify`] until it is woken (new
-//! output, a replay, shutdown) or the next target becomes due — never `sleep`.
+//! When nothing is claimable the dispatcher waits on the shared [`Notify`] until it is woken
+//! (a finished send, new output, a replay, shutdown) or the next target becomes due — never
+//! `sleep`. [`drain`] runs one thread per concurrent send, each with its own connection.
 //!
 //! Plugins without a transport in [`Transports`] (slack, telegram and external until their
 //! transports land with their own issues) settle as terminal failures with code
@@ -18,9 +21,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -154,22 +157,41 @@ fn lease_ms(lease: Duration) -> i64 {
 }
 
 impl WorkerPool {
-    /// Starts `cfg.workers` threads.
+    /// Starts the dispatcher and `cfg.workers` sender threads (none when `cfg.workers` is 0).
     pub fn spawn(cfg: WorkerConfig) -> WorkerPool {
         let stop = Arc::new(AtomicBool::new(false));
         let notify = Arc::clone(&cfg.notify);
+        if cfg.workers == 0 {
+            return WorkerPool {
+                stop,
+                notify,
+                threads: Vec::new(),
+            };
+        }
         let cfg = Arc::new(cfg);
-        let threads = owner_names(&cfg.owner_prefix, cfg.workers)
-            .into_iter()
-            .map(|owner| {
-                let cfg = Arc::clone(&cfg);
-                let stop = Arc::clone(&stop);
+        let owner: Arc<str> = owner_names(&cfg.owner_prefix, 1).remove(0).into();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Claimed>();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Sent>();
+        let mut threads: Vec<JoinHandle<()>> = (0..cfg.workers)
+            .map(|idx| {
+                let (cfg, owner) = (Arc::clone(&cfg), Arc::clone(&owner));
+                let (jobs, done) = (Arc::clone(&jobs_rx), done_tx.clone());
                 std::thread::Builder::new()
-                    .name(owner.clone())
-                    .spawn(move || worker_loop(&owner, &cfg, &stop))
-                    .expect("spawning a delivery worker thread (the OS refused a thread)")
+                    .name(format!("delivery-{idx}"))
+                    .spawn(move || sender_loop(&owner, &cfg, &jobs, &done))
+                    .expect("spawning a delivery sender thread (the OS refused a thread)")
             })
             .collect();
+        drop(done_tx);
+        let dispatcher = {
+            let (cfg, stop) = (Arc::clone(&cfg), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("delivery-queue".into())
+                .spawn(move || dispatcher_loop(&owner, &cfg, &stop, jobs_tx, &done_rx))
+                .expect("spawning the delivery dispatcher thread (the OS refused a thread)")
+        };
+        threads.insert(0, dispatcher);
         WorkerPool {
             stop,
             notify,
@@ -177,32 +199,65 @@ impl WorkerPool {
         }
     }
 
-    /// Stops the workers: sets the stop flag, wakes them, and joins them. A send in flight
-    /// finishes (bounded by its transport's timeout) and its settlement is written first.
+    /// Stops the pool: sets the stop flag, wakes the dispatcher, and joins every thread. Sends
+    /// in flight finish (bounded by their transport's timeout) and are settled first; nothing
+    /// new is claimed.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
         self.notify.notify_all();
         for thread in self.threads {
-            // A panicking worker already printed its message through the default hook.
+            // A panicking thread already printed its message through the default hook.
             let _ = thread.join();
         }
     }
 }
 
-/// One worker thread of a [`WorkerPool`].
-fn worker_loop(owner: &str, cfg: &WorkerConfig, stop: &AtomicBool) {
+/// A finished send, on its way from a sender to the dispatcher.
+struct Sent {
+    claimed: Claimed,
+    settlement: Settlement,
+}
+
+/// The dispatcher of a [`WorkerPool`]: the one thread of the pool that touches the queue. Each
+/// round it settles every send that finished since the last round and claims enough due
+/// deliveries to keep all senders busy, in ONE transaction (`Store::settle_all_and_claim`), so
+/// a busy pool pays one commit per round instead of one or two per delivery, and the queue's
+/// pages stay in one connection's cache. The lease owner is the pool's; per-target FIFO holds
+/// because a leased target is never claimed twice.
+///
+/// When nothing is claimable it waits on the shared [`Notify`] — which senders also ring when
+/// they finish — until woken or the next target becomes due, never `sleep`.
+fn dispatcher_loop(
+    owner: &str,
+    cfg: &WorkerConfig,
+    stop: &AtomicBool,
+    jobs: mpsc::Sender<Claimed>,
+    done: &mpsc::Receiver<Sent>,
+) {
     let lease = lease_ms(cfg.lease);
     let mut store: Option<Store> = None;
-    // A delivery claimed together with the previous settlement, to send next.
-    let mut pending: Option<Claimed> = None;
+    let mut finished: Vec<Sent> = Vec::new();
+    // Claimed and not yet settled (with a sender or waiting in `finished`).
+    let mut in_flight = 0usize;
     loop {
-        // Read the generation BEFORE the stop flag and the claim: a notify after this point
-        // (shutdown, new output) ends the wait below at once, so no wake-up is ever missed.
+        // Read the generation BEFORE looking for work: a notify after this point (a finished
+        // send, new output, shutdown) ends the wait below at once, so no wake-up is missed.
         let seen = cfg.notify.generation();
-        // A delivery already claimed is still sent on shutdown (its lease would otherwise
-        // hold it back from the next daemon); nothing new is claimed once stopping.
-        if stop.load(Ordering::SeqCst) && pending.is_none() {
+        finished.extend(done.try_iter());
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping && in_flight == 0 {
+            // Dropping `jobs` ends the senders.
             return;
+        }
+        let busy = in_flight - finished.len();
+        let want = if stopping {
+            0
+        } else {
+            cfg.workers.saturating_sub(busy)
+        };
+        if finished.is_empty() && want == 0 {
+            cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
+            continue;
         }
         let st = match store.as_ref() {
             Some(st) => st,
@@ -212,52 +267,104 @@ fn worker_loop(owner: &str, cfg: &WorkerConfig, stop: &AtomicBool) {
                 Ok(st) => store.insert(st),
                 Err(e) => {
                     cfg.observer
-                        .warn(&format!("delivery worker {owner}: {}", error_chain(&e)));
+                        .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
                     cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
                     continue;
                 }
             },
         };
-        let claimed = match pending.take() {
-            Some(claimed) => claimed,
-            None => match st.claim_next(owner, lease, now_ms(), &cfg.filter) {
-                Ok(Some(claimed)) => claimed,
-                Ok(None) => {
-                    let wait = match st.next_due_ms(&cfg.filter) {
-                        Ok(Some(at)) => until(at, now_ms()),
-                        Ok(None) => MAX_IDLE_WAIT,
-                        Err(e) => {
-                            cfg.observer
-                                .warn(&format!("delivery worker {owner}: {}", error_chain(&e)));
-                            MAX_IDLE_WAIT
-                        }
-                    };
-                    cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
-                    continue;
+        let settled: Vec<(Claimed, Settlement)> = finished
+            .drain(..)
+            .map(|sent| (sent.claimed, sent.settlement))
+            .collect();
+        let claims =
+            match st.settle_all_and_claim(owner, &settled, want, lease, now_ms(), &cfg.filter) {
+                Ok((outcomes, claims)) => {
+                    for ((claimed, _), outcome) in settled.iter().zip(outcomes) {
+                        report_settled(claimed, Ok(outcome), &*cfg.observer);
+                    }
+                    claims
                 }
                 Err(e) => {
                     cfg.observer.warn(&format!(
-                        "delivery worker {owner}: {}; retrying",
+                        "delivery dispatcher: {}; settling one by one",
                         error_chain(&e)
                     ));
-                    // Reopen next time: the connection may be what failed.
+                    // One bad settlement must not hold back the others: write each alone. One
+                    // that still fails is reported and its delivery is sent again when the lease
+                    // expires (at-least-once).
+                    for (claimed, settlement) in &settled {
+                        let outcome = st.settle(owner, claimed, settlement.clone(), now_ms());
+                        report_settled(claimed, outcome, &*cfg.observer);
+                    }
+                    // Reopen next round: the connection may be what failed.
                     store = None;
-                    cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
-                    continue;
+                    Vec::new()
                 }
-            },
+            };
+        in_flight -= settled.len();
+        let claimed_any = !claims.is_empty();
+        for claimed in claims {
+            in_flight += 1;
+            if jobs.send(claimed).is_err() {
+                // Every sender is gone (they only end when this thread does, or by a panic
+                // outside the transport): the lease runs out and the delivery is sent later.
+                in_flight -= 1;
+            }
+        }
+        if want > 0 && !claimed_any && settled.is_empty() {
+            // Nothing claimable: wait to be woken, for the next due target, or the cap.
+            let wait = match store.as_ref().map(|st| st.next_due_ms(&cfg.filter)) {
+                Some(Ok(Some(at))) => until(at, now_ms()),
+                Some(Ok(None)) | None => MAX_IDLE_WAIT,
+                Some(Err(e)) => {
+                    cfg.observer
+                        .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
+                    MAX_IDLE_WAIT
+                }
+            };
+            cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
+        }
+    }
+}
+
+/// One sender thread of a [`WorkerPool`]: takes a claimed delivery from the dispatcher, sends
+/// it through its plugin's transport, and hands the settlement back. It touches the database
+/// only when a multi-step transport saves progress (on a connection opened for that).
+fn sender_loop(
+    owner: &str,
+    cfg: &WorkerConfig,
+    jobs: &Mutex<mpsc::Receiver<Claimed>>,
+    done: &mpsc::Sender<Sent>,
+) {
+    let mut progress_store: Option<Store> = None;
+    loop {
+        let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(claimed) = next else {
+            return;
         };
-        let chain = (!stop.load(Ordering::SeqCst)).then_some((lease, &cfg.filter));
-        let (_, next) = send_and_settle(
-            st,
+        let outcome = attempt(
+            &cfg.state_root,
+            &mut progress_store,
             owner,
             &claimed,
             &cfg.transports,
-            &cfg.policy,
-            &*cfg.observer,
-            chain,
         );
-        pending = next;
+        let settlement = settlement_for(&outcome, claimed.job.attempt, &cfg.policy, now_ms());
+        cfg.observer.attempt(
+            claimed.job.delivery.target.plugin.as_str(),
+            outcome_label(&settlement),
+        );
+        if done
+            .send(Sent {
+                claimed,
+                settlement,
+            })
+            .is_err()
+        {
+            return;
+        }
+        cfg.notify.notify_all();
     }
 }
 
@@ -278,25 +385,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Writes a transport's step progress to the delivery row while the lease is ours.
+/// Writes a transport's step progress to the delivery row while the lease is ours, on a
+/// connection opened the first time a transport saves progress.
 struct StoreProgress<'a> {
-    store: &'a Store,
+    state_root: &'a Path,
+    store: &'a mut Option<Store>,
     delivery_id: &'a str,
     owner: &'a str,
 }
 
 impl ProgressSink for StoreProgress<'_> {
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
-        match self
-            .store
-            .save_progress(self.delivery_id, self.owner, progress, now_ms())
-        {
+        let store = match self.store {
+            Some(store) => store,
+            None => self
+                .store
+                .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?),
+        };
+        match store.save_progress(self.delivery_id, self.owner, progress, now_ms()) {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!(
                 "delivery {} is no longer leased by {}; another worker took it over",
                 self.delivery_id, self.owner
             )),
-            Err(e) => Err(error_chain(&e)),
+            Err(e) => {
+                // Reopen next time: the connection may be what failed.
+                *self.store = None;
+                Err(error_chain(&e))
+            }
         }
     }
 }
@@ -305,7 +421,8 @@ impl ProgressSink for StoreProgress<'_> {
 /// delivered), picks the plugin's transport and sends. Never panics: a panicking transport is
 /// a retryable `transport_panic`.
 fn attempt(
-    store: &Store,
+    state_root: &Path,
+    progress_store: &mut Option<Store>,
     owner: &str,
     claimed: &Claimed,
     transports: &Transports,
@@ -333,7 +450,8 @@ fn attempt(
         };
     };
     let mut sink = StoreProgress {
-        store,
+        state_root,
+        store: progress_store,
         delivery_id: &job.delivery.delivery_id,
         owner,
     };
@@ -347,39 +465,40 @@ fn attempt(
     )
 }
 
-/// Sends one claimed delivery and settles it. Returns the settlement, or `None` when it could
-/// not be written (lease lost or database error, both reported to the observer; the delivery
-/// is sent again after its lease expires).
-/// Sends `claimed`, then settles it. With `claim_next` the settlement and the claim of this
-/// owner's next delivery share one transaction (one commit per delivery for a busy worker);
-/// the newly claimed delivery, if any, comes back with the settlement.
+/// Sends `claimed` and settles it on `store` (the loop of [`drain`]). Returns the settlement,
+/// or `None` when it could not be written (lease lost or database error, both reported to the
+/// observer; the delivery is sent again after its lease expires).
 fn send_and_settle(
     store: &Store,
+    progress_store: &mut Option<Store>,
     owner: &str,
     claimed: &Claimed,
-    transports: &Transports,
-    policy: &RetryPolicy,
-    observer: &dyn Observer,
-    claim_next: Option<(i64, &ClaimFilter)>,
-) -> (Option<Settlement>, Option<Claimed>) {
-    let outcome = attempt(store, owner, claimed, transports);
-    let settlement = settlement_for(&outcome, claimed.job.attempt, policy, now_ms());
+    cfg: &DrainConfig,
+) -> Option<Settlement> {
+    let outcome = attempt(
+        &cfg.state_root,
+        progress_store,
+        owner,
+        claimed,
+        &cfg.transports,
+    );
+    let settlement = settlement_for(&outcome, claimed.job.attempt, &cfg.policy, now_ms());
     let plugin = claimed.job.delivery.target.plugin.as_str();
-    observer.attempt(plugin, outcome_label(&settlement));
+    cfg.observer.attempt(plugin, outcome_label(&settlement));
+    let written = store.settle(owner, claimed, settlement.clone(), now_ms());
+    report_settled(claimed, written, &*cfg.observer).then_some(settlement)
+}
+
+/// Reports what writing a settlement did: a circuit that opened, a lease lost to another
+/// worker, or a database error. True when the settlement was written.
+fn report_settled(
+    claimed: &Claimed,
+    written: Result<SettleOutcome, StoreError>,
+    observer: &dyn Observer,
+) -> bool {
     let id = &claimed.job.delivery.delivery_id;
-    let settled = match claim_next {
-        Some((lease, filter)) => {
-            store.settle_and_claim_next(owner, claimed, settlement.clone(), lease, now_ms(), filter)
-        }
-        None => store
-            .settle(owner, claimed, settlement.clone(), now_ms())
-            .map(|outcome| (outcome, None)),
-    };
-    let (outcome, next) = match settled {
-        Ok((outcome, next)) => (Ok(outcome), next),
-        Err(e) => (Err(e), None),
-    };
-    let settlement = match outcome {
+    let plugin = claimed.job.delivery.target.plugin.as_str();
+    match written {
         Ok(SettleOutcome::Settled { circuit_opened, .. }) => {
             if circuit_opened {
                 observer.warn(&format!(
@@ -389,7 +508,7 @@ fn send_and_settle(
                     crate::store::deliveries::CIRCUIT_PAUSE_MS / 1000
                 ));
             }
-            Some(settlement)
+            true
         }
         Ok(SettleOutcome::LeaseLost { current_owner, .. }) => {
             observer.warn(&format!(
@@ -398,17 +517,16 @@ fn send_and_settle(
                     .as_deref()
                     .unwrap_or("nobody (already settled)")
             ));
-            None
+            false
         }
         Err(e) => {
             observer.warn(&format!(
                 "delivery {id}: cannot record the attempt ({}); it is sent again when the lease expires",
                 error_chain(&e)
             ));
-            None
+            false
         }
-    };
-    (settlement, next)
+    }
 }
 
 fn short(key: &str) -> &str {
@@ -554,6 +672,7 @@ fn drain_worker(
     // Claims and settlements may be lost to a power cut without breaking at-least-once
     // (see `Store::relax_sync_for_redoable_writes`).
     store.relax_sync_for_redoable_writes()?;
+    let mut progress_store: Option<Store> = None;
     let lease = lease_ms(cfg.lease);
     loop {
         let seen = settled.generation();
@@ -599,15 +718,7 @@ fn drain_worker(
                 return Err(e);
             }
         };
-        let (result, _) = send_and_settle(
-            &store,
-            owner,
-            &claimed,
-            &cfg.transports,
-            &cfg.policy,
-            &*cfg.observer,
-            None,
-        );
+        let result = send_and_settle(&store, &mut progress_store, owner, &claimed, cfg);
         if let Some(settlement) = result {
             // The receiver lives until every worker ended.
             let _ = events.send(AttemptEvent {

@@ -723,24 +723,35 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Settles `claimed` and claims the next due delivery for the same owner in ONE
-    /// transaction: a busy worker pays one commit per delivery instead of two. The claim sees
-    /// the settlement (a delivered head makes the target's next delivery claimable at once).
-    pub fn settle_and_claim_next(
+    /// Settles every `(claimed, settlement)` pair and claims up to `claim` more due deliveries
+    /// for `owner`, all in ONE transaction: the delivery dispatcher of `serve` pays one commit
+    /// for a whole round of finished sends and the claims that refill its senders. The claims
+    /// see the settlements (a delivered head makes its target's next delivery claimable at
+    /// once). An error rolls everything back; nothing is half-written.
+    pub fn settle_all_and_claim(
         &self,
         owner: &str,
-        claimed: &Claimed,
-        settlement: Settlement,
+        settled: &[(Claimed, Settlement)],
+        claim: usize,
         lease_ms: i64,
         now_ms: i64,
         filter: &ClaimFilter,
-    ) -> Result<(SettleOutcome, Option<Claimed>), StoreError> {
-        let op = "settling a delivery and claiming the next";
+    ) -> Result<(Vec<SettleOutcome>, Vec<Claimed>), StoreError> {
+        let op = "settling deliveries and claiming more";
         let tx = self.begin(op)?;
-        let outcome = self.settle_in(&tx, owner, claimed, settlement, now_ms)?;
-        let next = self.claim_in(&tx, owner, lease_ms, now_ms, filter)?;
+        let mut outcomes = Vec::with_capacity(settled.len());
+        for (claimed, settlement) in settled {
+            outcomes.push(self.settle_in(&tx, owner, claimed, settlement.clone(), now_ms)?);
+        }
+        let mut claims = Vec::with_capacity(claim);
+        while claims.len() < claim {
+            match self.claim_in(&tx, owner, lease_ms, now_ms, filter)? {
+                Some(claimed) => claims.push(claimed),
+                None => break,
+            }
+        }
         tx.commit().map_err(|e| self.err(op, e))?;
-        Ok((outcome, next))
+        Ok((outcomes, claims))
     }
 
     /// The body of [`Store::settle`] inside the caller's write transaction.
@@ -1636,6 +1647,71 @@ mod tests {
         let all = store.list_deliveries(&DeliveryFilter::default()).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].run_id, "run_a");
+    }
+
+    #[test]
+    fn one_round_settles_many_and_claims_what_the_settlements_freed() {
+        let (_tmp, store) = store();
+        let (a, b) = (http("https://a.example/"), http("https://b.example/"));
+        queue(&store, "run_a", std::slice::from_ref(&a), &["a1", "a2"]);
+        queue(&store, "run_b", std::slice::from_ref(&b), &["b1", "b2"]);
+        let none = ClaimFilter::default();
+        let (outcomes, first) = store
+            .settle_all_and_claim("pool", &[], 8, LEASE, T0, &none)
+            .unwrap();
+        assert!(outcomes.is_empty());
+        let mut texts: Vec<&str> = first.iter().map(text_of).collect();
+        texts.sort_unstable();
+        assert_eq!(
+            texts,
+            ["a1", "b1"],
+            "one head per target, however many are wanted"
+        );
+
+        // a1 delivered, b1 retried later: the same round claims a2 (freed by the settlement)
+        // and nothing of b (its head is not due).
+        let settled: Vec<(Claimed, Settlement)> = first
+            .into_iter()
+            .map(|c| {
+                let s = if text_of(&c) == "a1" {
+                    DELIVERED
+                } else {
+                    retry(T0 + 1_000)
+                };
+                (c, s)
+            })
+            .collect();
+        let (outcomes, next) = store
+            .settle_all_and_claim("pool", &settled, 8, LEASE, T0 + 1, &none)
+            .unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes
+            .iter()
+            .all(|o| matches!(o, SettleOutcome::Settled { .. })));
+        assert_eq!(next.iter().map(text_of).collect::<Vec<_>>(), ["a2"]);
+
+        // A settlement by an owner that does not hold the lease is refused, not written; the
+        // claim limit is honoured.
+        let (outcomes, none_claimed) = store
+            .settle_all_and_claim(
+                "intruder",
+                &[(next[0].clone(), DELIVERED)],
+                0,
+                LEASE,
+                T0 + 2,
+                &none,
+            )
+            .unwrap();
+        assert!(matches!(outcomes[0], SettleOutcome::LeaseLost { .. }));
+        assert!(none_claimed.is_empty());
+        assert_eq!(
+            store
+                .get_delivery(&next[0].job.delivery.delivery_id)
+                .unwrap()
+                .unwrap()
+                .status,
+            DeliveryStatus::Pending
+        );
     }
 
     #[test]
