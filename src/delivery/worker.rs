@@ -35,7 +35,7 @@ use crate::model::now_ms;
 use crate::model::reply::ReplyPlugin;
 use crate::notify::Notify;
 use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement};
-use crate::store::{Store, StoreError};
+use crate::store::{Checkpointer, Store, StoreError};
 
 /// Default lease: the http transport's total timeout (15 s, SPEC §11.5) plus as much again as
 /// margin, so a slow but live send is never taken over. It is also how long a delivery that was
@@ -49,6 +49,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How often a drain with nothing claimable looks again while another process holds a lease.
 const FOREIGN_LEASE_POLL: Duration = Duration::from_millis(20);
+/// The dispatcher asks for a WAL checkpoint after this many commits.
+const CHECKPOINT_EVERY: u64 = 64;
+/// Deliveries kept claimed per sender thread (see `dispatcher_loop`).
+const PREFETCH: usize = 2;
 
 /// Code of a delivery whose plugin has no transport in this build.
 pub const PLUGIN_UNAVAILABLE: &str = "plugin_unavailable";
@@ -175,11 +179,11 @@ impl WorkerPool {
         let (done_tx, done_rx) = mpsc::channel::<Sent>();
         let mut threads: Vec<JoinHandle<()>> = (0..cfg.workers)
             .map(|idx| {
-                let (cfg, owner) = (Arc::clone(&cfg), Arc::clone(&owner));
+                let (cfg, owner, stop) = (Arc::clone(&cfg), Arc::clone(&owner), Arc::clone(&stop));
                 let (jobs, done) = (Arc::clone(&jobs_rx), done_tx.clone());
                 std::thread::Builder::new()
                     .name(format!("delivery-{idx}"))
-                    .spawn(move || sender_loop(&owner, &cfg, &jobs, &done))
+                    .spawn(move || sender_loop(&owner, &cfg, &stop, &jobs, &done))
                     .expect("spawning a delivery sender thread (the OS refused a thread)")
             })
             .collect();
@@ -212,10 +216,11 @@ impl WorkerPool {
     }
 }
 
-/// A finished send, on its way from a sender to the dispatcher.
+/// A claimed delivery handed back from a sender to the dispatcher: sent, with the settlement
+/// to write, or not sent because the pool is stopping (its lease is released).
 struct Sent {
     claimed: Claimed,
-    settlement: Settlement,
+    settlement: Option<Settlement>,
 }
 
 /// The dispatcher of a [`WorkerPool`]: the one thread of the pool that touches the queue. Each
@@ -235,7 +240,8 @@ fn dispatcher_loop(
     done: &mpsc::Receiver<Sent>,
 ) {
     let lease = lease_ms(cfg.lease);
-    let mut store: Option<Store> = None;
+    let mut queue: Option<(Store, Checkpointer)> = None;
+    let mut commits = 0u64;
     let mut finished: Vec<Sent> = Vec::new();
     // Claimed and not yet settled (with a sender or waiting in `finished`).
     let mut in_flight = 0usize;
@@ -247,24 +253,31 @@ fn dispatcher_loop(
         let stopping = stop.load(Ordering::SeqCst);
         if stopping && in_flight == 0 {
             // Dropping `jobs` ends the senders.
+            if let Some((_, checkpointer)) = queue {
+                checkpointer.stop();
+            }
             return;
         }
+        // Claimed deliveries with a sender or waiting for one. Up to twice the senders are
+        // kept claimed, so a sender that finishes takes its next delivery at once instead of
+        // waiting for this thread's next round.
         let busy = in_flight - finished.len();
         let want = if stopping {
             0
         } else {
-            cfg.workers.saturating_sub(busy)
+            (cfg.workers * PREFETCH).saturating_sub(busy)
         };
         if finished.is_empty() && want == 0 {
             cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
             continue;
         }
-        let st = match store.as_ref() {
-            Some(st) => st,
-            None => match Store::open(&cfg.state_root)
-                .and_then(|st| st.relax_sync_for_redoable_writes().map(|()| st))
-            {
-                Ok(st) => store.insert(st),
+        let (st, checkpointer) = match queue {
+            Some((ref st, ref checkpointer)) => (st, checkpointer),
+            None => match open_queue(&cfg.state_root) {
+                Ok(opened) => {
+                    let (st, checkpointer) = queue.insert(opened);
+                    (&*st, &*checkpointer)
+                }
                 Err(e) => {
                     cfg.observer
                         .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
@@ -273,37 +286,75 @@ fn dispatcher_loop(
                 }
             },
         };
-        let settled: Vec<(Claimed, Settlement)> = finished
-            .drain(..)
-            .map(|sent| (sent.claimed, sent.settlement))
-            .collect();
-        let claims =
-            match st.settle_all_and_claim(owner, &settled, want, lease, now_ms(), &cfg.filter) {
-                Ok((outcomes, claims)) => {
-                    for ((claimed, _), outcome) in settled.iter().zip(outcomes) {
-                        report_settled(claimed, Ok(outcome), &*cfg.observer);
-                    }
-                    claims
+        let mut settled: Vec<(Claimed, Settlement)> = Vec::with_capacity(finished.len());
+        let mut unsent: Vec<Claimed> = Vec::new();
+        for sent in finished.drain(..) {
+            match sent.settlement {
+                Some(settlement) => settled.push((sent.claimed, settlement)),
+                None => unsent.push(sent.claimed),
+            }
+        }
+        if !unsent.is_empty() {
+            // Without a release they would wait out their lease before the next daemon (or a
+            // drain) could send them. A failed release has the same, harmless, effect.
+            if let Err(e) = st.release(owner, &unsent) {
+                cfg.observer.warn(&format!(
+                    "delivery dispatcher: {}; unsent deliveries wait for their lease to expire",
+                    error_chain(&e)
+                ));
+            }
+            in_flight -= unsent.len();
+        }
+        let round = st.settle_all_and_claim(owner, &settled, want, lease, now_ms(), &cfg.filter);
+        let mut reopen = false;
+        let claims = match round {
+            Ok((outcomes, claims)) => {
+                commits += 1;
+                if commits % CHECKPOINT_EVERY == 0 {
+                    checkpointer.nudge();
                 }
+                for ((claimed, _), outcome) in settled.iter().zip(outcomes) {
+                    report_settled(claimed, Ok(outcome), &*cfg.observer);
+                }
+                claims
+            }
+            Err(e) => {
+                cfg.observer.warn(&format!(
+                    "delivery dispatcher: {}; settling one by one",
+                    error_chain(&e)
+                ));
+                // One bad settlement must not hold back the others: write each alone. One
+                // that still fails is reported and its delivery is sent again when the lease
+                // expires (at-least-once).
+                for (claimed, settlement) in &settled {
+                    let outcome = st.settle(owner, claimed, settlement.clone(), now_ms());
+                    report_settled(claimed, outcome, &*cfg.observer);
+                }
+                // Reopen next round: the connection may be what failed.
+                reopen = true;
+                Vec::new()
+            }
+        };
+        let wait = if want > 0 && claims.is_empty() && settled.is_empty() {
+            // Nothing claimable: wait to be woken, for the next due target, or the cap.
+            Some(match st.next_due_ms(&cfg.filter) {
+                Ok(Some(at)) => until(at, now_ms()),
+                Ok(None) => MAX_IDLE_WAIT,
                 Err(e) => {
-                    cfg.observer.warn(&format!(
-                        "delivery dispatcher: {}; settling one by one",
-                        error_chain(&e)
-                    ));
-                    // One bad settlement must not hold back the others: write each alone. One
-                    // that still fails is reported and its delivery is sent again when the lease
-                    // expires (at-least-once).
-                    for (claimed, settlement) in &settled {
-                        let outcome = st.settle(owner, claimed, settlement.clone(), now_ms());
-                        report_settled(claimed, outcome, &*cfg.observer);
-                    }
-                    // Reopen next round: the connection may be what failed.
-                    store = None;
-                    Vec::new()
+                    cfg.observer
+                        .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
+                    MAX_IDLE_WAIT
                 }
-            };
+            })
+        } else {
+            None
+        };
+        if reopen {
+            if let Some((_, checkpointer)) = queue.take() {
+                checkpointer.stop();
+            }
+        }
         in_flight -= settled.len();
-        let claimed_any = !claims.is_empty();
         for claimed in claims {
             in_flight += 1;
             if jobs.send(claimed).is_err() {
@@ -312,20 +363,19 @@ fn dispatcher_loop(
                 in_flight -= 1;
             }
         }
-        if want > 0 && !claimed_any && settled.is_empty() {
-            // Nothing claimable: wait to be woken, for the next due target, or the cap.
-            let wait = match store.as_ref().map(|st| st.next_due_ms(&cfg.filter)) {
-                Some(Ok(Some(at))) => until(at, now_ms()),
-                Some(Ok(None)) | None => MAX_IDLE_WAIT,
-                Some(Err(e)) => {
-                    cfg.observer
-                        .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
-                    MAX_IDLE_WAIT
-                }
-            };
+        if let Some(wait) = wait {
             cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
         }
     }
+}
+
+/// The dispatcher's connection: relaxed sync (see `Store::relax_sync_for_redoable_writes`) and
+/// WAL checkpoints on their own thread, so a commit never waits for one.
+fn open_queue(state_root: &Path) -> Result<(Store, Checkpointer), StoreError> {
+    let store = Store::open(state_root)?;
+    store.relax_sync_for_redoable_writes()?;
+    let checkpointer = store.take_checkpoints_off_thread()?;
+    Ok((store, checkpointer))
 }
 
 /// One sender thread of a [`WorkerPool`]: takes a claimed delivery from the dispatcher, sends
@@ -334,6 +384,7 @@ fn dispatcher_loop(
 fn sender_loop(
     owner: &str,
     cfg: &WorkerConfig,
+    stop: &AtomicBool,
     jobs: &Mutex<mpsc::Receiver<Claimed>>,
     done: &mpsc::Sender<Sent>,
 ) {
@@ -343,6 +394,16 @@ fn sender_loop(
         let Ok(claimed) = next else {
             return;
         };
+        if stop.load(Ordering::SeqCst) {
+            // Stopping: a send already under way finishes, but a claimed delivery that has not
+            // started goes back to the queue instead of holding up the shutdown.
+            let _ = done.send(Sent {
+                claimed,
+                settlement: None,
+            });
+            cfg.notify.notify_all();
+            continue;
+        }
         let outcome = attempt(
             &cfg.state_root,
             &mut progress_store,
@@ -358,7 +419,7 @@ fn sender_loop(
         if done
             .send(Sent {
                 claimed,
-                settlement,
+                settlement: Some(settlement),
             })
             .is_err()
         {
@@ -822,6 +883,75 @@ mod tests {
                     .unwrap_or_else(|e| panic!("send {i} of {n} never came: {e}"))
             })
             .collect()
+    }
+
+    #[test]
+    fn shutdown_gives_back_claimed_deliveries_that_were_not_sent() {
+        let (tmp, store) = store();
+        let mut ids = queue(&store, "run_a", &[http("https://a.example/")], &["a"]);
+        ids.extend(queue(
+            &store,
+            "run_b",
+            &[http("https://b.example/")],
+            &["b"],
+        ));
+        // One sender whose first send blocks until the test lets it go; the dispatcher has
+        // claimed the second delivery for it meanwhile (prefetch).
+        let (started_tx, started) = mpsc::channel::<String>();
+        let (go, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let started_tx = Mutex::new(started_tx);
+        let (transports, rx) = fake(move |job| {
+            let _ = started_tx
+                .lock()
+                .unwrap()
+                .send(job.delivery.delivery_id.clone());
+            let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            ok(job)
+        });
+        let notify = Arc::new(Notify::new());
+        let pool = WorkerPool::spawn(WorkerConfig {
+            state_root: tmp.path().to_path_buf(),
+            workers: 1,
+            owner_prefix: "test".into(),
+            policy: policy(),
+            transports,
+            notify: Arc::clone(&notify),
+            filter: ClaimFilter::default(),
+            lease: DEFAULT_LEASE,
+            observer: Arc::new(NoObserver),
+        });
+        let first = started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the first send starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let other = ids.iter().find(|id| **id != first).unwrap().clone();
+        while get(&store, &other).lease_owner.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the second delivery is never claimed"
+            );
+            std::thread::yield_now();
+        }
+        let stop = Arc::clone(&pool.stop);
+        let stopping = std::thread::spawn(move || pool.shutdown());
+        while !stop.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "shutdown never starts");
+            std::thread::yield_now();
+        }
+        go.send(()).unwrap();
+        stopping.join().unwrap();
+
+        assert_eq!(get(&store, &first).status, DeliveryStatus::Delivered);
+        let unsent = get(&store, &other);
+        assert_eq!(unsent.status, DeliveryStatus::Pending);
+        assert_eq!((unsent.attempts, unsent.lease_owner), (0, None));
+        assert_eq!(rx.try_iter().count(), 1, "the second delivery was not sent");
+        let again = store
+            .claim_next("next-daemon", 1_000, now_ms(), &ClaimFilter::default())
+            .unwrap()
+            .expect("released at once, not after its lease");
+        assert_eq!(again.job.delivery.delivery_id, other);
     }
 
     #[test]

@@ -723,6 +723,36 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Gives back claims that were never sent (a pool shutting down): each delivery and its
+    /// target lose `owner`'s lease and are claimable again at once, with no attempt counted.
+    /// A claim whose lease `owner` no longer holds is left alone. Returns how many were freed.
+    pub fn release(&self, owner: &str, unsent: &[Claimed]) -> Result<usize, StoreError> {
+        let op = "releasing unsent deliveries";
+        let tx = self.begin(op)?;
+        let mut freed = 0;
+        for claimed in unsent {
+            let n = cached_exec(
+                &tx,
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL
+                 WHERE seq = ?1 AND lease_owner = ?2 AND status IN ('pending', 'retrying')",
+                params![claimed.seq, owner],
+            )
+            .map_err(|e| self.err(op, e))?;
+            if n == 1 {
+                cached_exec(
+                    &tx,
+                    "UPDATE delivery_targets SET lease_owner = NULL, lease_expires_at_ms = NULL
+                     WHERE target_key = ?1 AND lease_owner = ?2",
+                    params![claimed.job.delivery.target_key, owner],
+                )
+                .map_err(|e| self.err(op, e))?;
+                freed += 1;
+            }
+        }
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(freed)
+    }
+
     /// Settles every `(claimed, settlement)` pair and claims up to `claim` more due deliveries
     /// for `owner`, all in ONE transaction: the delivery dispatcher of `serve` pays one commit
     /// for a whole round of finished sends and the claims that refill its senders. The claims

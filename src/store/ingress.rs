@@ -342,7 +342,7 @@ impl GroupWriter {
                 "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = 0;"
             ))
             .map_err(|e| store.err("tuning the writer connection", e))?;
-        let checkpointer = Checkpointer::start(Store::open(root)?);
+        let checkpointer = super::Checkpointer::start(Store::open(root)?);
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
@@ -423,7 +423,7 @@ fn writer_loop(
     receiver: mpsc::Receiver<Msg>,
     stats: Arc<WriterStats>,
     after_commit: AfterCommit,
-    checkpointer: &Checkpointer,
+    checkpointer: &super::Checkpointer,
 ) {
     let mut duplicates: HashMap<String, (i64, i64)> = HashMap::new();
     // When the oldest pending duplicate count arrived: it is written at most DUPLICATE_FLUSH
@@ -474,41 +474,6 @@ fn writer_loop(
         if stats.commits.load(Ordering::Relaxed) % CHECKPOINT_EVERY == 0 {
             checkpointer.nudge();
         }
-    }
-}
-
-/// Runs WAL checkpoints on its own connection when nudged; a final one when stopped.
-struct Checkpointer {
-    nudge: mpsc::SyncSender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(store: Store) -> Checkpointer {
-        let (nudge, nudged) = mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("wal-checkpoint".into())
-            .spawn(move || {
-                while nudged.recv().is_ok() {
-                    // PASSIVE: copies what it can without waiting for or blocking anyone.
-                    let _ = store.conn().execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
-                }
-                let _ = store
-                    .conn()
-                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-            })
-            .expect("spawning the checkpoint thread");
-        Checkpointer { nudge, thread }
-    }
-
-    /// Asks for a checkpoint; a request already pending is enough.
-    fn nudge(&self) {
-        let _ = self.nudge.try_send(());
-    }
-
-    fn stop(self) {
-        drop(self.nudge);
-        let _ = self.thread.join();
     }
 }
 

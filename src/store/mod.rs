@@ -21,6 +21,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -132,6 +134,41 @@ pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreE
 pub(crate) fn process_write_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs WAL checkpoints on its own connection when nudged; a final one when stopped.
+pub(crate) struct Checkpointer {
+    nudge: mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(store: Store) -> Checkpointer {
+        let (nudge, nudged) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || {
+                while nudged.recv().is_ok() {
+                    // PASSIVE: copies what it can without waiting for or blocking anyone.
+                    let _ = store.conn().execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                }
+                let _ = store
+                    .conn()
+                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            })
+            .expect("spawning the checkpoint thread");
+        Checkpointer { nudge, thread }
+    }
+
+    /// Asks for a checkpoint; a request already pending is enough.
+    pub(crate) fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    pub(crate) fn stop(self) {
+        drop(self.nudge);
+        let _ = self.thread.join();
+    }
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) holding this process's write lock. Dropping it
@@ -287,6 +324,16 @@ impl Store {
         self.conn
             .execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(|e| self.err("relaxing synchronous for delivery workers", e))
+    }
+
+    /// Makes this the connection of a busy queue writer (the delivery dispatcher): a bigger
+    /// page cache, and no automatic WAL checkpoint inside its commits — the returned
+    /// [`Checkpointer`] runs them on its own connection when nudged (and once when stopped).
+    pub(crate) fn take_checkpoints_off_thread(&self) -> Result<Checkpointer, StoreError> {
+        self.conn
+            .execute_batch("PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 0;")
+            .map_err(|e| self.err("setting up the queue connection", e))?;
+        Ok(Checkpointer::start(Store::open(&self.root)?))
     }
 
     /// Starts a write transaction behind the process write lock.
