@@ -485,6 +485,12 @@ fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs one batch in one transaction and finishes every job with the commit's result.
+///
+/// Fast path: every job runs directly in the transaction. Only when a job fails (rare: a real
+/// database error, since refusals are decided before any write) is the whole transaction
+/// rolled back and the batch run again with each job in its own SAVEPOINT, so the failed job
+/// is undone alone. Savepoints on every job cost the writer a sub-journal copy of each page it
+/// touches. Jobs decide from what the transaction sees, so running one twice is safe.
 fn commit_batch(
     store: &Store,
     mut jobs: Vec<Box<dyn WriteJob>>,
@@ -492,14 +498,61 @@ fn commit_batch(
     stats: &WriterStats,
     after_commit: &AfterCommit,
 ) {
+    let lock = super::process_write_lock();
+    let mut result = run_batch(store, &mut jobs, duplicates, false);
+    if matches!(result, Ok(None)) {
+        result = run_batch(store, &mut jobs, duplicates, true);
+    }
+    // Answers are sent without holding the write lock.
+    drop(lock);
+    match result {
+        Ok(Some(job_errors)) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            let n = jobs.len();
+            for (job, err) in jobs.into_iter().zip(job_errors) {
+                job.finish(err.map_or(Ok(()), Err));
+            }
+            if n > 0 {
+                after_commit(n);
+            }
+        }
+        Ok(None) => unreachable!("the savepoint pass isolates failed jobs"),
+        Err(e) => {
+            for job in jobs {
+                job.finish(Err(StoreError::Busy {
+                    path: e.to_string(),
+                    op: "committing accepted events".into(),
+                }));
+            }
+        }
+    }
+}
+
+/// One attempt at a batch's transaction. With `savepoints`, each job runs in its own SAVEPOINT
+/// and a failed job is rolled back alone (its error is returned in its slot). Without, the
+/// first failed job rolls back the whole transaction and `Ok(None)` asks for the savepoint
+/// pass. `Err` means the transaction itself failed (nothing was written).
+fn run_batch(
+    store: &Store,
+    jobs: &mut [Box<dyn WriteJob>],
+    duplicates: &HashMap<String, (i64, i64)>,
+    savepoints: bool,
+) -> Result<Option<Vec<Option<StoreError>>>, StoreError> {
     let conn = store.conn();
     let ops = store.ingress_ops();
     let mut job_errors: Vec<Option<StoreError>> = Vec::with_capacity(jobs.len());
-    let lock = super::process_write_lock();
-    let result = (|| -> Result<(), StoreError> {
+    let result = (|| -> Result<bool, StoreError> {
         cached(conn, "BEGIN IMMEDIATE")
             .map_err(|e| store.err("starting the ingress transaction", e))?;
         for job in jobs.iter_mut() {
+            if !savepoints {
+                if job.apply(&ops).is_err() {
+                    return Ok(false);
+                }
+                job_errors.push(None);
+                continue;
+            }
             cached(conn, "SAVEPOINT job").map_err(|e| store.err("starting a savepoint", e))?;
             match job.apply(&ops) {
                 Ok(()) => {
@@ -518,32 +571,18 @@ fn commit_batch(
         for (key, (count, last_ms)) in duplicates {
             ops.add_duplicate_hits(key, *count, *last_ms)?;
         }
-        cached(conn, "COMMIT").map_err(|e| store.err("committing the ingress transaction", e))
+        cached(conn, "COMMIT").map_err(|e| store.err("committing the ingress transaction", e))?;
+        Ok(true)
     })();
-    if result.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    // Answers are sent without holding the write lock.
-    drop(lock);
     match result {
-        Ok(()) => {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            let n = jobs.len();
-            for (job, err) in jobs.into_iter().zip(job_errors) {
-                job.finish(err.map_or(Ok(()), Err));
-            }
-            if n > 0 {
-                after_commit(n);
-            }
+        Ok(true) => Ok(Some(job_errors)),
+        Ok(false) => {
+            let _ = cached(conn, "ROLLBACK");
+            Ok(None)
         }
         Err(e) => {
-            for job in jobs {
-                job.finish(Err(StoreError::Busy {
-                    path: e.to_string(),
-                    op: "committing accepted events".into(),
-                }));
-            }
+            let _ = cached(conn, "ROLLBACK");
+            Err(e)
         }
     }
 }
