@@ -35,7 +35,7 @@ use crate::model::now_ms;
 use crate::model::reply::ReplyPlugin;
 use crate::notify::Notify;
 use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement};
-use crate::store::{Checkpointer, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Default lease: the http transport's total timeout (15 s, SPEC §11.5) plus as much again as
 /// margin, so a slow but live send is never taken over. It is also how long a delivery that was
@@ -240,7 +240,7 @@ fn dispatcher_loop(
     done: &mpsc::Receiver<Sent>,
 ) {
     let lease = lease_ms(cfg.lease);
-    let mut queue: Option<(Store, Checkpointer)> = None;
+    let mut queue: Option<Store> = None;
     let mut commits = 0u64;
     let mut finished: Vec<Sent> = Vec::new();
     // Claimed and not yet settled (with a sender or waiting in `finished`).
@@ -253,8 +253,8 @@ fn dispatcher_loop(
         let stopping = stop.load(Ordering::SeqCst);
         if stopping && in_flight == 0 {
             // Dropping `jobs` ends the senders.
-            if let Some((_, checkpointer)) = queue {
-                checkpointer.stop();
+            if let Some(st) = &queue {
+                st.checkpoint_between_writes();
             }
             return;
         }
@@ -271,13 +271,10 @@ fn dispatcher_loop(
             cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
             continue;
         }
-        let (st, checkpointer) = match queue {
-            Some((ref st, ref checkpointer)) => (st, checkpointer),
+        let st = match queue {
+            Some(ref st) => st,
             None => match open_queue(&cfg.state_root) {
-                Ok(opened) => {
-                    let (st, checkpointer) = queue.insert(opened);
-                    (&*st, &*checkpointer)
-                }
+                Ok(opened) => queue.insert(opened),
                 Err(e) => {
                     cfg.observer
                         .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
@@ -311,7 +308,7 @@ fn dispatcher_loop(
             Ok((outcomes, claims)) => {
                 commits += 1;
                 if commits % CHECKPOINT_EVERY == 0 {
-                    checkpointer.nudge();
+                    st.checkpoint_between_writes();
                 }
                 for ((claimed, _), outcome) in settled.iter().zip(outcomes) {
                     report_settled(claimed, Ok(outcome), &*cfg.observer);
@@ -350,9 +347,7 @@ fn dispatcher_loop(
             None
         };
         if reopen {
-            if let Some((_, checkpointer)) = queue.take() {
-                checkpointer.stop();
-            }
+            queue = None;
         }
         in_flight -= settled.len();
         for claimed in claims {
@@ -370,12 +365,12 @@ fn dispatcher_loop(
 }
 
 /// The dispatcher's connection: relaxed sync (see `Store::relax_sync_for_redoable_writes`) and
-/// WAL checkpoints on their own thread, so a commit never waits for one.
-fn open_queue(state_root: &Path) -> Result<(Store, Checkpointer), StoreError> {
+/// WAL checkpoints where they can complete (see `Store::checkpoint_between_writes`).
+fn open_queue(state_root: &Path) -> Result<Store, StoreError> {
     let store = Store::open(state_root)?;
     store.relax_sync_for_redoable_writes()?;
-    let checkpointer = store.take_checkpoints_off_thread()?;
-    Ok((store, checkpointer))
+    store.prepare_queue_writer()?;
+    Ok(store)
 }
 
 /// One sender thread of a [`WorkerPool`]: takes a claimed delivery from the dispatcher, sends

@@ -327,13 +327,23 @@ impl Store {
     }
 
     /// Makes this the connection of a busy queue writer (the delivery dispatcher): a bigger
-    /// page cache, and no automatic WAL checkpoint inside its commits — the returned
-    /// [`Checkpointer`] runs them on its own connection when nudged (and once when stopped).
-    pub(crate) fn take_checkpoints_off_thread(&self) -> Result<Checkpointer, StoreError> {
+    /// page cache, and no automatic WAL checkpoint; the owner calls
+    /// [`Store::checkpoint_between_writes`] itself.
+    pub(crate) fn prepare_queue_writer(&self) -> Result<(), StoreError> {
         self.conn
             .execute_batch("PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 0;")
-            .map_err(|e| self.err("setting up the queue connection", e))?;
-        Ok(Checkpointer::start(Store::open(&self.root)?))
+            .map_err(|e| self.err("setting up the queue connection", e))
+    }
+
+    /// Copies the WAL into the database (PASSIVE) while holding this process's write lock, so
+    /// no writer of this process appends frames meanwhile: the checkpoint can complete and the
+    /// next commit restarts the WAL from its beginning instead of growing the file. (A
+    /// checkpoint racing a busy writer never catches up, and the ever-longer WAL makes every
+    /// commit pay for new file blocks.) Best effort: a checkpoint that cannot complete now
+    /// completes later.
+    pub(crate) fn checkpoint_between_writes(&self) {
+        let _lock = process_write_lock();
+        let _ = cached_control(&self.conn, "PRAGMA wal_checkpoint(PASSIVE)");
     }
 
     /// Starts a write transaction behind the process write lock.
