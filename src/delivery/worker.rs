@@ -52,7 +52,7 @@ const FOREIGN_LEASE_POLL: Duration = Duration::from_millis(20);
 /// The dispatcher asks for a WAL checkpoint after this many commits.
 const CHECKPOINT_EVERY: u64 = 64;
 /// Deliveries kept claimed per sender thread (see `dispatcher_loop`).
-const PREFETCH: usize = 2;
+const PREFETCH: usize = 4;
 
 /// Code of a delivery whose plugin has no transport in this build.
 pub const PLUGIN_UNAVAILABLE: &str = "plugin_unavailable";
@@ -258,9 +258,11 @@ fn dispatcher_loop(
             }
             return;
         }
-        // Claimed deliveries with a sender or waiting for one. Up to twice the senders are
+        // Claimed deliveries with a sender or waiting for one. Up to PREFETCH per sender are
         // kept claimed, so a sender that finishes takes its next delivery at once instead of
-        // waiting for this thread's next round.
+        // waiting for this thread's next round, and rounds grow (fewer commits, each writing
+        // the queue's pages once for many deliveries). On shutdown the unsent ones are
+        // released, not sent.
         let busy = in_flight - finished.len();
         let want = if stopping {
             0
