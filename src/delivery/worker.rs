@@ -391,7 +391,11 @@ fn sender_loop(
         let Ok(claimed) = next else {
             return;
         };
-        if stop.load(Ordering::SeqCst) {
+        // A claim that waited in the channel for more than half its lease (every sender busy
+        // with slow targets) goes back too: sent now, it could outlive its lease and race a
+        // worker that took it over. Released, it is claimed again with a fresh lease.
+        let stale = claimed.lease_expires_at_ms - now_ms() < lease_ms(cfg.lease) / 2;
+        if stale || stop.load(Ordering::SeqCst) {
             // Stopping: a send already under way finishes, but a claimed delivery that has not
             // started goes back to the queue instead of holding up the shutdown.
             let _ = done.send(Sent {
