@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -136,7 +136,7 @@ pub struct WorkerConfig {
 pub struct WorkerPool {
     stop: Arc<AtomicBool>,
     notify: Arc<Notify>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Result<(), StoreError>>>,
 }
 
 impl fmt::Debug for WorkerPool {
@@ -172,30 +172,10 @@ impl WorkerPool {
                 threads: Vec::new(),
             };
         }
-        let cfg = Arc::new(cfg);
-        let owner: Arc<str> = owner_names(&cfg.owner_prefix, 1).remove(0).into();
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Claimed>();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-        let (done_tx, done_rx) = mpsc::channel::<Sent>();
-        let mut threads: Vec<JoinHandle<()>> = (0..cfg.workers)
-            .map(|idx| {
-                let (cfg, owner, stop) = (Arc::clone(&cfg), Arc::clone(&owner), Arc::clone(&stop));
-                let (jobs, done) = (Arc::clone(&jobs_rx), done_tx.clone());
-                std::thread::Builder::new()
-                    .name(format!("delivery-{idx}"))
-                    .spawn(move || sender_loop(&owner, &cfg, &stop, &jobs, &done))
-                    .expect("spawning a delivery sender thread (the OS refused a thread)")
-            })
+        let threads = start_pool(Arc::new(cfg), &stop, Until::Stopped)
+            .into_iter()
+            .map(|thread| thread.thread)
             .collect();
-        drop(done_tx);
-        let dispatcher = {
-            let (cfg, stop) = (Arc::clone(&cfg), Arc::clone(&stop));
-            std::thread::Builder::new()
-                .name("delivery-queue".into())
-                .spawn(move || dispatcher_loop(&owner, &cfg, &stop, jobs_tx, &done_rx))
-                .expect("spawning the delivery dispatcher thread (the OS refused a thread)")
-        };
-        threads.insert(0, dispatcher);
         WorkerPool {
             stop,
             notify,
@@ -214,6 +194,57 @@ impl WorkerPool {
             let _ = thread.join();
         }
     }
+}
+
+/// When a dispatcher ends.
+enum Until {
+    /// When the pool's stop flag is set (`serve`): it then claims nothing new, gives back
+    /// claims not yet sent, waits for the sends in flight and settles them.
+    Stopped,
+    /// When the queue is drained (`drain-deliveries`): nothing matching the filter is
+    /// claimable, nothing of this pool is in flight, and no other process holds a lease on a
+    /// matching target (its settlement can make the next delivery of that target due) — or
+    /// when `deadline` passes (then as for a stop). Every written settlement is reported on
+    /// `events`; store errors end the drain with that error.
+    Drained {
+        deadline: Option<Instant>,
+        events: mpsc::Sender<AttemptEvent>,
+    },
+}
+
+/// A started pool thread (the dispatcher first, then the senders).
+struct PoolThread {
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
+/// Starts a dispatcher and `cfg.workers` (at least one) sender threads.
+fn start_pool(cfg: Arc<WorkerConfig>, stop: &Arc<AtomicBool>, until: Until) -> Vec<PoolThread> {
+    let owner: Arc<str> = owner_names(&cfg.owner_prefix, 1).remove(0).into();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Claimed>();
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let (done_tx, done_rx) = mpsc::channel::<Sent>();
+    let mut threads: Vec<PoolThread> = (0..cfg.workers.max(1))
+        .map(|idx| {
+            let (cfg, owner, stop) = (Arc::clone(&cfg), Arc::clone(&owner), Arc::clone(stop));
+            let (jobs, done) = (Arc::clone(&jobs_rx), done_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("delivery-{idx}"))
+                .spawn(move || {
+                    sender_loop(&owner, &cfg, &stop, &jobs, &done);
+                    Ok(())
+                })
+                .expect("spawning a delivery sender thread (the OS refused a thread)");
+            PoolThread { thread }
+        })
+        .collect();
+    drop(done_tx);
+    let stop = Arc::clone(stop);
+    let dispatcher = std::thread::Builder::new()
+        .name("delivery-queue".into())
+        .spawn(move || dispatcher_loop(&owner, &cfg, &stop, until, jobs_tx, &done_rx))
+        .expect("spawning the delivery dispatcher thread (the OS refused a thread)");
+    threads.insert(0, PoolThread { thread: dispatcher });
+    threads
 }
 
 /// A claimed delivery handed back from a sender to the dispatcher: sent, with the settlement
@@ -236,10 +267,16 @@ fn dispatcher_loop(
     owner: &str,
     cfg: &WorkerConfig,
     stop: &AtomicBool,
+    end: Until,
     jobs: mpsc::Sender<Claimed>,
     done: &mpsc::Receiver<Sent>,
-) {
+) -> Result<(), StoreError> {
     let lease = lease_ms(cfg.lease);
+    let (deadline, events) = match &end {
+        Until::Stopped => (None, None),
+        Until::Drained { deadline, events } => (*deadline, Some(events)),
+    };
+    let draining = events.is_some();
     let mut queue: Option<Store> = None;
     let mut commits = 0u64;
     let mut finished: Vec<Sent> = Vec::new();
@@ -250,13 +287,16 @@ fn dispatcher_loop(
         // send, new output, shutdown) ends the wait below at once, so no wake-up is missed.
         let seen = cfg.notify.generation();
         finished.extend(done.try_iter());
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            stop.store(true, Ordering::SeqCst);
+        }
         let stopping = stop.load(Ordering::SeqCst);
         if stopping && in_flight == 0 {
             // Dropping `jobs` ends the senders.
             if let Some(st) = &queue {
                 st.checkpoint_between_writes();
             }
-            return;
+            return Ok(());
         }
         // Claimed deliveries with a sender or waiting for one. Up to PREFETCH per sender are
         // kept claimed, so a sender that finishes takes its next delivery at once instead of
@@ -267,16 +307,24 @@ fn dispatcher_loop(
         let want = if stopping {
             0
         } else {
-            (cfg.workers * PREFETCH).saturating_sub(busy)
+            (cfg.workers.max(1) * PREFETCH).saturating_sub(busy)
+        };
+        let cap = |wait: Duration| match deadline {
+            Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+            None => wait,
         };
         if finished.is_empty() && want == 0 {
-            cfg.notify.wait_past(seen, MAX_IDLE_WAIT);
+            cfg.notify.wait_past(seen, cap(MAX_IDLE_WAIT));
             continue;
         }
         let st = match queue {
             Some(ref st) => st,
             None => match open_queue(&cfg.state_root) {
                 Ok(opened) => queue.insert(opened),
+                Err(e) if draining => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
                 Err(e) => {
                     cfg.observer
                         .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
@@ -304,7 +352,21 @@ fn dispatcher_loop(
             }
             in_flight -= unsent.len();
         }
-        let round = st.settle_all_and_claim(owner, &settled, want, lease, now_ms(), &cfg.filter);
+        let report = |claimed: &Claimed, settlement: &Settlement, written| {
+            if report_settled(claimed, written, &*cfg.observer) {
+                if let Some(events) = events {
+                    // The receiver lives until the dispatcher has ended.
+                    let _ = events.send(AttemptEvent {
+                        delivery_id: claimed.job.delivery.delivery_id.clone(),
+                        label: outcome_label(settlement),
+                    });
+                }
+            }
+        };
+        // One clock reading for the claims and the drained check below: a lease that expires
+        // between the two must be seen as claimable by both or by neither.
+        let now = now_ms();
+        let round = st.settle_all_and_claim(owner, &settled, want, lease, now, &cfg.filter);
         let mut reopen = false;
         let claims = match round {
             Ok((outcomes, claims)) => {
@@ -312,8 +374,8 @@ fn dispatcher_loop(
                 if commits % CHECKPOINT_EVERY == 0 {
                     st.checkpoint_between_writes();
                 }
-                for ((claimed, _), outcome) in settled.iter().zip(outcomes) {
-                    report_settled(claimed, Ok(outcome), &*cfg.observer);
+                for ((claimed, settlement), outcome) in settled.iter().zip(outcomes) {
+                    report(claimed, settlement, Ok(outcome));
                 }
                 claims
             }
@@ -326,32 +388,51 @@ fn dispatcher_loop(
                 // that still fails is reported and its delivery is sent again when the lease
                 // expires (at-least-once).
                 for (claimed, settlement) in &settled {
-                    let outcome = st.settle(owner, claimed, settlement.clone(), now_ms());
-                    report_settled(claimed, outcome, &*cfg.observer);
+                    let written = st.settle(owner, claimed, settlement.clone(), now_ms());
+                    report(claimed, settlement, written);
                 }
                 // Reopen next round: the connection may be what failed.
                 reopen = true;
                 Vec::new()
             }
         };
-        let wait = if want > 0 && claims.is_empty() && settled.is_empty() {
+        in_flight -= settled.len();
+        let idle = want > 0 && claims.is_empty() && settled.is_empty() && !reopen;
+        let wait = if !idle {
+            None
+        } else if draining && in_flight == 0 {
+            // Nothing claimable and nothing of ours in flight: drained, unless another process
+            // holds a lease whose settlement can make more work due.
+            match st.leased_elsewhere(&cfg.filter, now) {
+                Ok(false) => {
+                    stop.store(true, Ordering::SeqCst);
+                    None
+                }
+                Ok(true) => Some(FOREIGN_LEASE_POLL),
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        } else {
             // Nothing claimable: wait to be woken, for the next due target, or the cap.
             Some(match st.next_due_ms(&cfg.filter) {
                 Ok(Some(at)) => until(at, now_ms()),
                 Ok(None) => MAX_IDLE_WAIT,
+                Err(e) if draining => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
                 Err(e) => {
                     cfg.observer
                         .warn(&format!("delivery dispatcher: {}", error_chain(&e)));
                     MAX_IDLE_WAIT
                 }
             })
-        } else {
-            None
         };
         if reopen {
             queue = None;
         }
-        in_flight -= settled.len();
         for claimed in claims {
             in_flight += 1;
             if jobs.send(claimed).is_err() {
@@ -361,7 +442,7 @@ fn dispatcher_loop(
             }
         }
         if let Some(wait) = wait {
-            cfg.notify.wait_past(seen, wait.min(MAX_IDLE_WAIT));
+            cfg.notify.wait_past(seen, cap(wait.min(MAX_IDLE_WAIT)));
         }
     }
 }
@@ -527,30 +608,6 @@ fn attempt(
     )
 }
 
-/// Sends `claimed` and settles it on `store` (the loop of [`drain`]). Returns the settlement,
-/// or `None` when it could not be written (lease lost or database error, both reported to the
-/// observer; the delivery is sent again after its lease expires).
-fn send_and_settle(
-    store: &Store,
-    progress_store: &mut Option<Store>,
-    owner: &str,
-    claimed: &Claimed,
-    cfg: &DrainConfig,
-) -> Option<Settlement> {
-    let outcome = attempt(
-        &cfg.state_root,
-        progress_store,
-        owner,
-        claimed,
-        &cfg.transports,
-    );
-    let settlement = settlement_for(&outcome, claimed.job.attempt, &cfg.policy, now_ms());
-    let plugin = claimed.job.delivery.target.plugin.as_str();
-    cfg.observer.attempt(plugin, outcome_label(&settlement));
-    let written = store.settle(owner, claimed, settlement.clone(), now_ms());
-    report_settled(claimed, written, &*cfg.observer).then_some(settlement)
-}
-
 /// Reports what writing a settlement did: a circuit that opened, a lease lost to another
 /// worker, or a database error. True when the settlement was written.
 fn report_settled(
@@ -644,66 +701,73 @@ pub struct DrainSummary {
     pub timed_out: bool,
 }
 
-/// One attempt's result, sent from a drain worker to the reporting thread.
+/// One written settlement, sent from a draining dispatcher to the reporting thread.
 struct AttemptEvent {
     delivery_id: String,
     label: &'static str,
 }
 
-/// Runs `cfg.concurrency` workers in this thread's scope over the same claim/settle functions
-/// as [`WorkerPool`], until nothing matching the filter is claimable and no worker, of this
-/// drain or of another process, holds a lease on a matching target (its settlement can make
-/// the next delivery of that target due), or the timeout passes. A delivery leased by another
-/// process (a running `serve`, a second drain) is never sent here while the lease lasts; the
-/// drain waits for it and takes the target over only when the lease expires. `progress` is
-/// called on the calling thread after every attempt.
+/// Runs a pool like [`WorkerPool`]'s with `cfg.concurrency` senders in this process until the
+/// queue is drained (see [`Until::Drained`]) or the timeout passes. A delivery leased by
+/// another process (a running `serve`, a second drain) is never sent here while the lease
+/// lasts; the drain waits for it and takes the target over only when the lease expires.
+/// `progress` is called on the calling thread after every attempt.
 pub fn drain(
     cfg: DrainConfig,
     progress: &dyn Fn(DrainProgress),
 ) -> Result<DrainSummary, StoreError> {
-    let cfg = &cfg;
     let started = Instant::now();
     let deadline = cfg.timeout.map(|t| started + t);
     let store = Store::open(&cfg.state_root)?;
     let open_at_start = store.count_open(&cfg.filter, now_ms())?.pending;
-    let busy = AtomicUsize::new(0);
-    let settled = Notify::new();
     let (events_tx, events_rx) = mpsc::channel::<AttemptEvent>();
-    let owners = owner_names(&cfg.owner_prefix, cfg.concurrency.max(1));
+    let filter = cfg.filter.clone();
+    let pool = Arc::new(WorkerConfig {
+        state_root: cfg.state_root.clone(),
+        workers: cfg.concurrency.max(1),
+        owner_prefix: cfg.owner_prefix,
+        policy: cfg.policy,
+        transports: cfg.transports,
+        // Rung by this pool's senders only; nothing else adds work to a drain.
+        notify: Arc::new(Notify::new()),
+        filter: cfg.filter,
+        lease: cfg.lease,
+        observer: cfg.observer,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = start_pool(
+        pool,
+        &stop,
+        Until::Drained {
+            deadline,
+            events: events_tx,
+        },
+    );
 
     let mut last: HashMap<String, &'static str> = HashMap::new();
     let mut tally = DrainProgress {
         open_at_start,
         ..DrainProgress::default()
     };
-    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = owners
-            .iter()
-            .map(|owner| {
-                let events = events_tx.clone();
-                let (busy, settled) = (&busy, &settled);
-                scope.spawn(move || drain_worker(owner, cfg, deadline, busy, settled, &events))
-            })
-            .collect();
-        drop(events_tx);
-        for event in events_rx {
-            tally.attempts += 1;
-            last.insert(event.delivery_id, event.label);
-            tally.delivered = count(&last, &["delivered"]);
-            tally.retried = count(&last, &["retryable"]);
-            tally.dead_lettered = count(&last, &["terminal", "dead_lettered"]);
-            progress(tally);
-        }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| panic!("a drain worker panicked (a bug in kheishctl)"))
-            })
-            .collect()
-    });
+    // Ends when the dispatcher has ended (it holds the only sender).
+    for event in events_rx {
+        tally.attempts += 1;
+        last.insert(event.delivery_id, event.label);
+        tally.delivered = count(&last, &["delivered"]);
+        tally.retried = count(&last, &["retryable"]);
+        tally.dead_lettered = count(&last, &["terminal", "dead_lettered"]);
+        progress(tally);
+    }
+    let results: Vec<Result<(), StoreError>> = threads
+        .into_iter()
+        .map(|t| {
+            t.thread
+                .join()
+                .unwrap_or_else(|_| panic!("a delivery thread panicked (a bug in kheishctl)"))
+        })
+        .collect();
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    let remaining = store.count_open(&cfg.filter, now_ms())?;
+    let remaining = store.count_open(&filter, now_ms())?;
     Ok(DrainSummary {
         delivered: tally.delivered,
         retried: tally.retried,
@@ -717,80 +781,6 @@ pub fn drain(
 
 fn count(last: &HashMap<String, &'static str>, labels: &[&str]) -> u64 {
     last.values().filter(|l| labels.contains(l)).count() as u64
-}
-
-/// One drain worker. `busy` counts workers between "about to claim" and "settled": a worker
-/// that finds nothing claimable waits while any other is busy (its settlement may make the next
-/// delivery of a target due) and ends when none is.
-fn drain_worker(
-    owner: &str,
-    cfg: &DrainConfig,
-    deadline: Option<Instant>,
-    busy: &AtomicUsize,
-    settled: &Notify,
-    events: &mpsc::Sender<AttemptEvent>,
-) -> Result<(), StoreError> {
-    let store = Store::open(&cfg.state_root)?;
-    // Claims and settlements may be lost to a power cut without breaking at-least-once
-    // (see `Store::relax_sync_for_redoable_writes`).
-    store.relax_sync_for_redoable_writes()?;
-    let mut progress_store: Option<Store> = None;
-    let lease = lease_ms(cfg.lease);
-    loop {
-        let seen = settled.generation();
-        let left = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => left,
-                _ => return Ok(()),
-            },
-            None => MAX_IDLE_WAIT,
-        };
-        busy.fetch_add(1, Ordering::SeqCst);
-        let claimed = store.claim_next(owner, lease, now_ms(), &cfg.filter);
-        let claimed = match claimed {
-            Ok(Some(claimed)) => claimed,
-            Ok(None) => {
-                if busy.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    // Nobody of this drain is in flight. Another process (a daemon, another
-                    // drain) may still hold a lease whose settlement makes more work due: poll
-                    // until it is gone, then end and wake the waiters so they end too.
-                    match store.leased_elsewhere(&cfg.filter, now_ms()) {
-                        Ok(true) => {
-                            settled.wait_past(seen, left.min(FOREIGN_LEASE_POLL));
-                            continue;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            settled.notify_all();
-                            return Err(e);
-                        }
-                    }
-                    settled.notify_all();
-                    return Ok(());
-                }
-                // Someone else is sending; their settlement may unblock a target. The cap is
-                // for targets that become due by time alone (or are released by another
-                // process) while we wait.
-                settled.wait_past(seen, left.min(MAX_IDLE_WAIT));
-                continue;
-            }
-            Err(e) => {
-                busy.fetch_sub(1, Ordering::SeqCst);
-                settled.notify_all();
-                return Err(e);
-            }
-        };
-        let result = send_and_settle(&store, &mut progress_store, owner, &claimed, cfg);
-        if let Some(settlement) = result {
-            // The receiver lives until every worker ended.
-            let _ = events.send(AttemptEvent {
-                delivery_id: claimed.job.delivery.delivery_id.clone(),
-                label: outcome_label(&settlement),
-            });
-        }
-        busy.fetch_sub(1, Ordering::SeqCst);
-        settled.notify_all();
-    }
 }
 
 #[cfg(test)]
