@@ -844,6 +844,25 @@ mod tests {
         }
     }
 
+    fn pool_cfg(
+        root: &std::path::Path,
+        workers: usize,
+        transports: Arc<Transports>,
+        notify: &Arc<Notify>,
+    ) -> WorkerConfig {
+        WorkerConfig {
+            state_root: root.to_path_buf(),
+            workers,
+            owner_prefix: "test".into(),
+            policy: policy(),
+            transports,
+            notify: Arc::clone(notify),
+            filter: ClaimFilter::default(),
+            lease: DEFAULT_LEASE,
+            observer: Arc::new(NoObserver),
+        }
+    }
+
     fn drain_cfg(root: &std::path::Path, transports: Arc<Transports>) -> DrainConfig {
         DrainConfig {
             state_root: root.to_path_buf(),
@@ -901,17 +920,7 @@ mod tests {
             ok(job)
         });
         let notify = Arc::new(Notify::new());
-        let pool = WorkerPool::spawn(WorkerConfig {
-            state_root: tmp.path().to_path_buf(),
-            workers: 1,
-            owner_prefix: "test".into(),
-            policy: policy(),
-            transports,
-            notify: Arc::clone(&notify),
-            filter: ClaimFilter::default(),
-            lease: DEFAULT_LEASE,
-            observer: Arc::new(NoObserver),
-        });
+        let pool = WorkerPool::spawn(pool_cfg(tmp.path(), 1, transports, &notify));
         let first = started
             .recv_timeout(Duration::from_secs(20))
             .expect("the first send starts");
@@ -950,17 +959,7 @@ mod tests {
         let (tmp, store) = store();
         let (transports, rx) = fake(ok);
         let notify = Arc::new(Notify::new());
-        let pool = WorkerPool::spawn(WorkerConfig {
-            state_root: tmp.path().to_path_buf(),
-            workers: 2,
-            owner_prefix: "test".into(),
-            policy: policy(),
-            transports,
-            notify: Arc::clone(&notify),
-            filter: ClaimFilter::default(),
-            lease: DEFAULT_LEASE,
-            observer: Arc::new(NoObserver),
-        });
+        let pool = WorkerPool::spawn(pool_cfg(tmp.path(), 2, transports, &notify));
         let ids = queue(
             &store,
             "run_a",
