@@ -858,12 +858,14 @@ impl Store {
                     "status = 'delivered', delivered_at_ms = ?1, last_http_status = ?3",
                     &[&now_ms, &claimed.seq, &http_status],
                 )?;
-                cached_exec(
-                    tx,
-                    "UPDATE delivery_targets SET consecutive_failures = 0 WHERE target_key = ?1",
-                    [key],
-                )
-                .map_err(|e| self.err(op, e))?;
+                if failures != 0 {
+                    cached_exec(
+                        tx,
+                        "UPDATE delivery_targets SET consecutive_failures = 0 WHERE target_key = ?1",
+                        [key],
+                    )
+                    .map_err(|e| self.err(op, e))?;
+                }
                 self.advance_head(tx, key, true)?;
                 (delivery, false)
             }
