@@ -23,6 +23,8 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gen;
 pub mod handler;
 pub mod ingress;

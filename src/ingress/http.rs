@@ -275,6 +275,13 @@ fn asset_item(
     }
 }
 
+/// Applies the payload rules to `body` exactly as [`accept`] does, without the store: the
+/// entry point of the `ingress_payload` fuzz target (see `crate::fuzzing`).
+#[doc(hidden)]
+pub fn check_payload(rt: &HttpRuntime, body: &[u8], now_ms: i64) -> Result<(), IngressError> {
+    parse_payload(rt, body, now_ms).map(drop)
+}
+
 /// Applies every payload rule of §6.7 and §7.1 to the parsed body.
 fn parse_payload(rt: &HttpRuntime, body: &[u8], now_ms: i64) -> Result<Parsed, IngressError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| IngressError::InvalidJson {
