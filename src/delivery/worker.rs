@@ -486,18 +486,32 @@ fn sender_loop(
             cfg.notify.notify_all();
             continue;
         }
-        let outcome = attempt(
-            &cfg.state_root,
-            &mut progress_store,
-            owner,
-            &claimed,
-            &cfg.transports,
-        );
-        let settlement = settlement_for(&outcome, claimed.job.attempt, &cfg.policy, now_ms());
-        cfg.observer.attempt(
-            claimed.job.delivery.target.plugin.as_str(),
-            outcome_label(&settlement),
-        );
+        // Every claim goes back to the dispatcher, whatever happens here: one that never came
+        // back would keep the dispatcher waiting for it at shutdown. A panic outside the
+        // transport (which `attempt` already contains) is a bug; the delivery is retried after
+        // the longest retry delay (at-least-once, same Idempotency-Key), not in a hot loop.
+        let settlement = panic::catch_unwind(AssertUnwindSafe(|| {
+            let outcome = attempt(
+                &cfg.state_root,
+                &mut progress_store,
+                owner,
+                &claimed,
+                &cfg.transports,
+            );
+            let settlement = settlement_for(&outcome, claimed.job.attempt, &cfg.policy, now_ms());
+            cfg.observer.attempt(
+                claimed.job.delivery.target.plugin.as_str(),
+                outcome_label(&settlement),
+            );
+            settlement
+        }))
+        .unwrap_or_else(|_| Settlement::Retry {
+            at_ms: now_ms()
+                .saturating_add(i64::try_from(cfg.policy.max_retry_ms).unwrap_or(i64::MAX)),
+            code: TRANSPORT_PANIC.into(),
+            reason: "the delivery worker panicked (a bug in kheishctl)".into(),
+            http_status: None,
+        });
         if done
             .send(Sent {
                 claimed,
@@ -952,6 +966,44 @@ mod tests {
             .unwrap()
             .expect("released at once, not after its lease");
         assert_eq!(again.job.delivery.delivery_id, other);
+    }
+
+    #[test]
+    fn a_panic_outside_the_transport_retries_the_delivery_and_shutdown_still_returns() {
+        struct Panicking;
+        impl Observer for Panicking {
+            fn attempt(&self, _plugin: &str, _outcome: &str) {
+                panic!("observer bug");
+            }
+        }
+        let (tmp, store) = store();
+        let ids = queue(&store, "run_p", &[http("https://p.example/")], &["p"]);
+        let (transports, rx) = fake(ok);
+        let notify = Arc::new(Notify::new());
+        let mut cfg = pool_cfg(tmp.path(), 1, transports, &notify);
+        cfg.observer = Arc::new(Panicking);
+        cfg.policy = RetryPolicy {
+            max_retry_ms: 60_000,
+            ..policy()
+        };
+        let pool = WorkerPool::spawn(cfg);
+        receive(&rx, 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let settled = loop {
+            let d = get(&store, &ids[0]);
+            if d.status == DeliveryStatus::Retrying {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "never settled: {d:?}");
+            std::thread::yield_now();
+        };
+        assert_eq!(settled.last_error_code.as_deref(), Some(TRANSPORT_PANIC));
+        assert!(
+            settled.next_attempt_at_ms >= now_ms(),
+            "not retried in a hot loop"
+        );
+        pool.shutdown();
+        assert!(rx.try_recv().is_err(), "sent once");
     }
 
     #[test]
