@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use crate::config::validate::parse_str;
 use crate::ingress::auth;
 use crate::ingress::http::{authenticate, check_payload, Inbound};
-use crate::ingress::runtime::{HttpRuntime, Verifier};
 use crate::ingress::IngressError;
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::{ConnectorId, ConnectorKind};
+use crate::registry::{HttpRuntime, Verifier};
 use crate::secrets::Secret;
 
 /// The clock the fuzzed requests are judged against.

@@ -11,6 +11,7 @@
 //! - [`store`]: the state root and its SQLite database (the only SQL).
 //! - [`net`]: the one outbound HTTP agent builder and the private-address guard.
 //! - [`delivery`]: the delivery queue: transports, retry policy, workers, replay.
+//! - [`registry`]: the live connector set with resolved secrets, swapped atomically on reload.
 //! - [`ingress`]: the inbound pipeline (auth, payload rules, sessions, receipts, runs).
 //! - [`handler`]: run handlers inside `serve` (echo, exec).
 //! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
@@ -33,6 +34,7 @@ pub mod model;
 pub mod net;
 pub mod notify;
 pub mod output;
+pub mod registry;
 pub mod retention;
 pub mod secrets;
 pub mod server;

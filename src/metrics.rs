@@ -33,16 +33,19 @@ pub enum IngressOutcome {
     RateLimited,
     /// Failed authentication (401).
     Unauthorized,
+    /// Answered by the protocol without a run (for example Slack's `url_verification`).
+    Ignored,
 }
 
 impl IngressOutcome {
-    pub const ALL: [IngressOutcome; 6] = [
+    pub const ALL: [IngressOutcome; 7] = [
         IngressOutcome::Accepted,
         IngressOutcome::Duplicate,
         IngressOutcome::Conflict,
         IngressOutcome::Rejected,
         IngressOutcome::RateLimited,
         IngressOutcome::Unauthorized,
+        IngressOutcome::Ignored,
     ];
 
     /// The label value.
@@ -54,6 +57,7 @@ impl IngressOutcome {
             IngressOutcome::Rejected => "rejected",
             IngressOutcome::RateLimited => "rate_limited",
             IngressOutcome::Unauthorized => "unauthorized",
+            IngressOutcome::Ignored => "ignored",
         }
     }
 }
@@ -563,12 +567,14 @@ mod tests {
                 r#"kheish_ingress_requests_total{connector="http/orders",outcome="rejected"} 0"#,
                 r#"kheish_ingress_requests_total{connector="http/orders",outcome="rate_limited"} 0"#,
                 r#"kheish_ingress_requests_total{connector="http/orders",outcome="unauthorized"} 0"#,
+                r#"kheish_ingress_requests_total{connector="http/orders",outcome="ignored"} 0"#,
                 r#"kheish_ingress_requests_total{connector="slack/team",outcome="accepted"} 0"#,
                 r#"kheish_ingress_requests_total{connector="slack/team",outcome="duplicate"} 0"#,
                 r#"kheish_ingress_requests_total{connector="slack/team",outcome="conflict"} 0"#,
                 r#"kheish_ingress_requests_total{connector="slack/team",outcome="rejected"} 0"#,
                 r#"kheish_ingress_requests_total{connector="slack/team",outcome="rate_limited"} 1"#,
                 r#"kheish_ingress_requests_total{connector="slack/team",outcome="unauthorized"} 0"#,
+                r#"kheish_ingress_requests_total{connector="slack/team",outcome="ignored"} 0"#,
             ]
         );
     }

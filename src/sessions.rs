@@ -1,8 +1,8 @@
 //! Session resolution and `session_policy` enforcement (SPEC §6.5), used by ingress both
 //! before the rate limit (on a read connection) and again inside the accepting transaction.
+//! Its refusals are its own [`SessionError`]; ingress maps them onto its answers.
 
 use crate::config::SessionPolicy;
-use crate::ingress::IngressError;
 use crate::model::run::{NewSession, PolicySnapshot, Session};
 use crate::store::ingress::IngressOps;
 use crate::store::StoreError;
@@ -46,10 +46,22 @@ impl Resolution {
     }
 }
 
-fn store_err(e: StoreError) -> IngressError {
-    IngressError::Unavailable {
-        detail: e.to_string(),
-    }
+/// Why no session could be used for an event (SPEC §6.5).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no session could be resolved: {hint}")]
+    Unresolved { hint: String },
+    #[error("session `{session_id}` does not exist and this connector's session_policy.create_if_missing is false")]
+    NotFound { session_id: String },
+    #[error("session `{session_id}` was created with a different persona or scope than this connector's session_policy")]
+    PolicyConflict { session_id: String },
+    #[error(
+        "the event's binding keys are bound to two different sessions (`{first}` and `{second}`)"
+    )]
+    AmbiguousBinding { first: String, second: String },
+    /// Reading sessions or bindings failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The policy snapshot a connector's `session_policy` records.
@@ -66,11 +78,11 @@ pub fn resolve(
     ops: &IngressOps<'_>,
     req: &SessionRequest,
     now_ms: i64,
-) -> Result<Resolution, IngressError> {
+) -> Result<Resolution, SessionError> {
     let session_id = match &req.explicit {
         Some(id) => id.clone(),
         None => {
-            let bound = ops.bound_sessions(&req.binding_keys).map_err(store_err)?;
+            let bound = ops.bound_sessions(&req.binding_keys)?;
             let mut ids: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
             ids.sort();
             ids.dedup();
@@ -78,12 +90,12 @@ pub fn resolve(
                 [] => req
                     .natural_id
                     .clone()
-                    .ok_or_else(|| IngressError::SessionUnresolved {
+                    .ok_or_else(|| SessionError::Unresolved {
                         hint: req.unresolved_hint.clone(),
                     })?,
                 [one] => (*one).clone(),
                 [first, second, ..] => {
-                    return Err(IngressError::AmbiguousBinding {
+                    return Err(SessionError::AmbiguousBinding {
                         first: (*first).clone(),
                         second: (*second).clone(),
                     })
@@ -92,10 +104,10 @@ pub fn resolve(
         }
     };
     let wanted = snapshot(&req.policy);
-    match ops.session(&session_id).map_err(store_err)? {
+    match ops.session(&session_id)? {
         Some(existing) => {
             if existing.policy != wanted {
-                return Err(IngressError::SessionPolicyConflict { session_id });
+                return Err(SessionError::PolicyConflict { session_id });
             }
             Ok(Resolution::Existing(existing))
         }
@@ -107,7 +119,7 @@ pub fn resolve(
             metadata: Default::default(),
             now_ms,
         })),
-        None => Err(IngressError::SessionNotFound { session_id }),
+        None => Err(SessionError::NotFound { session_id }),
     }
 }
 
@@ -158,7 +170,7 @@ mod tests {
         // Nothing to go on.
         assert!(matches!(
             resolve(&ops, &req(None, &[], None, true), 1),
-            Err(IngressError::SessionUnresolved { .. })
+            Err(SessionError::Unresolved { .. })
         ));
         // Natural id, created when allowed, refused when not.
         assert!(
@@ -166,7 +178,7 @@ mod tests {
         );
         assert!(matches!(
             resolve(&ops, &req(None, &["k"], Some("nat"), false), 1),
-            Err(IngressError::SessionNotFound { .. })
+            Err(SessionError::NotFound { .. })
         ));
         // A bound key wins over the natural id; two sessions are ambiguous.
         new_session(&ops, "s1", None);
@@ -178,7 +190,7 @@ mod tests {
         );
         assert!(matches!(
             resolve(&ops, &req(None, &["a", "b"], Some("nat"), true), 1),
-            Err(IngressError::AmbiguousBinding { .. })
+            Err(SessionError::AmbiguousBinding { .. })
         ));
         // Explicit id wins over bindings.
         assert!(
@@ -188,7 +200,7 @@ mod tests {
         new_session(&ops, "s3", Some("other"));
         assert!(matches!(
             resolve(&ops, &req(Some("s3"), &[], None, true), 1),
-            Err(IngressError::SessionPolicyConflict { .. })
+            Err(SessionError::PolicyConflict { .. })
         ));
     }
 }

@@ -1,33 +1,23 @@
 //! Generic webhook ingress, `POST /v1/connectors/http/{name}` (SPEC §6, §7).
 //!
-//! [`accept`] runs the checks in the spec's order — authentication, parse, payload rules,
-//! session resolution, idempotency, rate limit — on the request thread with reads only, then
-//! hands one [`AcceptJob`] to the group-commit writer, which re-checks the receipt and the
-//! session inside the transaction (another request may have won a race) and writes receipt,
-//! session, bindings, assets and run together. The answer waits for the commit.
-//!
-//! One deliberate ordering choice: a request that carries an idempotency key is looked up in
-//! the receipts BEFORE session resolution, so a replay is answered with its original run even
-//! when routing config changed since (SPEC §6.2); for new events the order is the spec's.
-
-use std::sync::mpsc;
-use std::time::Instant;
+//! This module only authenticates the request (bearer token, Kheish v1 HMAC) and applies the
+//! payload rules of §6.7 and §7.1, turning it into a kind-neutral [`Event`]; the receipt
+//! lookup, session resolution, rate limit and the durable write are the shared
+//! [`pipeline`](super::pipeline).
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::auth::{self, AuthError};
 use super::fingerprint::fingerprint;
-use super::ratelimit::RateLimiter;
-use super::runtime::HttpRuntime;
-use super::{receipt_key, sha256_hex, AcceptStatus, Accepted, IngressError};
+use super::pipeline::{self, Done, Event, IngressCtx, ReceiptKey};
+use super::{receipt_key, sha256_hex, IngressError};
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
-use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, RunInput};
+use crate::model::run::{new_id, NewAsset, RunInput};
 use crate::model::ConnectorKind;
+use crate::registry::{ConnectorSet, HttpRuntime};
 use crate::secrets::constant_time_eq;
-use crate::sessions::{self, Resolution, SessionRequest};
-use crate::store::ingress::{GroupWriter, IngressOps, WriteJob};
-use crate::store::StoreError;
+use crate::sessions::SessionRequest;
 
 /// Request body cap for HTTP, Slack and Telegram ingress (SPEC §5).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -83,26 +73,10 @@ impl Inbound<'_> {
     }
 }
 
-/// What accepting needs besides the request: reads on this thread, the writer, the limiter,
-/// and the clock (given, so tests control it).
-pub struct IngressCtx<'a> {
-    pub ops: IngressOps<'a>,
-    pub writer: &'a GroupWriter,
-    pub limiter: &'a RateLimiter,
-    pub now_ms: i64,
-    pub now: Instant,
-}
-
 fn invalid(path: impl Into<String>, detail: impl Into<String>) -> IngressError {
     IngressError::InvalidPayload {
         path: path.into(),
         detail: detail.into(),
-    }
-}
-
-fn unavailable(e: StoreError) -> IngressError {
-    IngressError::Unavailable {
-        detail: e.to_string(),
     }
 }
 
@@ -584,92 +558,53 @@ pub fn natural_session_id(name: &str, sorted_keys: &[String]) -> Option<String> 
         .map(|k| format!("http:{name}:{}", &sha256_hex(k.as_bytes())[..16]))
 }
 
-/// Called exactly once with the answer to an event, possibly later and on another thread (after
-/// the group commit that made it durable).
-pub type Done = Box<dyn FnOnce(Result<Accepted, IngressError>) + Send>;
-
-/// Accepts one request for the HTTP connector `rt` (body size was checked by the caller) and
-/// calls `done` with the answer: at once for refusals and duplicates, after the commit for
-/// new events. The calling thread never waits for the commit.
-pub fn accept(ctx: &IngressCtx<'_>, rt: &HttpRuntime, req: &Inbound<'_>, done: Done) {
-    match prepare(ctx, rt, req) {
-        Ok(Prepared::Answer(answer)) => done(Ok(answer)),
-        Err(refusal) => done(Err(refusal)),
-        Ok(Prepared::Job(mut job)) => {
-            job.done = Some(done);
-            ctx.writer.submit(job);
-        }
+/// [`accept`] for the connector `name` of `set` (the server's route-table entry).
+pub fn accept_named(
+    ctx: &IngressCtx<'_>,
+    set: &ConnectorSet,
+    name: &str,
+    req: &Inbound<'_>,
+    done: Done,
+) {
+    match set.http.get(name) {
+        Some(rt) => accept(ctx, rt, req, done),
+        None => done(Err(IngressError::ConnectorNotFound {
+            kind: ConnectorKind::Http,
+            name: name.to_string(),
+        })),
     }
 }
 
-/// Accepts one request and waits for the answer (tests and tools; `serve` uses [`accept`]).
-pub fn accept_blocking(
-    ctx: &IngressCtx<'_>,
-    rt: &HttpRuntime,
-    req: &Inbound<'_>,
-) -> Result<Accepted, IngressError> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    accept(
-        ctx,
-        rt,
-        req,
-        Box::new(move |answer| {
-            let _ = tx.send(answer);
-        }),
-    );
-    rx.recv().unwrap_or_else(|_| {
-        Err(IngressError::Unavailable {
-            detail: "the ingress writer stopped".into(),
-        })
-    })
+/// Authenticates and parses one request for the HTTP connector `rt` (body size was checked by
+/// the caller) and runs it through the [`pipeline`](super::pipeline); `done` gets the answer.
+pub fn accept(ctx: &IngressCtx<'_>, rt: &HttpRuntime, req: &Inbound<'_>, done: Done) {
+    match event(rt, req, ctx.now_ms) {
+        Ok(event) => pipeline::accept(ctx, event, done),
+        Err(refusal) => done(Err(refusal)),
+    }
 }
 
-/// Either an answer known without writing (duplicate), or the job that writes the event.
-enum Prepared {
-    Answer(Accepted),
-    Job(Box<AcceptJob>),
-}
-
-/// Everything before the transaction, in the spec's order; see the module docs.
-fn prepare(
-    ctx: &IngressCtx<'_>,
-    rt: &HttpRuntime,
-    req: &Inbound<'_>,
-) -> Result<Prepared, IngressError> {
-    authenticate(rt, req, ctx.now_ms)?;
-    let parsed = parse_payload(rt, req.body, ctx.now_ms)?;
+/// Authentication, payload rules and the connector's defaults: the HTTP request as a
+/// kind-neutral [`Event`].
+fn event(rt: &HttpRuntime, req: &Inbound<'_>, now_ms: i64) -> Result<Event, IngressError> {
+    authenticate(rt, req, now_ms)?;
+    let parsed = parse_payload(rt, req.body, now_ms)?;
     let name = rt.id.name.as_str();
     let connector = rt.id.to_string();
-
-    // Idempotency lookup (see the module docs for why it precedes session resolution).
-    let receipt = parsed
-        .idempotency_key
-        .as_deref()
-        .map(|raw| receipt_key(ConnectorKind::Http, name, raw));
-    if let Some((key, _)) = &receipt {
-        if let Some(existing) = ctx.ops.receipt(key).map_err(unavailable)? {
-            return answer_existing(
-                ctx.writer,
-                &existing,
-                &parsed.fingerprint,
-                &connector,
-                ctx.now_ms,
-            )
-            .map(Prepared::Answer);
-        }
-    }
-
+    let receipt = parsed.idempotency_key.as_deref().map(|raw| {
+        let (key, key_sha256) = receipt_key(ConnectorKind::Http, name, raw);
+        ReceiptKey { key, key_sha256 }
+    });
     let binding_keys = parsed
         .binding_keys
-        .clone()
         .unwrap_or_else(|| rt.config.common.binding_keys.clone());
-    let session_request = SessionRequest {
+    let session = SessionRequest {
         explicit: rt
             .config
             .common
             .fixed_session_id
             .clone()
-            .or_else(|| parsed.session_id.clone()),
+            .or(parsed.session_id),
         natural_id: natural_session_id(name, &binding_keys),
         binding_keys,
         unresolved_hint:
@@ -679,222 +614,42 @@ fn prepare(
         policy: rt.config.common.session_policy.clone(),
         created_by: format!("connector:{connector}"),
     };
-    // Read-only pre-check so that session errors are answered before the rate limit. An
-    // existing session is trusted by the writer (sessions are never deleted); a new one is
-    // resolved again inside the transaction, where another event may just have created it.
-    let pre_resolved = sessions::resolve(&ctx.ops, &session_request, ctx.now_ms)?;
-
-    ctx.limiter
-        .try_take(
-            &connector,
-            rt.config.common.ingress_events_per_second,
-            ctx.now,
-        )
-        .map_err(|retry_after_ms| IngressError::RateLimited {
-            kind: ConnectorKind::Http,
-            retry_after_ms,
-        })?;
-
     let mut metadata = parsed.metadata;
     metadata.insert(
         "http_ingress_fingerprint".into(),
         parsed.fingerprint.clone().into(),
     );
-    if let Some((key, digest)) = &receipt {
-        metadata.insert("connector_ingress_key".into(), key.clone().into());
-        metadata.insert("http_ingress_key_sha256".into(), digest.clone().into());
+    if let Some(receipt) = &receipt {
+        metadata.insert("connector_ingress_key".into(), receipt.key.clone().into());
+        metadata.insert(
+            "http_ingress_key_sha256".into(),
+            receipt.key_sha256.clone().into(),
+        );
     }
-    let run_id = new_id("run", ctx.now_ms);
-    let job = AcceptJob {
-        pre_resolved: match pre_resolved {
-            Resolution::Existing(session) => Some(session),
-            Resolution::New(_) => None,
-        },
-        receipt: receipt.map(|(key, digest)| (key, digest, parsed.fingerprint.clone())),
-        session_request,
-        run: NewRun {
-            run_id,
-            session_id: String::new(),
-            connector_kind: ConnectorKind::Http,
-            connector_name: name.to_string(),
-            actor_id: parsed
-                .actor_id
-                .or_else(|| rt.config.actor_id.clone())
-                .unwrap_or_else(|| "http-webhook".into()),
-            input: parsed.input,
-            metadata,
-            reply_targets: parsed
-                .reply_targets
-                .unwrap_or_else(|| rt.config.common.reply_targets.clone()),
-            policy: Default::default(),
-            now_ms: ctx.now_ms,
-        },
+    Ok(Event {
+        connector: rt.id.clone(),
+        receipt,
+        fingerprint: parsed.fingerprint,
+        session,
+        actor_id: parsed
+            .actor_id
+            .or_else(|| rt.config.actor_id.clone())
+            .unwrap_or_else(|| "http-webhook".into()),
+        input: parsed.input,
         assets: parsed.assets,
         referenced_assets: parsed.referenced_assets,
-        connector,
-        outcome: None,
-        done: None,
-    };
-    Ok(Prepared::Job(Box::new(job)))
-}
-
-/// Answers a request whose receipt exists: the original run when the payload is the same,
-/// 409 otherwise. Counts the hit without writing on this path.
-fn answer_existing(
-    writer: &GroupWriter,
-    existing: &crate::model::run::Receipt,
-    fingerprint: &str,
-    connector: &str,
-    now_ms: i64,
-) -> Result<Accepted, IngressError> {
-    if existing.fingerprint == fingerprint {
-        writer.note_duplicate(&existing.receipt_key, now_ms);
-        Ok(Accepted {
-            status: AcceptStatus::Duplicate,
-            run_id: existing.run_id.clone(),
-            session_id: existing.session_id.clone(),
-            connector: connector.to_string(),
-        })
-    } else {
-        Err(IngressError::IdempotencyConflict {
-            run_id: existing.run_id.clone(),
-            session_id: existing.session_id.clone(),
-        })
-    }
-}
-
-/// The accepting transaction of one event (runs on the writer thread).
-struct AcceptJob {
-    /// The session the pre-check found, when it exists already.
-    pre_resolved: Option<crate::model::run::Session>,
-    /// `(receipt_key, key_sha256, fingerprint)` when the event has an idempotency key.
-    receipt: Option<(String, String, String)>,
-    session_request: SessionRequest,
-    run: NewRun,
-    assets: Vec<NewAsset>,
-    referenced_assets: Vec<String>,
-    connector: String,
-    outcome: Option<Result<Accepted, IngressError>>,
-    done: Option<Done>,
-}
-
-impl AcceptJob {
-    /// Everything that may refuse the event, before anything is written.
-    fn decide(&mut self, ops: &IngressOps<'_>) -> Result<Option<Resolution>, StoreError> {
-        if let Some((key, _, fingerprint)) = &self.receipt {
-            if let Some(existing) = ops.receipt(key)? {
-                // Lost a race with an identical key: answer like a duplicate (no hit counted
-                // from here; the writer owns no GroupWriter handle).
-                self.outcome = Some(if &existing.fingerprint == fingerprint {
-                    Ok(Accepted {
-                        status: AcceptStatus::Duplicate,
-                        run_id: existing.run_id,
-                        session_id: existing.session_id,
-                        connector: self.connector.clone(),
-                    })
-                } else {
-                    Err(IngressError::IdempotencyConflict {
-                        run_id: existing.run_id,
-                        session_id: existing.session_id,
-                    })
-                });
-                return Ok(None);
-            }
-        }
-        let resolved = match self.pre_resolved.take() {
-            Some(existing) => Ok(Resolution::Existing(existing)),
-            None => sessions::resolve(ops, &self.session_request, self.run.now_ms),
-        };
-        let resolution = match resolved {
-            Ok(r) => r,
-            Err(IngressError::Unavailable { detail }) => {
-                return Err(StoreError::Busy {
-                    path: detail,
-                    op: "resolving a session".into(),
-                })
-            }
-            Err(e) => {
-                self.outcome = Some(Err(e));
-                return Ok(None);
-            }
-        };
-        for asset_id in &self.referenced_assets {
-            if !ops.asset_exists(asset_id)? {
-                self.outcome = Some(Err(IngressError::UnknownAsset {
-                    asset_id: asset_id.clone(),
-                }));
-                return Ok(None);
-            }
-        }
-        Ok(Some(resolution))
-    }
-}
-
-impl WriteJob for AcceptJob {
-    fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError> {
-        let Some(resolution) = self.decide(ops)? else {
-            return Ok(());
-        };
-        let session_id = resolution.session_id().to_string();
-        self.run.policy = resolution.policy().clone();
-        if let Resolution::New(session) = &resolution {
-            ops.insert_session(session)?;
-        }
-        ops.bind_keys(
-            &session_id,
-            &self.session_request.binding_keys,
-            self.run.now_ms,
-        )?;
-        for asset in &self.assets {
-            ops.insert_asset(asset)?;
-        }
-        self.run.session_id = session_id.clone();
-        ops.insert_run(&self.run)?;
-        if let Some((key, digest, fingerprint)) = &self.receipt {
-            ops.insert_receipt(&NewReceipt {
-                receipt_key: key.clone(),
-                connector_kind: ConnectorKind::Http,
-                connector_name: self.run.connector_name.clone(),
-                key_sha256: digest.clone(),
-                fingerprint: fingerprint.clone(),
-                run_id: self.run.run_id.clone(),
-                session_id: session_id.clone(),
-                now_ms: self.run.now_ms,
-            })?;
-        }
-        self.outcome = Some(Ok(Accepted {
-            status: AcceptStatus::Accepted,
-            run_id: self.run.run_id.clone(),
-            session_id,
-            connector: self.connector.clone(),
-        }));
-        Ok(())
-    }
-
-    fn finish(mut self: Box<Self>, committed: Result<(), StoreError>) {
-        let answer = match (committed, self.outcome.take()) {
-            (Ok(()), Some(outcome)) => outcome,
-            // Refusals decided before any write stand even if the batch failed to commit.
-            (Err(_), Some(Err(refusal)))
-                if !matches!(refusal, IngressError::Unavailable { .. }) =>
-            {
-                Err(refusal)
-            }
-            (Err(e), _) => Err(unavailable(e)),
-            (Ok(()), None) => Err(IngressError::Unavailable {
-                detail: "the accepting transaction produced no outcome".into(),
-            }),
-        };
-        if let Some(done) = self.done.take() {
-            done(answer);
-        }
-    }
+        metadata,
+        reply_targets: parsed
+            .reply_targets
+            .unwrap_or_else(|| rt.config.common.reply_targets.clone()),
+        events_per_second: rt.config.common.ingress_events_per_second,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingress::runtime::Verifier;
+    use crate::registry::Verifier;
     use crate::secrets::Secret;
 
     fn runtime(toml: &str) -> HttpRuntime {

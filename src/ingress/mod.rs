@@ -8,10 +8,11 @@
 pub mod auth;
 pub mod fingerprint;
 pub mod http;
+pub mod pipeline;
 pub mod ratelimit;
-pub mod runtime;
 
 use crate::model::ConnectorKind;
+use crate::sessions::SessionError;
 
 /// Whether an event was new or a replay of an accepted one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -31,9 +32,22 @@ pub struct Accepted {
     pub connector: String,
 }
 
+/// What the server renders for an ingress request that was not refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A new event (202) or a replay of an accepted one (200), SPEC §6.2.
+    Event(Accepted),
+    /// A protocol-level answer that creates no run, rendered as 200 with this JSON body: the
+    /// form Slack's `url_verification` challenge, a skipped Telegram update or a batch's
+    /// per-item results take.
+    Protocol(serde_json::Value),
+}
+
 /// Why an event was refused. Messages name the member or check that failed, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngressError {
+    #[error("no {kind} connector named `{name}`")]
+    ConnectorNotFound { kind: ConnectorKind, name: String },
     #[error("request body exceeds the limit of {limit} bytes for this route")]
     PayloadTooLarge { limit: usize },
     #[error("{detail}")]
@@ -79,6 +93,24 @@ pub enum IngressError {
     },
     #[error("the state root is unavailable ({detail}); retry later")]
     Unavailable { detail: String },
+}
+
+impl From<SessionError> for IngressError {
+    fn from(e: SessionError) -> IngressError {
+        match e {
+            SessionError::Unresolved { hint } => IngressError::SessionUnresolved { hint },
+            SessionError::NotFound { session_id } => IngressError::SessionNotFound { session_id },
+            SessionError::PolicyConflict { session_id } => {
+                IngressError::SessionPolicyConflict { session_id }
+            }
+            SessionError::AmbiguousBinding { first, second } => {
+                IngressError::AmbiguousBinding { first, second }
+            }
+            SessionError::Store(e) => IngressError::Unavailable {
+                detail: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Lowercase hex SHA-256 of `bytes`.

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod control;
 pub mod deliveries;
+pub mod ingress;
 pub mod observe;
 pub mod response;
 pub mod router;
@@ -14,19 +15,16 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::cli::HandlerKind;
-use crate::ingress::http::{self as http_ingress, Inbound, IngressCtx};
 use crate::ingress::ratelimit::RateLimiter;
-use crate::ingress::runtime::Connectors;
-use crate::ingress::{AcceptStatus, IngressError};
-use crate::metrics::{IngressOutcome, Metrics};
-use crate::model::now_ms;
+use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::output::Printer;
+use crate::registry::{ConnectorSet, Registry};
 use crate::store::ingress::GroupWriter;
 use crate::store::Store;
 
@@ -75,7 +73,7 @@ pub struct App {
     /// Bumped whenever deliveries were queued (run output, replay); delivery workers wait on it.
     pub deliveries_queued: Arc<Notify>,
     /// The connectors in force; replaced whole on reload.
-    pub connectors: RwLock<Arc<Connectors>>,
+    pub registry: Registry,
     /// The group-commit writer for accepted events.
     pub writer: GroupWriter,
     pub limiter: RateLimiter,
@@ -105,7 +103,7 @@ pub struct AppParts {
     pub options: Options,
     pub runs_queued: Arc<Notify>,
     pub deliveries_queued: Arc<Notify>,
-    pub connectors: Connectors,
+    pub connectors: ConnectorSet,
     pub writer: GroupWriter,
     pub admin: AdminAuth,
 }
@@ -119,7 +117,7 @@ impl App {
             metrics: Metrics::new(),
             runs_queued: parts.runs_queued,
             deliveries_queued: parts.deliveries_queued,
-            connectors: RwLock::new(Arc::new(parts.connectors)),
+            registry: Registry::new(parts.connectors),
             writer: parts.writer,
             limiter: RateLimiter::new(),
             admin: parts.admin,
@@ -141,13 +139,13 @@ impl App {
     }
 
     /// The connectors in force now.
-    pub fn connectors(&self) -> Arc<Connectors> {
-        Arc::clone(&self.connectors.read().unwrap_or_else(|p| p.into_inner()))
+    pub fn connectors(&self) -> Arc<ConnectorSet> {
+        self.registry.current()
     }
 
     /// Replaces the connectors (reload).
-    pub fn set_connectors(&self, connectors: Connectors) {
-        *self.connectors.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(connectors);
+    pub fn set_connectors(&self, connectors: ConnectorSet) {
+        self.registry.swap(connectors);
     }
 
     pub fn phase(&self) -> Phase {
@@ -203,9 +201,6 @@ pub struct RequestCtx<'a> {
     pub app: &'a App,
     pub store: &'a Store,
 }
-
-/// Body cap of control-plane requests.
-const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Why the listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -397,8 +392,8 @@ fn handle(app: &Arc<App>, store: &Store, mut rq: tiny_http::Request) {
     let routed = router::route(&method, path);
     let template = routed.as_ref().map_or("(unmatched)", Route::template);
     // SPEC §6.1: the connector lookup (404) comes before the body-size check (413).
-    if let Ok(Route::HttpIngress { name }) = &routed {
-        if !app.connectors().http.contains_key(name) {
+    if let Ok(Route::Ingress { kind, name }) = &routed {
+        if app.connectors().id(*kind, name).is_none() {
             let reply = Reply {
                 app: Arc::clone(app),
                 rq,
@@ -407,19 +402,15 @@ fn handle(app: &Arc<App>, store: &Store, mut rq: tiny_http::Request) {
                 template,
                 connector: None,
             };
-            return reply.send(
-                ApiResponse::problem(
-                    404,
-                    "connector_not_found",
-                    format!("no http connector named `{name}`"),
-                )
-                .with_header("Connection", "close"),
-            );
+            let err = crate::ingress::IngressError::ConnectorNotFound {
+                kind: *kind,
+                name: name.clone(),
+            };
+            return reply.send(response::ingress_error(&err).with_header("Connection", "close"));
         }
     }
     let body = match &routed {
-        Ok(Route::HttpIngress { .. }) => read_body(&mut rq, http_ingress::BODY_LIMIT),
-        Ok(_) => read_body(&mut rq, CONTROL_BODY_LIMIT),
+        Ok(route) => read_body(&mut rq, route.body_limit()),
         Err(_) => Ok(Vec::new()),
     };
     let query = router::query_pairs(query);
@@ -476,10 +467,7 @@ fn handle(app: &Arc<App>, store: &Store, mut rq: tiny_http::Request) {
         );
     }
     if body.is_err() {
-        let limit = match route {
-            Route::HttpIngress { .. } => http_ingress::BODY_LIMIT,
-            _ => CONTROL_BODY_LIMIT,
-        };
+        let limit = route.body_limit();
         return reply.send(
             ApiResponse::problem(
                 413,
@@ -543,87 +531,23 @@ fn dispatch(app: &Arc<App>, store: &Store, route: &Route, req: &ApiRequest, repl
         | Route::ReplayDelivery { .. }
         | Route::ResolveDelivery { .. }
         | Route::ReplayBulk => deliveries::handle(&ctx, route, req),
-        Route::HttpIngress { name } => return http_route(app, store, name, req, reply),
+        Route::Ingress { kind, name } => {
+            return ingress::handle(
+                app,
+                store,
+                *kind,
+                name,
+                req,
+                Box::new(move |connector, response| {
+                    let mut reply = reply;
+                    reply.connector = connector;
+                    reply.send(response)
+                }),
+            )
+        }
         _ => control::handle(&ctx, route, req),
     };
     reply.send(response);
-}
-
-fn http_route(app: &Arc<App>, store: &Store, name: &str, req: &ApiRequest, mut reply: Reply) {
-    let connectors = app.connectors();
-    let Some(rt) = connectors.http.get(name) else {
-        return reply.send(ApiResponse::problem(
-            404,
-            "connector_not_found",
-            format!("no http connector named `{name}`"),
-        ));
-    };
-    reply.connector = Some(rt.id.to_string());
-    let ctx = IngressCtx {
-        ops: store.ingress_ops(),
-        writer: &app.writer,
-        limiter: &app.limiter,
-        now_ms: now_ms(),
-        now: Instant::now(),
-    };
-    let inbound = Inbound {
-        method: &req.method,
-        target: &req.target,
-        headers: &req.headers,
-        body: &req.body,
-    };
-    let id = rt.id.clone();
-    let app_for_answer = Arc::clone(app);
-    let request_thread = std::thread::current().id();
-    http_ingress::accept(
-        &ctx,
-        rt,
-        &inbound,
-        Box::new(move |answer| {
-            let response = ingress_response(&app_for_answer, &id, answer);
-            if std::thread::current().id() == request_thread {
-                // Answered on the request thread (refusal or duplicate): send it here.
-                reply.send(response);
-            } else {
-                // Answered after a commit on the writer thread: hand the socket write to the
-                // responders so the writer goes straight back to the next batch.
-                app_for_answer
-                    .responders
-                    .run(Box::new(move || reply.send(response)));
-            }
-        }),
-    );
-}
-
-/// Maps an ingress answer to its response and counts its outcome.
-fn ingress_response(
-    app: &App,
-    id: &crate::model::ConnectorId,
-    answer: Result<crate::ingress::Accepted, IngressError>,
-) -> ApiResponse {
-    match answer {
-        Ok(accepted) => {
-            let (status, outcome) = match accepted.status {
-                AcceptStatus::Accepted => (202, IngressOutcome::Accepted),
-                AcceptStatus::Duplicate => (200, IngressOutcome::Duplicate),
-            };
-            app.metrics.ingress(id, outcome);
-            ApiResponse::json(status, &accepted)
-        }
-        Err(err) => {
-            let outcome = match &err {
-                IngressError::Unauthorized { .. } => IngressOutcome::Unauthorized,
-                IngressError::RateLimited { .. } => IngressOutcome::RateLimited,
-                IngressError::IdempotencyConflict { .. } => IngressOutcome::Conflict,
-                _ => IngressOutcome::Rejected,
-            };
-            app.metrics.ingress(id, outcome);
-            if let IngressError::Unavailable { detail } = &err {
-                app.out.error(&format!("ingress for {id} failed: {detail}"));
-            }
-            response::ingress_error(&err)
-        }
-    }
 }
 
 /// Work handed to the responder threads.

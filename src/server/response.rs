@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::ingress::IngressError;
+use crate::ingress::{AcceptStatus, Answer, IngressError};
 
 /// A response before it is written: status, extra headers and body bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,12 +105,24 @@ pub fn title(status: u16) -> &'static str {
     }
 }
 
+/// An ingress answer: 202 for a new event, 200 for a duplicate or a protocol answer.
+pub fn answer(answer: &Answer) -> ApiResponse {
+    match answer {
+        Answer::Event(accepted) => match accepted.status {
+            AcceptStatus::Accepted => ApiResponse::json(202, accepted),
+            AcceptStatus::Duplicate => ApiResponse::json(200, accepted),
+        },
+        Answer::Protocol(body) => ApiResponse::json(200, body),
+    }
+}
+
 /// The one table from ingress errors to HTTP: status, stable code, extra members and headers.
 pub fn ingress_error(err: &IngressError) -> ApiResponse {
     use IngressError as E;
     let detail = err.to_string();
     let mut extra = serde_json::Map::new();
     let (status, code) = match err {
+        E::ConnectorNotFound { .. } => (404, "connector_not_found"),
         E::PayloadTooLarge { .. } => (413, "payload_too_large"),
         E::Unauthorized { .. } => (401, "unauthorized"),
         E::InvalidJson { .. } => (400, "invalid_json"),

@@ -2,14 +2,21 @@
 //! paths with the wrong method are 405 with an `Allow` list. Path segments are percent-decoded
 //! once here; handlers get plain strings.
 
+use crate::model::ConnectorKind;
+
+/// Body cap of control-plane requests.
+pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
+
 /// Every route the daemon serves (SPEC §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Healthz,
     Readyz,
     Metrics,
-    /// `POST /v1/connectors/http/{name}`
-    HttpIngress {
+    /// `POST /v1/connectors/{kind}/{name}` for a kind in the ingress table
+    /// ([`super::ingress::KINDS`]).
+    Ingress {
+        kind: ConnectorKind,
         name: String,
     },
     /// `PUT /v1/sessions/{id}`
@@ -73,7 +80,12 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
-            Route::HttpIngress { .. } => "/v1/connectors/http/{name}",
+            Route::Ingress { kind, .. } => match kind {
+                ConnectorKind::Http => "/v1/connectors/http/{name}",
+                ConnectorKind::Slack => "/v1/connectors/slack/{name}",
+                ConnectorKind::Telegram => "/v1/connectors/telegram/{name}",
+                ConnectorKind::External => "/v1/connectors/external/{name}",
+            },
             Route::PutSession { .. } | Route::GetSession { .. } => "/v1/sessions/{id}",
             Route::PutSessionReplyTargets { .. } => "/v1/sessions/{id}/reply-targets",
             Route::ListRuns => "/v1/runs",
@@ -94,10 +106,17 @@ impl Route {
 
     /// True for control-plane routes, which need the admin token (SPEC §5.2).
     pub fn needs_admin(&self) -> bool {
-        !matches!(
-            self,
-            Route::Healthz | Route::Readyz | Route::HttpIngress { .. }
-        )
+        !matches!(self, Route::Healthz | Route::Readyz | Route::Ingress { .. })
+    }
+
+    /// The largest request body this route reads (SPEC §5); larger bodies answer 413.
+    pub fn body_limit(&self) -> usize {
+        match self {
+            Route::Ingress { kind, .. } => {
+                super::ingress::served(*kind).map_or(CONTROL_BODY_LIMIT, |k| k.body_limit)
+            }
+            _ => CONTROL_BODY_LIMIT,
+        }
     }
 }
 
@@ -134,13 +153,21 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ["healthz"] => one("GET", "GET", Route::Healthz),
         ["readyz"] => one("GET", "GET", Route::Readyz),
         ["metrics"] => one("GET", "GET", Route::Metrics),
-        ["v1", "connectors", "http", name] if nonempty(name) => one(
-            "POST",
-            "POST",
-            Route::HttpIngress {
-                name: name.to_string(),
-            },
-        ),
+        ["v1", "connectors", kind, name] if nonempty(name) => {
+            let served = kind
+                .parse::<ConnectorKind>()
+                .ok()
+                .filter(|k| super::ingress::served(*k).is_some())
+                .ok_or(NoRoute::NotFound)?;
+            one(
+                "POST",
+                "POST",
+                Route::Ingress {
+                    kind: served,
+                    name: name.to_string(),
+                },
+            )
+        }
         ["v1", "sessions", id] if nonempty(id) => match method {
             "PUT" => Ok(Route::PutSession { id: id.to_string() }),
             "GET" => Ok(Route::GetSession { id: id.to_string() }),
@@ -232,10 +259,14 @@ mod tests {
         check(
             "POST",
             "/v1/connectors/http/orders",
-            Ok(Route::HttpIngress {
+            Ok(Route::Ingress {
+                kind: ConnectorKind::Http,
                 name: "orders".into(),
             }),
         );
+        // Kinds this build does not serve yet have no route.
+        check("POST", "/v1/connectors/slack/x", Err(NoRoute::NotFound));
+        check("POST", "/v1/connectors/nope/x", Err(NoRoute::NotFound));
         check(
             "GET",
             "/v1/connectors/http/orders",

@@ -1,10 +1,15 @@
-//! The daemon's view of its connectors: the validated config plus every secret resolved, built
-//! once at start and again on reload (SIGHUP, or a rotated secret-store slot). Building fails
-//! closed: any secret that cannot be resolved makes the whole build fail with diagnostics.
+//! The connector registry: the live connector set of a daemon, the validated config plus every
+//! secret resolved into verifiers, built once at start and again on reload (SIGHUP, or a
+//! rotated secret-store slot), and swapped atomically so a request sees one whole set.
+//! Building fails closed: any secret that cannot be resolved makes the whole build fail with
+//! diagnostics and the old set stays in force.
+//!
+//! Ingress, delivery transports and the control plane read the set through [`Registry`];
+//! nothing here does I/O beyond resolving secrets at build time.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::{self, Config, HttpConnector, SecretField};
 use crate::model::{ConnectorId, ConnectorKind, Diagnostic};
@@ -51,9 +56,9 @@ impl HttpRuntime {
     }
 }
 
-/// Every connector of the running daemon.
+/// Every connector of the running daemon: one immutable snapshot.
 #[derive(Debug, Default)]
-pub struct Connectors {
+pub struct ConnectorSet {
     pub config: Config,
     pub http: HashMap<String, Arc<HttpRuntime>>,
     /// `(secret_ref, updated_at_ms, previous_valid_until_ms)` of every store slot seen at build
@@ -77,7 +82,7 @@ pub fn build(
     state_root: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     now_ms: i64,
-) -> Result<Connectors, BuildError> {
+) -> Result<ConnectorSet, BuildError> {
     let store = SecretStore::open_existing(state_root).map_err(BuildError::Secrets)?;
     let problems = config::check_secret_sources(&config, file, |source| {
         match secrets::resolve(source, store.as_ref(), env) {
@@ -128,11 +133,46 @@ pub fn build(
         };
         http.insert(c.common.name.to_string(), Arc::new(runtime));
     }
-    Ok(Connectors {
+    Ok(ConnectorSet {
         config,
         http,
         slot_versions: slot_versions(&slots),
     })
+}
+
+impl ConnectorSet {
+    /// The id of connector `kind`/`name` when this set serves it.
+    pub fn id(&self, kind: ConnectorKind, name: &str) -> Option<&ConnectorId> {
+        match kind {
+            ConnectorKind::Http => self.http.get(name).map(|rt| &rt.id),
+            ConnectorKind::Slack | ConnectorKind::Telegram | ConnectorKind::External => None,
+        }
+    }
+}
+
+/// The swappable handle to the connector set in force. Readers take an `Arc` snapshot, so a
+/// request keeps one consistent set even if a reload swaps it meanwhile.
+#[derive(Debug)]
+pub struct Registry {
+    current: RwLock<Arc<ConnectorSet>>,
+}
+
+impl Registry {
+    pub fn new(set: ConnectorSet) -> Registry {
+        Registry {
+            current: RwLock::new(Arc::new(set)),
+        }
+    }
+
+    /// The set in force now.
+    pub fn current(&self) -> Arc<ConnectorSet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the whole set (reload); readers holding the old one finish with it.
+    pub fn swap(&self, set: ConnectorSet) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
 }
 
 fn slot_versions(slots: &[secrets::SlotInfo]) -> Vec<(String, i64, Option<i64>)> {

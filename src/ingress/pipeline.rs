@@ -1,0 +1,311 @@
+//! The one ingress pipeline every connector kind uses (SPEC §6.1 steps after parsing):
+//! receipt lookup -> session -> rate limit -> write job -> answer.
+//!
+//! A kind's module (`http.rs`, and later `slack.rs`, `telegram.rs`, `external.rs`) parses and
+//! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest. Reads run
+//! on the caller's thread; an event that must be written becomes one [`AcceptJob`] for the
+//! group-commit writer, which re-checks the receipt and the session inside the transaction
+//! (another request may have won a race) and writes receipt, session, bindings, assets and run
+//! together. The answer is given after the commit, through the caller's [`Done`].
+//!
+//! One deliberate ordering choice: an event that carries a receipt key is looked up in the
+//! receipts BEFORE session resolution, so a replay is answered with its original run even when
+//! routing config changed since (SPEC §6.2); for new events the order is the spec's.
+
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::ratelimit::RateLimiter;
+use super::{AcceptStatus, Accepted, Answer, IngressError};
+use crate::model::reply::ReplyTarget;
+use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, Receipt, RunInput, Session};
+use crate::model::ConnectorId;
+use crate::sessions::{self, Resolution, SessionError, SessionRequest};
+use crate::store::ingress::{GroupWriter, IngressOps, WriteJob};
+use crate::store::StoreError;
+
+/// What accepting needs besides the event: reads on this thread, the writer, the limiter, and
+/// the clock (given, so tests control it).
+pub struct IngressCtx<'a> {
+    pub ops: IngressOps<'a>,
+    pub writer: &'a GroupWriter,
+    pub limiter: &'a RateLimiter,
+    pub now_ms: i64,
+    pub now: Instant,
+}
+
+/// The durable dedupe key of an event (SPEC §6.3), from [`super::receipt_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptKey {
+    /// The stored key, `KIND:NAME:...`.
+    pub key: String,
+    /// Lowercase hex SHA-256 of the raw key.
+    pub key_sha256: String,
+}
+
+/// A parsed, authenticated event of any kind, ready for the pipeline.
+#[derive(Debug)]
+pub struct Event {
+    pub connector: ConnectorId,
+    /// The receipt that makes the event idempotent; `None` for events without a dedupe key.
+    pub receipt: Option<ReceiptKey>,
+    /// Canonical-JSON fingerprint of the payload (SPEC §6.4); compared on a receipt hit.
+    pub fingerprint: String,
+    /// Everything session resolution needs (explicit id, binding keys, natural id, policy).
+    pub session: SessionRequest,
+    pub actor_id: String,
+    pub input: RunInput,
+    /// Inline assets to store with the run.
+    pub assets: Vec<NewAsset>,
+    /// Asset ids the event references; each must exist when the run is written.
+    pub referenced_assets: Vec<String>,
+    /// Run metadata, including the daemon-written keys of the kind.
+    pub metadata: Map<String, Value>,
+    pub reply_targets: Vec<ReplyTarget>,
+    /// The connector's `ingress_events_per_second`.
+    pub events_per_second: u32,
+}
+
+/// Called exactly once with the answer to an event, possibly later and on another thread (after
+/// the group commit that made it durable).
+pub type Done = Box<dyn FnOnce(Result<Answer, IngressError>) + Send>;
+
+/// Runs `event` through the pipeline and calls `done` with the answer: at once for refusals
+/// and duplicates, after the commit for new events. The calling thread never waits for the
+/// commit.
+pub fn accept(ctx: &IngressCtx<'_>, event: Event, done: Done) {
+    match prepare(ctx, event) {
+        Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
+        Err(refusal) => done(Err(refusal)),
+        Ok(Prepared::Job(mut job)) => {
+            job.done = Some(done);
+            ctx.writer.submit(job);
+        }
+    }
+}
+
+/// Either an answer known without writing (duplicate), or the job that writes the event.
+enum Prepared {
+    Answer(Accepted),
+    Job(Box<AcceptJob>),
+}
+
+fn unavailable(e: StoreError) -> IngressError {
+    IngressError::Unavailable {
+        detail: e.to_string(),
+    }
+}
+
+/// Everything before the transaction, in the spec's order; see the module docs.
+fn prepare(ctx: &IngressCtx<'_>, event: Event) -> Result<Prepared, IngressError> {
+    let connector = event.connector.to_string();
+    if let Some(receipt) = &event.receipt {
+        if let Some(existing) = ctx.ops.receipt(&receipt.key).map_err(unavailable)? {
+            return answer_existing(
+                ctx.writer,
+                &existing,
+                &event.fingerprint,
+                &connector,
+                ctx.now_ms,
+            )
+            .map(Prepared::Answer);
+        }
+    }
+    // Read-only pre-check so that session errors are answered before the rate limit. An
+    // existing session is trusted by the writer (sessions are never deleted); a new one is
+    // resolved again inside the transaction, where another event may just have created it.
+    let pre_resolved = sessions::resolve(&ctx.ops, &event.session, ctx.now_ms)?;
+
+    ctx.limiter
+        .try_take(&connector, event.events_per_second, ctx.now)
+        .map_err(|retry_after_ms| IngressError::RateLimited {
+            kind: event.connector.kind,
+            retry_after_ms,
+        })?;
+
+    let job = AcceptJob {
+        pre_resolved: match pre_resolved {
+            Resolution::Existing(session) => Some(session),
+            Resolution::New(_) => None,
+        },
+        receipt: event
+            .receipt
+            .map(|r| (r.key, r.key_sha256, event.fingerprint)),
+        session_request: event.session,
+        run: NewRun {
+            run_id: new_id("run", ctx.now_ms),
+            session_id: String::new(),
+            connector_kind: event.connector.kind,
+            connector_name: event.connector.name.to_string(),
+            actor_id: event.actor_id,
+            input: event.input,
+            metadata: event.metadata,
+            reply_targets: event.reply_targets,
+            policy: Default::default(),
+            now_ms: ctx.now_ms,
+        },
+        assets: event.assets,
+        referenced_assets: event.referenced_assets,
+        connector,
+        outcome: None,
+        done: None,
+    };
+    Ok(Prepared::Job(Box::new(job)))
+}
+
+/// Answers an event whose receipt exists: the original run when the payload is the same, 409
+/// otherwise. Counts the hit without writing on this path.
+fn answer_existing(
+    writer: &GroupWriter,
+    existing: &Receipt,
+    fingerprint: &str,
+    connector: &str,
+    now_ms: i64,
+) -> Result<Accepted, IngressError> {
+    if existing.fingerprint == fingerprint {
+        writer.note_duplicate(&existing.receipt_key, now_ms);
+    }
+    existing_answer(
+        existing.fingerprint == fingerprint,
+        existing.run_id.clone(),
+        existing.session_id.clone(),
+        connector,
+    )
+}
+
+/// The answer for a receipt hit: a duplicate with the original run and session, or a conflict
+/// naming them.
+fn existing_answer(
+    same_payload: bool,
+    run_id: String,
+    session_id: String,
+    connector: &str,
+) -> Result<Accepted, IngressError> {
+    if same_payload {
+        Ok(Accepted {
+            status: AcceptStatus::Duplicate,
+            run_id,
+            session_id,
+            connector: connector.to_string(),
+        })
+    } else {
+        Err(IngressError::IdempotencyConflict { run_id, session_id })
+    }
+}
+
+/// The accepting transaction of one event (runs on the writer thread).
+struct AcceptJob {
+    /// The session the pre-check found, when it exists already.
+    pre_resolved: Option<Session>,
+    /// `(receipt_key, key_sha256, fingerprint)` when the event has a receipt key.
+    receipt: Option<(String, String, String)>,
+    session_request: SessionRequest,
+    run: NewRun,
+    assets: Vec<NewAsset>,
+    referenced_assets: Vec<String>,
+    connector: String,
+    outcome: Option<Result<Accepted, IngressError>>,
+    done: Option<Done>,
+}
+
+impl AcceptJob {
+    /// Everything that may refuse the event, before anything is written.
+    fn decide(&mut self, ops: &IngressOps<'_>) -> Result<Option<Resolution>, StoreError> {
+        if let Some((key, _, fingerprint)) = &self.receipt {
+            if let Some(existing) = ops.receipt(key)? {
+                // Lost a race with an identical key: answer like a duplicate (no hit counted
+                // from here; the writer owns no GroupWriter handle).
+                self.outcome = Some(existing_answer(
+                    &existing.fingerprint == fingerprint,
+                    existing.run_id,
+                    existing.session_id,
+                    &self.connector,
+                ));
+                return Ok(None);
+            }
+        }
+        let resolved = match self.pre_resolved.take() {
+            Some(existing) => Ok(Resolution::Existing(existing)),
+            None => sessions::resolve(ops, &self.session_request, self.run.now_ms),
+        };
+        let resolution = match resolved {
+            Ok(r) => r,
+            Err(SessionError::Store(e)) => return Err(e),
+            Err(e) => {
+                self.outcome = Some(Err(e.into()));
+                return Ok(None);
+            }
+        };
+        for asset_id in &self.referenced_assets {
+            if !ops.asset_exists(asset_id)? {
+                self.outcome = Some(Err(IngressError::UnknownAsset {
+                    asset_id: asset_id.clone(),
+                }));
+                return Ok(None);
+            }
+        }
+        Ok(Some(resolution))
+    }
+}
+
+impl WriteJob for AcceptJob {
+    fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError> {
+        let Some(resolution) = self.decide(ops)? else {
+            return Ok(());
+        };
+        let session_id = resolution.session_id().to_string();
+        self.run.policy = resolution.policy().clone();
+        if let Resolution::New(session) = &resolution {
+            ops.insert_session(session)?;
+        }
+        ops.bind_keys(
+            &session_id,
+            &self.session_request.binding_keys,
+            self.run.now_ms,
+        )?;
+        for asset in &self.assets {
+            ops.insert_asset(asset)?;
+        }
+        self.run.session_id = session_id.clone();
+        ops.insert_run(&self.run)?;
+        if let Some((key, digest, fingerprint)) = &self.receipt {
+            ops.insert_receipt(&NewReceipt {
+                receipt_key: key.clone(),
+                connector_kind: self.run.connector_kind,
+                connector_name: self.run.connector_name.clone(),
+                key_sha256: digest.clone(),
+                fingerprint: fingerprint.clone(),
+                run_id: self.run.run_id.clone(),
+                session_id: session_id.clone(),
+                now_ms: self.run.now_ms,
+            })?;
+        }
+        self.outcome = Some(Ok(Accepted {
+            status: AcceptStatus::Accepted,
+            run_id: self.run.run_id.clone(),
+            session_id,
+            connector: self.connector.clone(),
+        }));
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.outcome.take()) {
+            (Ok(()), Some(outcome)) => outcome,
+            // Refusals decided before any write stand even if the batch failed to commit.
+            (Err(_), Some(Err(refusal)))
+                if !matches!(refusal, IngressError::Unavailable { .. }) =>
+            {
+                Err(refusal)
+            }
+            (Err(e), _) => Err(unavailable(e)),
+            (Ok(()), None) => Err(IngressError::Unavailable {
+                detail: "the accepting transaction produced no outcome".into(),
+            }),
+        };
+        if let Some(done) = self.done.take() {
+            done(answer.map(Answer::Event));
+        }
+    }
+}
