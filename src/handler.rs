@@ -42,10 +42,10 @@ use crate::model::now_ms;
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::run::{Run, RunInput, RunStatus, Session};
 use crate::output::{LogLevel, Printer};
-use crate::server::control::run_view;
 use crate::server::App;
 use crate::store::runs::{NewRunOutput, RunError};
 use crate::store::{Store, StoreError};
+use crate::views::run_view;
 
 /// Environment variables an `exec` command inherits from the daemon; everything else is cleared.
 pub const INHERITED_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "HOME", "TMPDIR"];

@@ -16,6 +16,7 @@
 //! - [`handler`]: run handlers inside `serve` (echo, exec).
 //! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
 //! - [`notify`]: generation counter + condvar for "woken or deadline" waits.
+//! - [`views`]: redacted JSON views shared by the control plane and the CLI.
 //! - [`server`]: the daemon's HTTP side (tiny_http), routes and shutdown.
 //! - [`commands`]: one thin module per subcommand.
 
@@ -40,3 +41,4 @@ pub mod secrets;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod views;

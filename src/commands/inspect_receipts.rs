@@ -15,8 +15,8 @@ use crate::exit::{ExitStatus, StatusError};
 use crate::ingress;
 use crate::model::run::Receipt;
 use crate::model::{now_ms, parse_when, rfc3339_ms};
-use crate::server::observe::{receipt_filter, ReceiptList};
 use crate::store::Store;
+use crate::views::{receipt_filter, ReceiptList};
 
 pub fn run(ctx: &Context, args: InspectReceiptsArgs) -> Result<ExitStatus> {
     let since_ms = args

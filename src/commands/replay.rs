@@ -5,7 +5,7 @@
 //!
 //! The work is `delivery::replay`/`resolve` (and their `_matching` forms), the same calls as
 //! the `/v1/deliveries/…` routes; the rows and `--json` use the same redacted views
-//! (`server::deliveries::ItemView`), so a target's secrets never reach the terminal.
+//! (`views::ItemView`), so a target's secrets never reach the terminal.
 //!
 //! A running daemon picks the new deliveries up on its workers' next look at the queue; this
 //! process cannot wake them. There is nothing to replay without a state root: exit 1.
@@ -20,9 +20,9 @@ use crate::delivery;
 use crate::exit::{ExitStatus, StatusError};
 use crate::model::delivery::DeliveryStatus;
 use crate::model::{now_ms, parse_when};
-use crate::server::deliveries::{check_plugin, ItemList, ItemView};
 use crate::store::deliveries::DeliveryFilter;
 use crate::store::Store;
+use crate::views::{check_plugin, ItemList, ItemView};
 
 pub fn run(ctx: &Context, args: ReplayArgs) -> Result<ExitStatus> {
     let now = now_ms();

@@ -209,6 +209,19 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// An error and every cause under it, `outer: cause: root`, for log lines (a response body
+/// never carries it: causes may name file-system paths).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
 /// The current time in milliseconds since the Unix epoch. The one clock read for code above
 /// `model`; `model` itself never calls it (functions here take `now_ms` as an argument).
 pub fn now_ms() -> i64 {

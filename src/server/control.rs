@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 
-use super::{ApiRequest, ApiResponse, Phase, RequestCtx, Route};
+use super::{response, ApiRequest, ApiResponse, Phase, RequestCtx, Route};
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
-use crate::model::run::{Run, RunOutput, RunStatus};
+use crate::model::run::{RunOutput, RunStatus};
 use crate::model::{now_ms, parse_when, ConnectorId};
 use crate::store::runs::{NewRunOutput, RunError, RunFilter, SessionChanges, MAX_LIST_LIMIT};
 use crate::store::StoreError;
+use crate::views::run_view;
 
 /// Claim long-poll bounds (`wait_ms`), milliseconds.
 const MAX_WAIT_MS: u64 = 60_000;
@@ -319,19 +320,6 @@ fn fail_run(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
 // ---------------------------------------------------------------------------------------------
 // Views
 
-/// The JSON view of a run: the model's members plus `connector` (`KIND/NAME`).
-pub fn run_view(run: &Run) -> Map<String, Value> {
-    let mut view = match serde_json::to_value(run) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    view.insert(
-        "connector".into(),
-        json!(format!("{}/{}", run.connector_kind, run.connector_name)),
-    );
-    view
-}
-
 fn output_view(output: &RunOutput) -> Value {
     json!(output)
 }
@@ -558,21 +546,9 @@ fn run_error(ctx: &RequestCtx<'_>, err: &RunError) -> ApiResponse {
     }
 }
 
-/// Maps a [`StoreError`] to 503 and logs the whole cause chain (the response carries no paths).
+/// A store failure: the one answer of [`response::store_error`].
 fn store_error(ctx: &RequestCtx<'_>, err: &StoreError) -> ApiResponse {
-    let mut chain = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ctx.app.out.error(&format!("control plane: {chain}"));
-    let detail = match err {
-        StoreError::Busy { .. } => "the state database is busy; retry shortly",
-        _ => "the state database failed; see the daemon log",
-    };
-    ApiResponse::problem(503, "store_unavailable", detail).with_header("Retry-After", "1")
+    response::store_error(&ctx.app.out, "control plane", err)
 }
 
 #[cfg(test)]

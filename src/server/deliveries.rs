@@ -41,20 +41,17 @@
 //! secrets (tokens live in the connector config) — and are shown as stored. The view leaves
 //! out the internal `target_key`, which is derived from the full address.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
+use serde_json::{json, Map};
 
-use super::{ApiRequest, ApiResponse, RequestCtx, Route};
+use super::{response, ApiRequest, ApiResponse, RequestCtx, Route};
 use crate::delivery::{self, ReplayItem};
-use crate::metrics::Sample;
-use crate::model::delivery::{Delivery, DeliveryStatus};
-use crate::model::reply::{ReplyPlugin, ReplyTarget, TargetAddress};
-use crate::model::{now_ms, parse_when, rfc3339_ms, ConnectorId};
-use crate::store::deliveries::{DeliveryFilter, DeliveryStats};
+use crate::model::delivery::DeliveryStatus;
+use crate::model::{now_ms, parse_when, ConnectorId};
+use crate::store::deliveries::DeliveryFilter;
 use crate::store::StoreError;
 
-use super::observe::QueryError;
+use crate::views::{check_plugin, DeliveryList, DeliveryView, ItemList, ItemView, QueryError};
 
 /// Rows a listing returns without `limit`, and dead letters a bulk replay selects without one.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -64,9 +61,6 @@ pub const MAX_LIMIT: u32 = 500;
 
 /// Longest `reason` accepted when resolving (characters).
 pub const MAX_REASON_CHARS: usize = 1_000;
-
-/// What replaces a secret-bearing value in a view.
-pub const REDACTED: &str = "<redacted>";
 
 /// Early-return type of the route functions: the error side is already a response.
 type Reply = Result<ApiResponse, ApiResponse>;
@@ -308,11 +302,6 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, QueryError> {
     }
 }
 
-/// A plugin filter: one of the four plugin names.
-pub fn check_plugin(value: &str) -> Result<String, String> {
-    ReplyPlugin::parse(value.trim()).map(|p| p.as_str().to_string())
-}
-
 /// Parses the query of `GET /v1/deliveries` (`dead_letters = false`) or
 /// `GET /v1/deliveries/dead-letter`.
 fn parse_list_query(
@@ -531,261 +520,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiRespo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Views (shared with `kheishctl replay`)
-
-/// An address with every secret-bearing part redacted (see the module docs for the rule).
-pub fn redacted_address(target: &ReplyTarget) -> String {
-    if target.plugin != ReplyPlugin::Http {
-        return target.address.clone();
-    }
-    let Ok(TargetAddress::Http(http)) = target.parsed() else {
-        return REDACTED.to_string();
-    };
-    let url = redacted_url(&http.url);
-    if !target.address.trim_start().starts_with('{') {
-        return url;
-    }
-    // Written by hand to keep the stored member order (`url` first, headers as configured);
-    // serde_json's map would sort them.
-    let mut out = format!("{{\"url\":{}", json!(url));
-    if !http.headers.is_empty() {
-        let headers: Vec<String> = http
-            .headers
-            .iter()
-            .map(|(name, _)| format!("{}:{}", json!(name), json!(REDACTED)))
-            .collect();
-        out.push_str(&format!(",\"headers\":{{{}}}", headers.join(",")));
-    }
-    if http.allow_private_network {
-        out.push_str(",\"allow_private_network\":true");
-    }
-    out.push('}');
-    out
-}
-
-/// `scheme://host[:port]` plus `/<redacted:XXXXXXXX>` when there is a path or query.
-fn redacted_url(url: &url::Url) -> String {
-    let base = crate::net::redact_target(url);
-    let path = url.path();
-    let query = url.query().unwrap_or("");
-    if (path.is_empty() || path == "/") && query.is_empty() {
-        return format!("{base}/");
-    }
-    let mut rest = path.to_string();
-    if url.query().is_some() {
-        rest.push('?');
-        rest.push_str(query);
-    }
-    let digest = Sha256::digest(rest.as_bytes());
-    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("{base}/<redacted:{hex}>")
-}
-
-/// A reply target as views show it: the plugin and its redacted address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetView {
-    pub plugin: &'static str,
-    /// The address with secrets redacted ([`redacted_address`]).
-    pub address: String,
-}
-
-impl TargetView {
-    pub fn new(target: &ReplyTarget) -> TargetView {
-        TargetView {
-            plugin: target.plugin.as_str(),
-            address: redacted_address(target),
-        }
-    }
-}
-
-/// One delivery as the API and `kheishctl replay --json` show it: the stored members with the
-/// target redacted, times both as Unix ms and RFC 3339.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeliveryView {
-    pub delivery_id: String,
-    pub output_id: String,
-    pub run_id: String,
-    pub session_id: String,
-    /// `KIND/NAME` of the run's connector.
-    pub connector: String,
-    pub target: TargetView,
-    pub status: DeliveryStatus,
-    pub attempts: u32,
-    pub next_attempt_at_ms: i64,
-    pub next_attempt_at: String,
-    pub lease_owner: Option<String>,
-    pub lease_expires_at_ms: Option<i64>,
-    /// The last failure, already redacted by the transport.
-    pub last_error: Option<String>,
-    pub last_error_code: Option<String>,
-    pub last_http_status: Option<u16>,
-    pub progress: Option<Value>,
-    pub created_at_ms: i64,
-    pub created_at: String,
-    pub updated_at_ms: i64,
-    pub delivered_at_ms: Option<i64>,
-    pub dead_lettered_at_ms: Option<i64>,
-    pub resolution: Option<String>,
-    pub resolved_at_ms: Option<i64>,
-    pub replayed_from_delivery_id: Option<String>,
-}
-
-impl DeliveryView {
-    pub fn new(d: &Delivery) -> DeliveryView {
-        DeliveryView {
-            delivery_id: d.delivery_id.clone(),
-            output_id: d.output_id.clone(),
-            run_id: d.run_id.clone(),
-            session_id: d.session_id.clone(),
-            connector: d.connector.clone(),
-            target: TargetView::new(&d.target),
-            status: d.status,
-            attempts: d.attempts,
-            next_attempt_at_ms: d.next_attempt_at_ms,
-            next_attempt_at: rfc3339_ms(d.next_attempt_at_ms),
-            lease_owner: d.lease_owner.clone(),
-            lease_expires_at_ms: d.lease_expires_at_ms,
-            last_error: d.last_error.clone(),
-            last_error_code: d.last_error_code.clone(),
-            last_http_status: d.last_http_status,
-            progress: d.progress.clone(),
-            created_at_ms: d.created_at_ms,
-            created_at: rfc3339_ms(d.created_at_ms),
-            updated_at_ms: d.updated_at_ms,
-            delivered_at_ms: d.delivered_at_ms,
-            dead_lettered_at_ms: d.dead_lettered_at_ms,
-            resolution: d.resolution.clone(),
-            resolved_at_ms: d.resolved_at_ms,
-            replayed_from_delivery_id: d.replayed_from_delivery_id.clone(),
-        }
-    }
-}
-
-/// `{"deliveries":[…]}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeliveryList {
-    pub deliveries: Vec<DeliveryView>,
-}
-
-impl DeliveryList {
-    pub fn new(deliveries: &[Delivery]) -> DeliveryList {
-        DeliveryList {
-            deliveries: deliveries.iter().map(DeliveryView::new).collect(),
-        }
-    }
-}
-
-/// One replay/resolve result: `result` is the item's kind (`would_replay`, `replayed`,
-/// `existing_replay`, `would_resolve`, `resolved`, `not_dead_lettered`, `not_found`);
-/// `delivery_id` the dead letter (or id) the item is about; `source` the dead letter that was
-/// (or would be) replayed; `delivery` the record the result produced or found — the replay for
-/// `replayed`/`existing_replay`, the dead letter itself for the resolve results, the delivery as
-/// it is for `not_dead_lettered`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ItemView {
-    pub result: &'static str,
-    pub delivery_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_delivery_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<DeliveryView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<DeliveryView>,
-}
-
-impl ItemView {
-    pub fn new(item: &ReplayItem) -> ItemView {
-        let (delivery_id, new, delivery, source) = match item {
-            ReplayItem::WouldReplay { source } => {
-                (source.delivery_id.clone(), None, None, Some(source))
-            }
-            ReplayItem::Replayed { source, replay }
-            | ReplayItem::ExistingReplay { source, replay } => (
-                source.delivery_id.clone(),
-                Some(replay.delivery_id.clone()),
-                Some(replay),
-                Some(source),
-            ),
-            ReplayItem::WouldResolve { source }
-            | ReplayItem::Resolved { source }
-            | ReplayItem::NotDeadLettered { source } => {
-                (source.delivery_id.clone(), None, Some(source), None)
-            }
-            ReplayItem::NotFound { id } => (id.clone(), None, None, None),
-        };
-        ItemView {
-            result: item.kind(),
-            delivery_id,
-            new_delivery_id: new,
-            delivery: delivery.map(DeliveryView::new),
-            source: source.map(DeliveryView::new),
-        }
-    }
-
-    /// True for results that count as success (exit 0): everything but `not_found` and
-    /// `not_dead_lettered`.
-    pub fn is_success(&self) -> bool {
-        !matches!(self.result, "not_found" | "not_dead_lettered")
-    }
-}
-
-/// `{"items":[…]}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ItemList {
-    pub items: Vec<ItemView>,
-}
-
-impl ItemList {
-    pub fn new(items: &[ReplayItem]) -> ItemList {
-        ItemList {
-            items: items.iter().map(ItemView::new).collect(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-
-/// The queue gauges of SPEC §13, read from [`DeliveryStats`] at scrape time:
-/// `kheish_deliveries{state}` (every state, zeros included), `kheish_dead_letters_unresolved`,
-/// `kheish_delivery_circuits_open` and `kheish_delivery_queue_lag_seconds` (age of the oldest
-/// due delivery; 0 when nothing is due).
-pub fn delivery_samples(stats: &DeliveryStats) -> Vec<Sample> {
-    let mut out = Vec::with_capacity(7);
-    for (status, n) in [
-        (DeliveryStatus::Pending, stats.pending),
-        (DeliveryStatus::Retrying, stats.retrying),
-        (DeliveryStatus::Delivered, stats.delivered),
-        (DeliveryStatus::DeadLettered, stats.dead_lettered),
-    ] {
-        out.push(
-            Sample::gauge(
-                "kheish_deliveries",
-                "Deliveries in the queue by state (delivered and dead-lettered until retention prunes them).",
-                n as f64,
-            )
-            .label("state", status.as_str()),
-        );
-    }
-    out.push(Sample::gauge(
-        "kheish_dead_letters_unresolved",
-        "Dead letters that are neither resolved nor replayed successfully.",
-        stats.dead_letters_unresolved as f64,
-    ));
-    out.push(Sample::gauge(
-        "kheish_delivery_circuits_open",
-        "Reply targets paused by the circuit breaker after consecutive failures.",
-        stats.circuits_open as f64,
-    ));
-    out.push(Sample::gauge(
-        "kheish_delivery_queue_lag_seconds",
-        "Age of the oldest due delivery (0 when nothing is due).",
-        stats.oldest_due_age_ms.max(0) as f64 / 1000.0,
-    ));
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
 // Errors → responses (the one table for this module)
 
 fn invalid(detail: impl Into<String>) -> ApiResponse {
@@ -809,118 +543,18 @@ fn not_found(id: &str) -> ApiResponse {
     )
 }
 
-/// A store failure: the whole cause chain goes to the daemon log; the body names no paths.
+/// A store failure: the one answer of [`response::store_error`].
 fn store_problem(ctx: &RequestCtx<'_>, err: &StoreError) -> ApiResponse {
-    let mut chain = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ctx.app
-        .out
-        .error(&format!("delivery control plane: {chain}"));
-    match err {
-        StoreError::Busy { .. } => ApiResponse::problem(
-            503,
-            "store_unavailable",
-            "the state database is busy; retry shortly",
-        )
-        .with_header("Retry-After", "1"),
-        _ => ApiResponse::problem(
-            500,
-            "store_error",
-            "the state database failed; see the daemon log",
-        ),
-    }
+    response::store_error(&ctx.app.out, "delivery control plane", err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::ConnectorKind;
+    use serde_json::Value;
 
     const NOW: i64 = 1_700_000_000_000;
-
-    fn http(address: &str) -> String {
-        let (target, _) = ReplyTarget::new(ReplyPlugin::Http, address).unwrap();
-        redacted_address(&target)
-    }
-
-    fn fp(rest: &str) -> String {
-        let digest = Sha256::digest(rest.as_bytes());
-        digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn http_urls_keep_only_scheme_host_and_port() {
-        assert_eq!(http("https://example.com"), "https://example.com/");
-        assert_eq!(http("https://example.com/"), "https://example.com/");
-        assert_eq!(
-            http("https://hooks.slack.com/services/T0/B0/s3cr3tT0ken"),
-            format!(
-                "https://hooks.slack.com/<redacted:{}>",
-                fp("/services/T0/B0/s3cr3tT0ken")
-            )
-        );
-        assert_eq!(
-            http("http://127.0.0.1:8080/sink?token=abc#frag"),
-            format!("http://127.0.0.1:8080/<redacted:{}>", fp("/sink?token=abc"))
-        );
-        assert_eq!(
-            http("https://api.telegram.org/bot123:ABC/sendMessage"),
-            format!(
-                "https://api.telegram.org/<redacted:{}>",
-                fp("/bot123:ABC/sendMessage")
-            )
-        );
-        assert_eq!(
-            http("http://[::1]:9/x"),
-            format!("http://[::1]:9/<redacted:{}>", fp("/x"))
-        );
-        // The same path gives the same fingerprint, a different one another.
-        assert_eq!(http("https://e.com/a"), http("https://e.com/a"));
-        assert_ne!(http("https://e.com/a"), http("https://e.com/b"));
-    }
-
-    #[test]
-    fn http_json_addresses_redact_header_values() {
-        let shown = http(
-            r#"{"url":"https://e.com/hook?k=v","headers":{"X-Secret":"hunter2","X-Tenant":"t1"},"allow_private_network":true}"#,
-        );
-        let v: Value = serde_json::from_str(&shown).unwrap();
-        assert_eq!(
-            v,
-            json!({
-                "url": format!("https://e.com/<redacted:{}>", fp("/hook?k=v")),
-                "headers": {"X-Secret": REDACTED, "X-Tenant": REDACTED},
-                "allow_private_network": true
-            })
-        );
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("k=v"),
-            "{shown}"
-        );
-        assert_eq!(
-            http(r#"{"url":"https://e.com"}"#),
-            r#"{"url":"https://e.com/"}"#
-        );
-    }
-
-    #[test]
-    fn other_plugins_and_broken_addresses() {
-        let slack = ReplyTarget {
-            plugin: ReplyPlugin::Slack,
-            address: r#"{"connector":"support","channel_id":"C1"}"#.into(),
-        };
-        assert_eq!(redacted_address(&slack), slack.address);
-        let broken = ReplyTarget {
-            plugin: ReplyPlugin::Http,
-            address: "https://user:pw@e.com/x".into(),
-        };
-        assert_eq!(redacted_address(&broken), REDACTED);
-    }
 
     fn pairs(query: &str) -> Vec<(String, String)> {
         super::super::router::query_pairs(query).unwrap()
@@ -1045,96 +679,5 @@ mod tests {
         );
         assert!(check_reason(Some("a\u{7}b".into())).is_err());
         assert!(check_reason(Some("x".repeat(MAX_REASON_CHARS + 1))).is_err());
-    }
-
-    fn delivery(id: &str, status: DeliveryStatus) -> Delivery {
-        Delivery {
-            delivery_id: id.into(),
-            output_id: "out_1".into(),
-            run_id: "run_1".into(),
-            session_id: "sess".into(),
-            connector: "http/orders".into(),
-            target: ReplyTarget {
-                plugin: ReplyPlugin::Http,
-                address: r#"{"url":"https://e.com/p?token=t0k","headers":{"X-S":"v4lue"}}"#.into(),
-            },
-            target_key: "k".into(),
-            status,
-            attempts: 1,
-            next_attempt_at_ms: NOW,
-            lease_owner: None,
-            lease_expires_at_ms: None,
-            last_error: None,
-            last_error_code: None,
-            last_http_status: None,
-            progress: None,
-            created_at_ms: NOW,
-            updated_at_ms: NOW,
-            delivered_at_ms: None,
-            dead_lettered_at_ms: None,
-            resolution: None,
-            resolved_at_ms: None,
-            replayed_from_delivery_id: None,
-        }
-    }
-
-    #[test]
-    fn item_views() {
-        let source = delivery("dlv_src", DeliveryStatus::DeadLettered);
-        let mut replay = delivery("dlv_new", DeliveryStatus::Pending);
-        replay.replayed_from_delivery_id = Some("dlv_src".into());
-        let v = serde_json::to_value(ItemView::new(&ReplayItem::Replayed {
-            source: source.clone(),
-            replay,
-        }))
-        .unwrap();
-        assert_eq!(v["result"], "replayed");
-        assert_eq!(v["delivery_id"], "dlv_src");
-        assert_eq!(v["new_delivery_id"], "dlv_new");
-        assert_eq!(v["delivery"]["replayed_from_delivery_id"], "dlv_src");
-        assert_eq!(v["source"]["status"], "dead_lettered");
-        assert_eq!(v["source"]["created_at"], "2023-11-14T22:13:20.000Z");
-        assert!(v["source"].get("target_key").is_none());
-        let text = v.to_string();
-        assert!(!text.contains("t0k") && !text.contains("v4lue"), "{text}");
-
-        let v =
-            serde_json::to_value(ItemView::new(&ReplayItem::NotFound { id: "x".into() })).unwrap();
-        assert_eq!(v, json!({"result": "not_found", "delivery_id": "x"}));
-        let item = ItemView::new(&ReplayItem::NotDeadLettered {
-            source: delivery("d", DeliveryStatus::Delivered),
-        });
-        assert!(!item.is_success());
-        assert_eq!(item.delivery.unwrap().status, DeliveryStatus::Delivered);
-        assert!(ItemView::new(&ReplayItem::WouldResolve { source }).is_success());
-    }
-
-    #[test]
-    fn samples_cover_every_state() {
-        let stats = DeliveryStats {
-            pending: 3,
-            retrying: 1,
-            delivered: 10,
-            dead_lettered: 2,
-            dead_letters_unresolved: 1,
-            circuits_open: 1,
-            oldest_due_age_ms: 2_500,
-        };
-        let text = crate::metrics::Metrics::new().render(&delivery_samples(&stats));
-        for line in [
-            "# TYPE kheish_deliveries gauge",
-            r#"kheish_deliveries{state="pending"} 3"#,
-            r#"kheish_deliveries{state="retrying"} 1"#,
-            r#"kheish_deliveries{state="delivered"} 10"#,
-            r#"kheish_deliveries{state="dead_lettered"} 2"#,
-            "kheish_dead_letters_unresolved 1",
-            "kheish_delivery_circuits_open 1",
-            "kheish_delivery_queue_lag_seconds 2.5",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
     }
 }

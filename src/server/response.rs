@@ -6,6 +6,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::ingress::{AcceptStatus, Answer, IngressError};
+use crate::model::error_chain;
+use crate::output::Printer;
+use crate::store::StoreError;
 
 /// A response before it is written: status, extra headers and body bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +106,18 @@ pub fn title(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Error",
     }
+}
+
+/// The one answer to a state-database failure, on every route: 503 `store_unavailable` with
+/// `Retry-After: 1`. The whole cause chain goes to the daemon log under `context`; the body
+/// names no paths.
+pub fn store_error(out: &Printer, context: &str, err: &StoreError) -> ApiResponse {
+    out.error(&format!("{context}: {}", error_chain(err)));
+    let detail = match err {
+        StoreError::Busy { .. } => "the state database is busy; retry shortly",
+        _ => "the state database failed; see the daemon log",
+    };
+    ApiResponse::problem(503, "store_unavailable", detail).with_header("Retry-After", "1")
 }
 
 /// An ingress answer: 202 for a new event, 200 for a duplicate or a protocol answer.
