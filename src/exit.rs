@@ -78,6 +78,9 @@ pub fn status_for(err: &anyhow::Error) -> ExitStatus {
         if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
             return e.exit_status();
         }
+        if cause.is::<crate::daemon::StartRefused>() {
+            return ExitStatus::Unavailable;
+        }
         if cause.is::<crate::config::LoadError>() {
             return ExitStatus::Unavailable;
         }

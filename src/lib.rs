@@ -13,7 +13,8 @@
 //! - [`delivery`]: the delivery queue: transports, retry policy, workers, replay.
 //! - [`registry`]: the live connector set with resolved secrets, swapped atomically on reload.
 //! - [`ingress`]: the inbound pipeline (auth, payload rules, sessions, receipts, runs).
-//! - [`handler`]: run handlers inside `serve` (echo, exec).
+//! - [`process`]: child processes: cleared env, own process group, capped capture, TERM then KILL.
+//! - [`daemon`]: the composition of `serve`: start and shutdown order, handlers, watcher, retention.
 //! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
 //! - [`notify`]: generation counter + condvar for "woken or deadline" waits.
 //! - [`views`]: redacted JSON views shared by the control plane and the CLI.
@@ -23,20 +24,20 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod delivery;
 pub mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gen;
-pub mod handler;
 pub mod ingress;
 pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod notify;
 pub mod output;
+pub mod process;
 pub mod registry;
-pub mod retention;
 pub mod secrets;
 pub mod server;
 pub mod sessions;

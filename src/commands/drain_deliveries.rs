@@ -17,9 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::Context;
 use crate::cli::DrainDeliveriesArgs;
 use crate::delivery::policy::RetryPolicy;
-use crate::delivery::transport::http::HttpTransport;
 use crate::delivery::worker::DEFAULT_LEASE;
-use crate::delivery::{self, DrainConfig, DrainSummary, Observer, Transports};
+use crate::delivery::{self, DrainConfig, DrainSummary, Observer};
 use crate::exit::{ExitStatus, StatusError};
 use crate::model::reply::ReplyPlugin;
 use crate::output::Printer;
@@ -64,9 +63,7 @@ pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
         } else {
             ProgressBar::hidden()
         };
-        // Transports by plugin. Slack, Telegram and external deliveries have no transport yet
-        // (they arrive with their own issues) and dead-letter as `plugin_unavailable`.
-        let transports = Transports::new().with(ReplyPlugin::Http, Arc::new(HttpTransport::new()));
+        let transports = crate::delivery::transport::for_this_build();
         let observer = Arc::new(CliObserver {
             out: ctx.out.clone(),
             bar: bar.clone(),

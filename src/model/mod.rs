@@ -38,6 +38,20 @@ impl ConnectorKind {
         }
     }
 
+    /// True when this build serves connectors of this kind (its ingress route exists). The
+    /// connector issues of the roadmap each add their kind here, with its route and transport.
+    pub fn served(self) -> bool {
+        matches!(self, ConnectorKind::Http)
+    }
+
+    /// The one warning about a configured connector of a kind this build does not serve
+    /// (`serve` logs it, `validate` reports it).
+    pub fn unserved_warning(self, name: &str) -> String {
+        format!(
+            "{self} connector `{name}` is configured but not served by this build; its webhook answers 404"
+        )
+    }
+
     /// The top-level TOML array that declares connectors of this kind (`http_connectors`, …).
     pub fn section(self) -> &'static str {
         match self {

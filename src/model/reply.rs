@@ -30,6 +30,21 @@ impl ReplyPlugin {
         }
     }
 
+    /// True when this build has a delivery transport for the plugin; targets of other plugins
+    /// are refused when stored (they could only dead-letter).
+    pub fn served(self) -> bool {
+        matches!(self, ReplyPlugin::Http)
+    }
+
+    /// Why a target of an unserved plugin is refused, in the words of
+    /// [`ConnectorKind::unserved_warning`](crate::model::ConnectorKind::unserved_warning).
+    pub fn unserved_reason(self) -> String {
+        format!(
+            "{} reply targets are not served by this build; its deliveries could not be sent (use an `http` target)",
+            self.as_str()
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReplyPlugin::Http => "http",

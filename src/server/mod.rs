@@ -19,7 +19,6 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cli::HandlerKind;
 use crate::ingress::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
@@ -45,20 +44,9 @@ pub enum Phase {
 /// Options fixed at start.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub handler: HandlerKind,
-    /// `--handler-command`: program, then arguments.
-    pub handler_command: Vec<String>,
-    /// `--handler-concurrency`.
-    pub handler_concurrency: u16,
-    /// `--handler-timeout`.
-    pub handler_timeout: Duration,
     /// Claim long-polls that may wait at once (each holds a request thread); further claims
     /// answer after one look. Half the request threads, at least one.
     pub long_poll_slots: usize,
-    /// Submitted receipts older than this are pruned.
-    pub receipt_retention: Duration,
-    /// At most this many receipts per connector are kept.
-    pub receipt_max_per_connector: u64,
 }
 
 /// State shared by every request thread and background worker of one daemon.

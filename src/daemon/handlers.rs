@@ -20,16 +20,16 @@
 //!   `"session"` (the session view, or null);
 //! - a cleared environment: only `PATH`, `LANG`, `LC_ALL`, `HOME` and `TMPDIR` are inherited, so
 //!   no `KHEISH_*` variable, admin token or master key reaches the command;
-//! - its own process group, so a timeout kills the command and everything it started;
+//! - its own process group, so a timeout stops the command and everything it started (SIGTERM,
+//!   then SIGKILL after [`TERM_GRACE`]);
 //! - stdout as the output: a JSON object with `content` and/or `parts` (and optionally
 //!   `reply_targets`) is structured output, anything else is text content, empty stdout
 //!   completes the run without output (stdout is capped at [`MAX_STDOUT_BYTES`]);
 //! - stderr lines logged at debug level, prefixed with the run id (capped);
 //! - a non-zero exit, a signal or the timeout fails the run with an error naming the cause.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{self, Write};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -37,23 +37,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::cli::HandlerKind;
+use crate::model::error_chain as chain;
 use crate::model::now_ms;
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::run::{Run, RunInput, RunStatus, Session};
-use crate::output::{LogLevel, Printer};
+use crate::output::LogLevel;
+use crate::process::{self, Captured, LineCaps, Signal};
 use crate::server::App;
 use crate::store::runs::{NewRunOutput, RunError};
 use crate::store::{Store, StoreError};
 use crate::views::run_view;
 
-/// Environment variables an `exec` command inherits from the daemon; everything else is cleared.
-pub const INHERITED_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "HOME", "TMPDIR"];
 /// The most stdout an `exec` command may write; more fails the run.
 pub const MAX_STDOUT_BYTES: usize = 4 * 1024 * 1024;
 /// stderr lines logged per run (the rest is read and dropped) and the longest line logged.
-const MAX_STDERR_LINES: usize = 200;
-const MAX_STDERR_LINE_CHARS: usize = 512;
+const STDERR_CAPS: LineCaps = LineCaps {
+    max_lines: 200,
+    max_chars: 512,
+};
 /// Lease on top of `--handler-timeout`, so a run is not handed to another worker while its
 /// command is still allowed to run.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -63,6 +64,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 const ECHO_LEASE: Duration = Duration::from_secs(5);
 /// The longest an idle worker waits without being woken.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
+/// After a SIGTERM, how long the command has to exit before it gets SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
 /// After a SIGKILL, how long to wait for the exit status and stdout before giving up on them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a database error before claiming again (woken early by shutdown).
@@ -82,6 +85,30 @@ pub enum HandlerError {
     /// The OS refused a thread.
     #[error("starting a run handler thread")]
     Thread(#[source] io::Error),
+}
+
+/// Which run handler `serve` runs (`--handler`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerMode {
+    /// No workers: runs wait for a claim through the control plane.
+    None,
+    /// Reply with the run's own text.
+    Echo,
+    /// Run a command per run.
+    Exec {
+        /// Program, then arguments (empty is refused at start).
+        command: Vec<String>,
+        /// Per-run time limit.
+        timeout: Duration,
+    },
+}
+
+/// The run handler settings of one daemon.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    pub mode: HandlerMode,
+    /// Worker threads (`--handler-concurrency`, at least one).
+    pub concurrency: u16,
 }
 
 /// What the workers of this pool do with a run.
@@ -104,20 +131,18 @@ pub struct HandlerPool {
 }
 
 impl HandlerPool {
-    /// Starts `app.options.handler_concurrency` workers for `app.options.handler` (none for
-    /// `--handler none`).
-    pub fn spawn(app: Arc<App>) -> Result<HandlerPool, HandlerError> {
-        let options = &app.options;
-        let mode = match options.handler {
-            HandlerKind::None => None,
-            HandlerKind::Echo => Some(Mode::Echo),
-            HandlerKind::Exec => {
-                if options.handler_command.is_empty() {
+    /// Starts `config.concurrency` workers for `config.mode` (none for `--handler none`).
+    pub fn spawn(app: Arc<App>, config: &HandlerConfig) -> Result<HandlerPool, HandlerError> {
+        let mode = match &config.mode {
+            HandlerMode::None => None,
+            HandlerMode::Echo => Some(Mode::Echo),
+            HandlerMode::Exec { command, timeout } => {
+                if command.is_empty() {
                     return Err(HandlerError::NoCommand);
                 }
                 Some(Mode::Exec {
-                    command: options.handler_command.clone(),
-                    timeout: options.handler_timeout,
+                    command: command.clone(),
+                    timeout: *timeout,
                 })
             }
         };
@@ -133,7 +158,7 @@ impl HandlerPool {
             Mode::Echo => "echo",
             Mode::Exec { .. } => "exec",
         };
-        for n in 1..=options.handler_concurrency.max(1) {
+        for n in 1..=config.concurrency.max(1) {
             let (tx, rx) = mpsc::channel();
             let worker = Worker {
                 app: Arc::clone(&app),
@@ -212,14 +237,6 @@ enum Event {
     Stop,
 }
 
-/// stdout as read: the bytes (at most [`MAX_STDOUT_BYTES`]) and whether more was written.
-#[derive(Debug, Default)]
-struct Captured {
-    bytes: Vec<u8>,
-    overflowed: bool,
-    error: Option<String>,
-}
-
 /// How an `exec` command ended.
 enum ExecEnd {
     /// Exited, and stdout reached EOF, within the timeout.
@@ -253,7 +270,7 @@ impl Worker {
     fn lease(&self) -> Duration {
         match &self.mode {
             Mode::Echo => ECHO_LEASE,
-            Mode::Exec { timeout, .. } => *timeout + KILL_GRACE + LEASE_MARGIN,
+            Mode::Exec { timeout, .. } => *timeout + TERM_GRACE + KILL_GRACE + LEASE_MARGIN,
         }
     }
 
@@ -346,7 +363,7 @@ impl Worker {
             ExecEnd::StartFailed(why) => self.fail(run, &why),
             ExecEnd::Exited { status, stdout } => {
                 if !status.success() {
-                    return self.fail(run, &exit_description(status));
+                    return self.fail(run, &process::exit_description("handler command", status));
                 }
                 if let Some(err) = stdout.error {
                     return self.fail(run, &format!("reading the handler's stdout: {err}"));
@@ -377,18 +394,7 @@ impl Worker {
         let Some((program, args)) = command.split_first() else {
             return ExecEnd::StartFailed("no handler command configured".to_string());
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args).env_clear();
-        for key in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(key) {
-                cmd.env(key, value);
-            }
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = match cmd.spawn() {
+        let mut child = match process::command(program, args, &[]).spawn() {
             Ok(child) => child,
             Err(e) => {
                 return ExecEnd::StartFailed(format!(
@@ -400,7 +406,7 @@ impl Worker {
         self.next_token += 1;
         let token = self.next_token;
         if let Err(e) = self.start_io_threads(run, token, &mut child, input) {
-            kill_process_group(pid, &self.app.out);
+            self.signal(pid, Signal::Kill);
             let _ = child.kill();
             let _ = child.wait();
             return ExecEnd::StartFailed(format!("cannot start handler I/O threads: {e}"));
@@ -414,7 +420,7 @@ impl Worker {
             });
         if let Err(e) = waiter {
             // The closure (and with it the Child) is gone; the group kill still reaches it.
-            kill_process_group(pid, &self.app.out);
+            self.signal(pid, Signal::Kill);
             return ExecEnd::StartFailed(format!("cannot start the handler waiter thread: {e}"));
         }
 
@@ -448,24 +454,32 @@ impl Worker {
                 };
             }
         }
-        // Timeout or shutdown: end the whole group, then give the waiter and the stdout reader
-        // a moment to finish so their threads do not outlive the run.
-        kill_process_group(pid, &self.app.out);
-        let grace_end = Instant::now() + KILL_GRACE;
-        while status.is_none() || stdout.is_none() {
-            let remaining = grace_end.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+        // Timeout or shutdown: ask the whole group to stop, then kill what is left, and give
+        // the waiter and the stdout reader a moment to finish so their threads do not outlive
+        // the run.
+        for (signal, grace) in [(Signal::Term, TERM_GRACE), (Signal::Kill, KILL_GRACE)] {
+            if status.is_some() && stdout.is_some() {
                 break;
             }
-            match self.events.recv_timeout(remaining) {
-                Ok(Event::Exited {
-                    token: t,
-                    status: s,
-                }) if t == token => status = Some(s),
-                Ok(Event::Stdout { token: t, captured }) if t == token => stdout = Some(captured),
-                Ok(Event::Stop) => interrupted = true,
-                Ok(_) => {}
-                Err(_) => break,
+            self.signal(pid, signal);
+            let grace_end = Instant::now() + grace;
+            while status.is_none() || stdout.is_none() {
+                let remaining = grace_end.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                match self.events.recv_timeout(remaining) {
+                    Ok(Event::Exited {
+                        token: t,
+                        status: s,
+                    }) if t == token => status = Some(s),
+                    Ok(Event::Stdout { token: t, captured }) if t == token => {
+                        stdout = Some(captured)
+                    }
+                    Ok(Event::Stop) => interrupted = true,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
             }
         }
         if status.is_none() {
@@ -503,7 +517,7 @@ impl Worker {
             std::thread::Builder::new()
                 .name(format!("{}-stdout", self.owner))
                 .spawn(move || {
-                    let captured = read_capped(stdout, MAX_STDOUT_BYTES);
+                    let captured = process::read_capped(stdout, MAX_STDOUT_BYTES);
                     let _ = tx.send(Event::Stdout { token, captured });
                 })?;
         }
@@ -512,9 +526,29 @@ impl Worker {
             let run_id = run.run_id.clone();
             std::thread::Builder::new()
                 .name(format!("{}-stderr", self.owner))
-                .spawn(move || log_stderr(stderr, &out, &run_id))?;
+                .spawn(move || {
+                    let wanted = out.enabled(LogLevel::Debug);
+                    let dropped = process::for_each_line(stderr, STDERR_CAPS, wanted, |line| {
+                        out.debug(&format!("run {run_id}: handler stderr: {line}"))
+                    });
+                    if dropped > 0 {
+                        out.debug(&format!(
+                            "run {run_id}: handler stderr: {dropped} more line(s) not logged"
+                        ));
+                    }
+                })?;
         }
         Ok(())
+    }
+
+    /// Signals the command's process group; a failure is logged (the run still ends by its
+    /// timeout).
+    fn signal(&self, pgid: u32, signal: Signal) {
+        if let Err(e) = process::signal_group(pgid, signal) {
+            self.app.out.error(&format!(
+                "cannot signal handler process group {pgid}: running kill(1) failed: {e}"
+            ));
+        }
     }
 
     fn complete(&self, run: &Run, output: Option<NewRunOutput>) {
@@ -708,124 +742,6 @@ fn reply_target(value: &Value) -> Result<ReplyTarget, String> {
         .map_err(|e| format!("`address` {e}"))
 }
 
-/// "handler command exited with code N" / "… was killed by signal N".
-fn exit_description(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("handler command exited with code {code}"),
-        (None, Some(signal)) => format!("handler command was killed by signal {signal}"),
-        (None, None) => format!("handler command ended with {status}"),
-    }
-}
-
-/// Reads `reader` to EOF keeping at most `cap` bytes; the rest is drained so the writer never
-/// blocks on a full pipe.
-fn read_capped(mut reader: impl Read, cap: usize) -> Captured {
-    let mut captured = Captured::default();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match reader.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(captured.bytes.len());
-                if n > room {
-                    captured.overflowed = true;
-                }
-                captured.bytes.extend_from_slice(&chunk[..n.min(room)]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                captured.error = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    captured
-}
-
-/// Logs a command's stderr at debug level, `run <id>: handler stderr: <line>`, at most
-/// [`MAX_STDERR_LINES`] lines of at most [`MAX_STDERR_LINE_CHARS`] characters; control
-/// characters are escaped so a command cannot forge log lines.
-fn log_stderr(stderr: impl Read, out: &Printer, run_id: &str) {
-    let mut reader = BufReader::new(stderr);
-    let mut logged = 0usize;
-    let mut dropped = 0usize;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if !out.enabled(LogLevel::Debug) {
-            continue;
-        }
-        if logged >= MAX_STDERR_LINES {
-            dropped += 1;
-            continue;
-        }
-        logged += 1;
-        let text = String::from_utf8_lossy(&line);
-        let text: String = text
-            .trim_end_matches(['\n', '\r'])
-            .chars()
-            .take(MAX_STDERR_LINE_CHARS)
-            .flat_map(|c| {
-                let escaped: Vec<char> = if c.is_control() && c != '\t' {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                escaped
-            })
-            .collect();
-        out.debug(&format!("run {run_id}: handler stderr: {text}"));
-    }
-    if dropped > 0 {
-        out.debug(&format!(
-            "run {run_id}: handler stderr: {dropped} more line(s) not logged"
-        ));
-    }
-}
-
-/// SIGKILLs process group `pgid` (the command was started as its group's leader). std has no
-/// signal API and the crate forbids `unsafe`, so this runs `kill(1)`; a missing `kill` is
-/// logged, and the run still fails with its timeout.
-fn kill_process_group(pgid: u32, out: &Printer) {
-    let group = format!("-{pgid}");
-    let mut last_err = None;
-    for program in ["/bin/kill", "/usr/bin/kill", "kill"] {
-        let res = Command::new(program)
-            .args(["-KILL", "--", &group])
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        match res {
-            // A non-zero status means the group is already gone (ESRCH): nothing left to kill.
-            Ok(_) => return,
-            Err(e) => last_err = Some(e),
-        }
-    }
-    if let Some(e) = last_err {
-        out.error(&format!(
-            "cannot kill handler process group {pgid}: running kill(1) failed: {e}"
-        ));
-    }
-}
-
-/// `err` and its sources, `: `-separated, for log lines.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -915,33 +831,5 @@ mod tests {
             r#"{"content":"x","reply_targets":[{"plugin":"http","address":{"url":"https://e.com","headers":{"Host":"x"}}}]}"#,
             Err("`reply_targets[0]`"),
         );
-    }
-
-    #[test]
-    fn exit_descriptions() {
-        assert_eq!(
-            exit_description(ExitStatus::from_raw(3 << 8)),
-            "handler command exited with code 3"
-        );
-        assert_eq!(
-            exit_description(ExitStatus::from_raw(9)),
-            "handler command was killed by signal 9"
-        );
-    }
-
-    #[test]
-    fn capped_reads_drain_everything() {
-        let data = vec![b'x'; 10_000];
-        let captured = read_capped(&data[..], 100);
-        assert_eq!(captured.bytes.len(), 100);
-        assert!(captured.overflowed);
-        let captured = read_capped(&data[..], 10_000);
-        assert!(!captured.overflowed);
-        assert_eq!(captured.bytes.len(), 10_000);
-    }
-
-    #[test]
-    fn the_inherited_environment_has_no_kheish_variables() {
-        assert!(INHERITED_ENV.iter().all(|k| !k.starts_with("KHEISH")));
     }
 }

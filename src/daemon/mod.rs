@@ -1,0 +1,223 @@
+//! The composition of `kheishctl serve`: what starts in which order, and what stops in which
+//! order. `commands/serve.rs` only turns flags into [`Settings`] and calls [`serve`].
+//!
+//! Start order: resolve the connector set (fail closed: a bad config or a missing secret is
+//! [`StartRefused`], exit 4), read the delivery policy from the environment, open and migrate
+//! the state root, resolve the admin token, start the group-commit writer, bind, then start the
+//! request threads, run handlers, delivery pool, retention timers and the secret watcher, and
+//! announce readiness.
+//!
+//! Shutdown order (SIGTERM/SIGINT): `readyz` says draining, stop accepting and let in-flight
+//! requests finish (10 s at most), stop the handlers, then the delivery pool (in-flight sends
+//! settle), the watcher and the retention timers, and flush the writer last.
+
+pub mod handlers;
+pub mod retention;
+pub mod watcher;
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::delivery::policy::{self, RetryPolicy};
+use crate::delivery::retention::DeliveryRetention;
+use crate::delivery::transport;
+use crate::delivery::worker::DEFAULT_LEASE;
+use crate::delivery::{Observer, WorkerConfig, WorkerPool};
+use crate::notify::Notify;
+use crate::output::Printer;
+use crate::server::admin::{self, AdminAuth, TokenOrigin};
+use crate::server::shutdown::{Control, Signals};
+use crate::server::{self, App, AppParts, Listener, Options, Phase};
+use crate::store::deliveries::ClaimFilter;
+use crate::store::ingress::GroupWriter;
+use crate::store::Store;
+
+pub use handlers::{HandlerConfig, HandlerMode};
+
+/// In-flight requests get this long to finish on shutdown (SPEC §1.3).
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// The daemon refused to start because of its input (config, secrets, environment): exit 4.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartRefused(pub String);
+
+/// Everything `serve` was told, already parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_root: PathBuf,
+    /// The connector file, if any (without one only the control plane is served).
+    pub connectors_config: Option<PathBuf>,
+    /// `--listen` address.
+    pub listen: String,
+    /// Request threads (`--workers`; default 4 per core).
+    pub workers: Option<u16>,
+    pub handler: HandlerConfig,
+    pub admin_token_env: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Delivery sender threads (`--delivery-workers`).
+    pub delivery_workers: u16,
+    pub receipt_retention: Duration,
+    pub receipt_max_per_connector: u64,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads the connector file.
+pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
+    let config_path = settings.connectors_config.clone();
+    if config_path.is_none() {
+        out.warn("no connector file given (--connectors-config / KHEISH_CONNECTORS_CONFIG); serving the control plane only");
+    }
+    let connectors = watcher::load(out, &settings.state_root, config_path.as_deref())?;
+    // Invalid KHEISH_DELIVERY_* values stop the start like an invalid config (exit 4).
+    let delivery_policy = RetryPolicy::from_env(&env).map_err(|e| StartRefused(e.to_string()))?;
+    let delivery_lease =
+        policy::lease_from_env(&env, DEFAULT_LEASE).map_err(|e| StartRefused(e.to_string()))?;
+    // Opening here creates the state root and migrates it before any thread needs it.
+    Store::open(&settings.state_root)?;
+    let (token, origin) = admin::resolve_token(
+        settings.admin_token_env.as_deref(),
+        settings.admin_token_file.as_deref(),
+        &settings.state_root,
+        &env,
+    )
+    .context("resolving the admin token")?;
+    let runs_queued = Arc::new(Notify::new());
+    let notify = Arc::clone(&runs_queued);
+    let writer = GroupWriter::start(&settings.state_root, Box::new(move |_| notify.notify_all()))?;
+    let listener = Listener::bind(&settings.listen)?;
+    let addr = listener.local_addr();
+    let (control_tx, control_rx) = mpsc::channel();
+    let signals = Signals::install(control_tx.clone()).context("installing signal handlers")?;
+
+    let workers = settings.workers.map_or_else(
+        || 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        usize::from,
+    );
+    let app = Arc::new(App::new(AppParts {
+        out: out.clone(),
+        state_root: settings.state_root.clone(),
+        options: Options {
+            long_poll_slots: (workers / 2).max(1),
+        },
+        runs_queued,
+        deliveries_queued: Arc::new(Notify::new()),
+        connectors,
+        writer,
+        admin: AdminAuth::new(token),
+    }));
+    let running = server::start(listener, Arc::clone(&app), workers);
+    let handlers = handlers::HandlerPool::spawn(Arc::clone(&app), &settings.handler)
+        .context("starting run handlers")?;
+    let delivery_observer: Arc<dyn Observer> = Arc::new(DaemonObserver(Arc::clone(&app)));
+    let deliveries = WorkerPool::spawn(WorkerConfig {
+        state_root: settings.state_root.clone(),
+        workers: usize::from(settings.delivery_workers),
+        owner_prefix: "serve".into(),
+        policy: delivery_policy,
+        transports: Arc::new(transport::for_this_build()),
+        notify: Arc::clone(&app.deliveries_queued),
+        filter: ClaimFilter::default(),
+        lease: delivery_lease,
+        observer: Arc::clone(&delivery_observer),
+    });
+    let delivery_retention =
+        DeliveryRetention::spawn(settings.state_root.clone(), delivery_observer);
+    let watcher =
+        watcher::SecretWatcher::spawn(Arc::clone(&app)).context("starting the secret watcher")?;
+    let retention = retention::Retention::spawn(
+        settings.state_root.clone(),
+        settings.receipt_retention,
+        settings.receipt_max_per_connector,
+        out.clone(),
+    );
+
+    announce_token(out, &origin);
+    app.set_phase(Phase::Ready);
+    out.info(&format!("listening on http://{addr}"));
+    if out.json_mode() {
+        let token_file = match &origin {
+            TokenOrigin::StateRoot(path, _) | TokenOrigin::File(path) => {
+                Some(path.display().to_string())
+            }
+            TokenOrigin::Env(_) => None,
+        };
+        out.json_line(&serde_json::json!({
+            "event": "listening",
+            "listen": addr.to_string(),
+            "url": format!("http://{addr}"),
+            "pid": std::process::id(),
+            "workers": workers,
+            "connectors": app.connectors().config.len(),
+            "admin_token_file": token_file,
+        }))?;
+    }
+
+    let reason = loop {
+        match control_rx.recv() {
+            Ok(Control::Shutdown(signal)) => break signal,
+            Ok(Control::Reload) => watcher::reload(&app, config_path.as_deref()),
+            Err(_) => break "signal thread ended",
+        }
+    };
+    out.info(&format!("{reason}: draining"));
+    app.set_phase(Phase::Draining);
+    // Wakes claim long-polls so they answer 204 now instead of holding a request thread.
+    app.runs_queued.notify_all();
+    let stuck = running.shutdown(DRAIN_GRACE);
+    handlers.shutdown();
+    // After the request threads and handlers (nothing queues output any more), before the
+    // writer: in-flight sends finish and their settlements are written.
+    deliveries.shutdown();
+    if stuck > 0 {
+        out.warn(&format!(
+            "{stuck} request(s) did not finish within {DRAIN_GRACE:?}; closing them"
+        ));
+    }
+    watcher.stop();
+    retention.shutdown();
+    delivery_retention.shutdown();
+    app.writer.shutdown();
+    app.responders.shutdown();
+    signals.stop();
+    let stats = app.writer.stats();
+    out.info(&format!(
+        "stopped: {} events in {} commits",
+        stats.jobs.load(std::sync::atomic::Ordering::Relaxed),
+        stats.commits.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    Ok(())
+}
+
+/// Says where the admin token comes from (never its value).
+fn announce_token(out: &Printer, origin: &TokenOrigin) {
+    match origin {
+        TokenOrigin::StateRoot(path, true) => {
+            out.info(&format!("generated an admin token in {}", path.display()))
+        }
+        TokenOrigin::StateRoot(path, false) => {
+            out.info(&format!("admin token: {}", path.display()))
+        }
+        TokenOrigin::Env(var) => out.info(&format!("admin token from ${var}")),
+        TokenOrigin::File(path) => out.info(&format!("admin token from {}", path.display())),
+    }
+}
+
+/// Counts delivery attempts in the daemon's metrics and logs worker warnings.
+struct DaemonObserver(Arc<App>);
+
+impl Observer for DaemonObserver {
+    fn attempt(&self, plugin: &str, outcome: &str) {
+        self.0.metrics.delivery_attempt(plugin, outcome);
+    }
+
+    fn warn(&self, message: &str) {
+        self.0.out.warn(message);
+    }
+}
