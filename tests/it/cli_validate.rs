@@ -2,6 +2,7 @@
 //! case, each checking file, line, column, field and the help line; plus `--json`, warnings,
 //! `--deny-warnings`, online secret checks and exit 4 for unreadable inputs.
 
+use crate::support::db::set_user_version;
 use crate::support::{fixture, repo_root, Kheishctl, Run, Sandbox};
 
 /// Runs `validate NAME ARGS…` from inside `tests/fixtures`, so diagnostics name the file as given.
@@ -341,10 +342,7 @@ fn state_root_newer_schema_exits_4() {
         .run()
         .success();
     let db = sandbox.state_root().join("state.db");
-    {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.pragma_update(None, "user_version", 9999).unwrap();
-    }
+    set_user_version(&sandbox.state_root(), 9999);
     let before = std::fs::read(&db).unwrap();
     let run = Kheishctl::new()
         .env("KHEISH_STATE_ROOT", sandbox.state_root())

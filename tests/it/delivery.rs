@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::daemon::{Daemon, Response};
+use crate::support::daemon::Daemon;
+use crate::support::ingress::ingest;
+use crate::support::problem::assert_problem;
 use crate::support::receiver::{Answer, Receiver, Recorded};
 use crate::support::wait::wait_until;
-use crate::support::{Kheishctl, Run, Sandbox};
+use crate::support::{metric_sample, Kheishctl, Run, Sandbox};
 
 /// Retry delays small enough that `--ignore-backoff` is never needed for speed, yet large
 /// enough to be distinguishable from a Retry-After.
@@ -73,15 +75,7 @@ impl Gateway {
 
     /// Posts one event; returns its run id.
     fn ingest(&self, content: &str, key: &str) -> String {
-        let body = json!({"content": content, "idempotency_key": key}).to_string();
-        let resp = self.daemon.request(
-            "POST",
-            "/v1/connectors/http/orders",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(resp.status, 202, "ingress: {}", resp.text());
-        resp.json()["run_id"].as_str().unwrap().to_string()
+        ingest(&self.daemon, content, key)
     }
 
     /// Posts one event and waits for the echo handler's `n` deliveries; returns them (newest
@@ -159,19 +153,6 @@ fn key_of(request: &Recorded) -> String {
         .header("idempotency-key")
         .unwrap_or_else(|| panic!("request without Idempotency-Key: {request:?}"))
         .to_string()
-}
-
-fn assert_problem(resp: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status, status, "{}", resp.text());
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        resp.text()
-    );
-    let v = resp.json();
-    assert_eq!(v["code"], code, "{v}");
-    v
 }
 
 /// The drain summary (`--json`).
@@ -828,7 +809,7 @@ fn replay_and_resolve_through_the_api() {
         );
     }
     let anonymous = gw.daemon.request("GET", "/v1/deliveries", &[], b"");
-    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_problem(&anonymous, 401, "unauthorized");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,15 +830,7 @@ fn kill_9_during_delivery_loses_nothing_and_resends_with_the_same_key() {
     let workers = ["--delivery-workers", "4"];
     let daemon = start_daemon(&sandbox, &targets, &workers, &env);
     for i in 0..EVENTS {
-        let body = json!({"content": format!("event {i}"), "idempotency_key": format!("k{i}")})
-            .to_string();
-        let resp = daemon.request(
-            "POST",
-            "/v1/connectors/http/orders",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(resp.status, 202, "{}", resp.text());
+        ingest(&daemon, &format!("event {i}"), &format!("k{i}"));
     }
     // One delivery per target is in flight (per-target FIFO), each held by the receiver.
     receiver.wait_waiting(TARGETS, DEADLINE);
@@ -1033,13 +1006,6 @@ fn planted_secrets_never_appear_in_delivery_views_logs_or_metrics() {
     check("the daemon's stderr", &gw.daemon.stderr());
 }
 
-/// The value of one exact series of a Prometheus text document.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn metrics_report_the_queue_and_the_daemons_attempts() {
     let ok = Receiver::start();
@@ -1052,18 +1018,11 @@ fn metrics_report_the_queue_and_the_daemons_attempts() {
         &["--delivery-workers", "2"],
         &[],
     );
-    let body = json!({"content": "hi", "idempotency_key": "k1"}).to_string();
-    let resp = daemon.request(
-        "POST",
-        "/v1/connectors/http/orders",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(resp.status, 202, "{}", resp.text());
+    ingest(&daemon, "hi", "k1");
     let text = wait_until("both deliveries settled in /metrics", DEADLINE, || {
         let text = daemon.admin("GET", "/metrics", None).text();
-        let delivered = sample(&text, r#"kheish_deliveries{state="delivered"}"#);
-        let dead = sample(&text, r#"kheish_deliveries{state="dead_lettered"}"#);
+        let delivered = metric_sample(&text, r#"kheish_deliveries{state="delivered"}"#);
+        let dead = metric_sample(&text, r#"kheish_deliveries{state="dead_lettered"}"#);
         if delivered == Some(1.0) && dead == Some(1.0) {
             Ok(text)
         } else {
@@ -1085,7 +1044,11 @@ fn metrics_report_the_queue_and_the_daemons_attempts() {
             1.0,
         ),
     ] {
-        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        assert_eq!(
+            metric_sample(&text, series),
+            Some(value),
+            "{series} in\n{text}"
+        );
     }
     for family in [
         "# TYPE kheish_deliveries gauge",

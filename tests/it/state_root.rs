@@ -9,14 +9,8 @@ use std::path::Path;
 
 use kheishctl::store::migrations::SUPPORTED_VERSION;
 
-use crate::support::Sandbox;
-
-/// 32 bytes 0..=31, standard base64.
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
+use crate::support::db::{set_user_version, Slot, StateDb};
+use crate::support::{file_mode, Sandbox, MASTER_KEY as KEY};
 
 /// Runs one successful write so the state root exists.
 fn write_one(sandbox: &Sandbox, secret_ref: &str) {
@@ -26,19 +20,6 @@ fn write_one(sandbox: &Sandbox, secret_ref: &str) {
         .env("KHEISH_MASTER_KEY", KEY)
         .run()
         .success();
-}
-
-fn pragma(root: &Path, name: &str) -> String {
-    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-    conn.query_row(&format!("PRAGMA {name}"), [], |r| {
-        r.get::<_, rusqlite::types::Value>(0)
-    })
-    .map(|v| match v {
-        rusqlite::types::Value::Integer(i) => i.to_string(),
-        rusqlite::types::Value::Text(t) => t,
-        other => format!("{other:?}"),
-    })
-    .unwrap()
 }
 
 #[test]
@@ -54,11 +35,14 @@ fn a_write_creates_a_private_root_with_a_migrated_wal_database() {
         .env("KHEISH_MASTER_KEY", KEY)
         .run()
         .success();
-    assert_eq!(mode(&root), 0o700);
-    assert_eq!(mode(&root.join("state.db")), 0o600);
-    assert_eq!(pragma(&root, "user_version"), SUPPORTED_VERSION.to_string());
+    assert_eq!(file_mode(&root), 0o700);
+    assert_eq!(file_mode(&root.join("state.db")), 0o600);
+    assert_eq!(
+        StateDb::open(&root).pragma("user_version"),
+        SUPPORTED_VERSION.to_string()
+    );
     // WAL is recorded in the file header, so a fresh connection sees it.
-    assert_eq!(pragma(&root, "journal_mode"), "wal");
+    assert_eq!(StateDb::open(&root).pragma("journal_mode"), "wal");
 }
 
 #[test]
@@ -68,8 +52,8 @@ fn an_existing_root_keeps_the_operators_mode() {
     fs::create_dir(&root).unwrap();
     fs::set_permissions(&root, fs::Permissions::from_mode(0o750)).unwrap();
     write_one(&sandbox, "a.b");
-    assert_eq!(mode(&root), 0o750);
-    assert_eq!(mode(&root.join("state.db")), 0o600);
+    assert_eq!(file_mode(&root), 0o750);
+    assert_eq!(file_mode(&root.join("state.db")), 0o600);
 }
 
 #[test]
@@ -100,11 +84,7 @@ fn a_newer_schema_exits_4_and_is_not_modified() {
     let sandbox = Sandbox::new();
     let root = sandbox.state_root();
     write_one(&sandbox, "a.b");
-    {
-        let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-        conn.execute_batch(&format!("PRAGMA user_version = {}", SUPPORTED_VERSION + 7))
-            .unwrap();
-    }
+    set_user_version(&root, SUPPORTED_VERSION + 7);
     let snapshot = |root: &Path| -> Vec<(String, Vec<u8>)> {
         let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(root)
             .unwrap()
@@ -229,18 +209,19 @@ fn concurrent_processes_on_a_fresh_root_all_succeed() {
         run.success();
     }
     let root = sandbox.state_root();
-    assert_eq!(pragma(&root, "user_version"), SUPPORTED_VERSION.to_string());
-    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(count("SELECT COUNT(*) FROM secret_slots"), n_procs);
-    assert_eq!(count("SELECT COUNT(*) FROM secret_rotations"), n_procs);
-    assert_eq!(count("SELECT COUNT(*) FROM store_meta"), 1);
+    assert_eq!(
+        StateDb::open(&root).pragma("user_version"),
+        SUPPORTED_VERSION.to_string()
+    );
+    let db = StateDb::open(&root);
+    assert_eq!(db.count("secret_slots"), n_procs);
+    assert_eq!(db.count("secret_rotations"), n_procs);
+    assert_eq!(db.count("store_meta"), 1);
 
     // Every slot decrypts with the one master key that won the race.
     let key = fs::read_to_string(root.join("master.key")).unwrap();
     for idx in 0..n_procs {
-        let value =
-            crate::cli_rotate_secret::stored(&root, key.trim(), &format!("slot.n{idx}"), false);
+        let value = db.secret_value(key.trim(), &format!("slot.n{idx}"), Slot::Current);
         assert_eq!(value.as_deref(), Some(format!("value-{idx}").as_str()));
     }
 }
