@@ -78,18 +78,18 @@ impl Gateway {
         ingest(&self.daemon, content, key)
     }
 
-    /// Posts one event and waits for the echo handler's `n` deliveries; returns them (newest
-    /// first).
-    fn ingest_and_wait(&self, content: &str, key: &str, n: usize) -> Vec<Value> {
+    /// Posts one event and waits for the echo handler's delivery of it; returns the delivery.
+    fn ingest_and_wait(&self, content: &str, key: &str) -> Value {
         let run = self.ingest(content, key);
-        wait_until(&format!("{n} deliveries of run {run}"), DEADLINE, || {
+        wait_until(&format!("the delivery of run {run}"), DEADLINE, || {
             let list = self.list(&format!("/v1/deliveries?run={run}"));
-            if list.len() >= n {
-                Ok(list)
-            } else {
-                Err(format!("{list:?}"))
-            }
+            list.first().cloned().ok_or_else(|| format!("{list:?}"))
         })
+    }
+
+    /// [`Gateway::ingest_and_wait`], returning the delivery's id.
+    fn ingest_delivery_id(&self, content: &str, key: &str) -> String {
+        id_of(&self.ingest_and_wait(content, key))
     }
 
     /// `GET target` → its `deliveries` array.
@@ -202,10 +202,10 @@ fn a_failed_attempt_is_retried_with_the_same_idempotency_key() {
     let receiver = Receiver::start();
     receiver.script([Answer::Status(500), Answer::Status(503)]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let deliveries = gw.ingest_and_wait("hello", "k1", 1);
-    let id = id_of(&deliveries[0]);
-    assert_eq!(deliveries[0]["status"], "pending");
-    assert_eq!(deliveries[0]["attempts"], 0);
+    let delivery = gw.ingest_and_wait("hello", "k1");
+    let id = id_of(&delivery);
+    assert_eq!(delivery["status"], "pending");
+    assert_eq!(delivery["attempts"], 0);
 
     let run = gw.drain(&["--ignore-backoff"]);
     run.success();
@@ -243,7 +243,7 @@ fn retry_after_in_seconds_and_as_an_http_date_delays_the_retry() {
     // Seconds: the retry is due no earlier than 1 s after the refusal, although the policy's
     // own backoff here is 10 ms.
     receiver.script([Answer::retry_after(429, "1")]);
-    let first = id_of(&gw.ingest_and_wait("one", "k1", 1)[0]);
+    let first = gw.ingest_delivery_id("one", "k1");
     let run = gw.drain(&[]);
     run.success();
     assert_eq!(summary(&run)["retried"], 1, "{}", run.stdout());
@@ -270,7 +270,7 @@ fn retry_after_in_seconds_and_as_an_http_date_delays_the_retry() {
     // An HTTP-date a few seconds ahead (whole seconds, as the format has).
     let date_secs = kheishctl::model::now_ms() / 1000 + 4;
     receiver.script([Answer::retry_after(503, &http_date(date_secs))]);
-    let second = id_of(&gw.ingest_and_wait("two", "k2", 1)[0]);
+    let second = gw.ingest_delivery_id("two", "k2");
     let run = gw.drain(&[]);
     run.success();
     assert_eq!(summary(&run)["retried"], 1, "{}", run.stdout());
@@ -295,7 +295,7 @@ fn a_400_dead_letters_at_once() {
     let receiver = Receiver::start();
     receiver.set_default(Answer::Status(400));
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("bad", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("bad", "k1");
     let run = gw.drain(&["--ignore-backoff"]);
     run.status(1);
     assert_eq!(summary(&run)["dead_lettered"], 1, "{}", run.stdout());
@@ -316,7 +316,7 @@ fn a_hanging_target_times_out_and_is_retried() {
     let receiver = Receiver::start();
     receiver.script([Answer::Hang]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("slow", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("slow", "k1");
     // The http transport's total budget is 15 s: the first attempt ends there.
     let run = gw.drain(&["--ignore-backoff"]);
     run.success();
@@ -333,7 +333,7 @@ fn a_closed_connection_is_retried() {
     let receiver = Receiver::start();
     receiver.script([Answer::Close, Answer::Close]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("flaky", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("flaky", "k1");
     gw.drain(&["--ignore-backoff"]).success();
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3, "{requests:?}");
@@ -347,7 +347,7 @@ fn redirects_are_not_followed() {
     let elsewhere = Receiver::start();
     receiver.set_default(Answer::redirect(&elsewhere.url("/moved")));
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("moved", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("moved", "k1");
     gw.drain(&["--ignore-backoff"]).status(1);
     assert_eq!(receiver.count(), 1);
     assert_eq!(elsewhere.count(), 0, "the redirect was followed");
@@ -365,7 +365,7 @@ fn an_oversize_response_is_capped_and_still_delivered() {
         len: 64 * 1024 * 1024,
     }]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("big answer", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("big answer", "k1");
     gw.drain(&["--ignore-backoff"]).success();
     assert_eq!(receiver.count(), 1);
     let d = gw.delivery(&id);
@@ -377,7 +377,7 @@ fn an_oversize_response_is_capped_and_still_delivered() {
 fn a_loopback_target_without_allow_private_network_is_blocked() {
     let receiver = Receiver::start();
     let gw = Gateway::start(&[receiver.url("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("private", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("private", "k1");
     let run = gw.drain(&["--ignore-backoff"]);
     run.status(1);
     assert_eq!(receiver.count(), 0, "the guard let a request through");
@@ -431,7 +431,7 @@ fn dead_letters(n: usize) -> (Receiver, Gateway, Vec<String>) {
     receiver.set_default(Answer::Status(400));
     let gw = Gateway::start(&[receiver.address("/sink")]);
     let ids: Vec<String> = (0..n)
-        .map(|i| id_of(&gw.ingest_and_wait(&format!("event {i}"), &format!("k{i}"), 1)[0]))
+        .map(|i| gw.ingest_delivery_id(&format!("event {i}"), &format!("k{i}")))
         .collect();
     gw.drain(&["--ignore-backoff"]).status(1);
     for id in &ids {
@@ -942,7 +942,7 @@ fn planted_secrets_never_appear_in_delivery_views_logs_or_metrics() {
             );
         }
     };
-    let id = id_of(&gw.ingest_and_wait("secret", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("secret", "k1");
 
     let run = gw.drain(&["--ignore-backoff"]);
     run.status(1);

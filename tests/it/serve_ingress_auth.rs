@@ -349,13 +349,7 @@ fn planted_secrets_never_appear_in_logs_responses_metrics_or_the_state_root() {
     const P_ADMIN: &str = "pl4nted-admin-Hj4VbK1oP6yT9eG2";
     const VAULT_REF: &str = "connectors.http.vault.bearer_token";
     let sandbox = Sandbox::new();
-    sandbox
-        .cmd()
-        .args(["rotate-secret", VAULT_REF, "--stdin"])
-        .stdin(P_VAULT)
-        .run()
-        .success()
-        .never_shows(P_VAULT);
+    sandbox.store_secret(VAULT_REF, P_VAULT);
     let config = format!(
         "{GATEWAY}
 [[http_connectors]]

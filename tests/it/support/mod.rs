@@ -106,6 +106,18 @@ impl Sandbox {
         path
     }
 
+    /// `rotate-secret SECRET_REF --stdin` with `stdin` (one trailing line end is not part of
+    /// the value) on this sandbox's state root, which creates it and its master key when
+    /// missing. Asserts success and that the value is never shown.
+    pub fn store_secret(&self, secret_ref: &str, stdin: &str) {
+        self.cmd()
+            .args(["rotate-secret", secret_ref, "--stdin"])
+            .stdin(stdin)
+            .run()
+            .success()
+            .never_shows(stdin.trim_end_matches(['\r', '\n']));
+    }
+
     /// A command builder bound to this sandbox's state root.
     pub fn cmd(&self) -> Kheishctl {
         let mut k = Kheishctl::new();
