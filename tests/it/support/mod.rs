@@ -1,6 +1,11 @@
 //! Test harness: a fluent builder that runs the real `kheishctl` binary with a clean environment
 //! and a temporary state root, and prints everything (command, status, stdout, stderr, state-root
 //! listing) when an expectation fails.
+//!
+//! The other helpers live beside it, one concern each: `daemon` (a running `serve`), `http`
+//! (the one raw HTTP client), `problem` (the problem+json assertion), `db` (reading
+//! `state.db`), `ingress` (signed ingress requests and their answers), `receiver` (the fake
+//! webhook target) and `wait` (polling with a deadline, the only pause).
 
 #![allow(dead_code)]
 
