@@ -1,64 +1,25 @@
 //! `rotate-secret`: every value source, newline handling, `--grace`, generated values, the
 //! `--json` shape, master-key errors, and that no secret value ever reaches stdout or stderr.
 //!
-//! What was stored is checked by opening `state.db` independently of kheishctl (rusqlite plus
-//! XChaCha20-Poly1305 with the slot ref as associated data, as SPEC §4 and `secrets` document),
-//! with the master key the test passed in. That also proves the value is encrypted at rest.
-
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+//! What was stored is checked by opening `state.db` independently of kheishctl
+//! (`support::db`: rusqlite plus XChaCha20-Poly1305 with the slot ref as associated data, as
+//! SPEC §4 and `secrets` document), with the master key the test passed in. That also proves
+//! the value is encrypted at rest.
 
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::support::Sandbox;
+use crate::support::db::{Slot, StateDb};
+use crate::support::{file_mode, Sandbox, MASTER_KEY as KEY_A};
 
 const REF: &str = "connectors.http.orders.hmac_secret";
-/// 32 bytes 0..=31, standard base64.
-const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-/// 32 other bytes.
+/// A second master key: 32 bytes other than `KEY_A`, standard base64.
 const KEY_B: &str = "HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=";
 
-/// Decrypts a slot's current (or previous) value straight from `state.db`.
-pub(crate) fn stored(
-    root: &Path,
-    key_b64: &str,
-    secret_ref: &str,
-    previous: bool,
-) -> Option<String> {
-    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-    let sql = if previous {
-        "SELECT previous_nonce, previous_ciphertext FROM secret_slots WHERE secret_ref = ?1"
-    } else {
-        "SELECT nonce, ciphertext FROM secret_slots WHERE secret_ref = ?1"
-    };
-    let (nonce, ciphertext): (Option<Vec<u8>>, Option<Vec<u8>>) = conn
-        .query_row(sql, [secret_ref], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap();
-    let (nonce, ciphertext) = (nonce?, ciphertext?);
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(key_b64)
-        .unwrap();
-    let cipher = XChaCha20Poly1305::new_from_slice(&key).unwrap();
-    let plaintext = cipher
-        .decrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &ciphertext,
-                aad: secret_ref.as_bytes(),
-            },
-        )
-        .expect("the slot decrypts with the key it was written with");
-    Some(String::from_utf8(plaintext).unwrap())
-}
-
+/// The slot's current value, decrypted with `KEY_A` straight from `state.db`.
 fn current(sandbox: &Sandbox, secret_ref: &str) -> String {
-    stored(&sandbox.state_root(), KEY_A, secret_ref, false).expect("slot exists")
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    StateDb::open(&sandbox.state_root())
+        .secret_value(KEY_A, secret_ref, Slot::Current)
+        .expect("slot exists")
 }
 
 #[test]
@@ -242,7 +203,9 @@ fn grace_keeps_the_previous_value_for_verification() {
         .never_shows("new-value-7d1e");
     assert_eq!(current(&sandbox, REF), "new-value-7d1e");
     assert_eq!(
-        stored(&root, KEY_A, REF, true).as_deref(),
+        StateDb::open(&root)
+            .secret_value(KEY_A, REF, Slot::Previous)
+            .as_deref(),
         Some("old-value-7d1e")
     );
 
@@ -270,7 +233,9 @@ fn grace_keeps_the_previous_value_for_verification() {
     // Both are printed with second precision, so the window can be off by the rounding.
     assert!((7199..=7201).contains(&window), "window {window}s");
     assert_eq!(
-        stored(&root, KEY_A, REF, true).as_deref(),
+        StateDb::open(&root)
+            .secret_value(KEY_A, REF, Slot::Previous)
+            .as_deref(),
         Some("new-value-7d1e")
     );
 
@@ -283,18 +248,12 @@ fn grace_keeps_the_previous_value_for_verification() {
         .run()
         .success()
         .stdout_is(&format!("rotated {REF}\n"));
-    assert_eq!(stored(&root, KEY_A, REF, true), None);
+    assert_eq!(
+        StateDb::open(&root).secret_value(KEY_A, REF, Slot::Previous),
+        None
+    );
 
-    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-    let rotations: Vec<(Option<i64>, String)> = conn
-        .prepare(
-            "SELECT grace_until_ms, source FROM secret_rotations WHERE secret_ref = ?1 ORDER BY id",
-        )
-        .unwrap()
-        .query_map([REF], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rotations = StateDb::open(&root).secret_rotations(REF);
     let sources: Vec<&str> = rotations.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(sources, ["stdin", "stdin", "env", "stdin"]);
     let graces: Vec<bool> = rotations.iter().map(|(g, _)| g.is_some()).collect();
@@ -371,10 +330,10 @@ fn generated_master_key_and_files_are_private() {
         .run()
         .success()
         .never_shows("value-under-generated-key");
-    assert_eq!(mode(&root), 0o700);
+    assert_eq!(file_mode(&root), 0o700);
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();
-        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        assert_eq!(file_mode(&path), 0o600, "{}", path.display());
     }
     let key = std::fs::read_to_string(root.join("master.key")).unwrap();
     let key = key.trim();
@@ -386,7 +345,9 @@ fn generated_master_key_and_files_are_private() {
         32
     );
     assert_eq!(
-        stored(&root, key, REF, false).as_deref(),
+        StateDb::open(&root)
+            .secret_value(key, REF, Slot::Current)
+            .as_deref(),
         Some("value-under-generated-key")
     );
 
@@ -404,7 +365,9 @@ fn generated_master_key_and_files_are_private() {
         key
     );
     assert_eq!(
-        stored(&root, key, REF, false).as_deref(),
+        StateDb::open(&root)
+            .secret_value(key, REF, Slot::Current)
+            .as_deref(),
         Some("second-value")
     );
 }

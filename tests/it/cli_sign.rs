@@ -1,6 +1,8 @@
 //! `kheishctl sign`: the SPEC §7.2 vector and Slack's documented example through the binary,
 //! every output format, every secret source, `--verify`, and that no secret value is ever shown.
 
+use std::path::Path;
+
 use crate::support::{Run, Sandbox};
 
 // SPEC §7.2 fixed vector.
@@ -38,6 +40,37 @@ fn sign(sandbox: &Sandbox, extra: &[&str]) -> Run {
     run
 }
 
+/// Runs `sign --secret-env ORDERS_HMAC --timestamp 1710000000 --body - <extra>` with `stdin`
+/// as the body and the §7.2 secret planted, and checks the secret never shows.
+fn sign_stdin(sandbox: &Sandbox, stdin: &str, extra: &[&str]) -> Run {
+    let run = sandbox
+        .cmd()
+        .args(["sign", "--secret-env", "ORDERS_HMAC", "--timestamp", TS])
+        .args(["--body", "-"])
+        .args(extra)
+        .env("ORDERS_HMAC", SECRET)
+        .stdin(stdin)
+        .run();
+    run.never_shows(SECRET);
+    run
+}
+
+/// Runs `sign --scheme slack --secret-env SLACK_SIGNING_SECRET <extra> --body BODY` with
+/// Slack's example secret planted, and checks the secret never shows.
+fn sign_slack(sandbox: &Sandbox, body: &Path, extra: &[&str]) -> Run {
+    let run = sandbox
+        .cmd()
+        .args(["sign", "--scheme", "slack"])
+        .args(["--secret-env", "SLACK_SIGNING_SECRET"])
+        .args(extra)
+        .arg("--body")
+        .arg(body)
+        .env("SLACK_SIGNING_SECRET", SLACK_SECRET)
+        .run();
+    run.never_shows(SLACK_SECRET);
+    run
+}
+
 #[test]
 fn spec_vector_gives_the_two_header_lines() {
     let sandbox = Sandbox::new();
@@ -70,23 +103,12 @@ fn method_is_uppercased() {
 #[test]
 fn body_from_stdin_is_signed_byte_for_byte() {
     let sandbox = Sandbox::new();
-    let run = sandbox
-        .cmd()
-        .args(["sign", "--secret-env", "ORDERS_HMAC", "--timestamp", TS])
-        .args(["--path", PATH, "--body", "-"])
-        .env("ORDERS_HMAC", SECRET)
-        .stdin(BODY)
-        .run();
-    run.success().stdout_is(HEADERS).never_shows(SECRET);
+    sign_stdin(&sandbox, BODY, &["--path", PATH])
+        .success()
+        .stdout_is(HEADERS);
     // A trailing newline is part of the body: it changes the signature.
-    let run = sandbox
-        .cmd()
-        .args(["sign", "--secret-env", "ORDERS_HMAC", "--timestamp", TS])
-        .args(["--path", PATH, "--body", "-"])
-        .env("ORDERS_HMAC", SECRET)
-        .stdin(format!("{BODY}\n"))
-        .run();
-    run.success().never_shows(SECRET);
+    let run = sign_stdin(&sandbox, &format!("{BODY}\n"), &["--path", PATH]);
+    run.success();
     assert!(!run.stdout().contains(SIG), "{}", run.stdout());
 }
 
@@ -135,15 +157,8 @@ fn curl_with_path_targets_the_default_listen_address() {
 #[test]
 fn curl_with_stdin_body_reads_stdin_again() {
     let sandbox = Sandbox::new();
-    let run = sandbox
-        .cmd()
-        .args(["sign", "--secret-env", "ORDERS_HMAC", "--timestamp", TS])
-        .args(["--path", PATH, "--body", "-", "--format", "curl"])
-        .env("ORDERS_HMAC", SECRET)
-        .stdin(BODY)
-        .run();
-    run.success()
-        .never_shows(SECRET)
+    sign_stdin(&sandbox, BODY, &["--path", PATH, "--format", "curl"])
+        .success()
         .stdout_contains("# the body was read from standard input")
         .stdout_contains("--data-binary @- \\")
         .stdout_contains(SIG);
@@ -153,36 +168,17 @@ fn curl_with_stdin_body_reads_stdin_again() {
 fn slack_scheme_matches_slacks_documented_example() {
     let sandbox = Sandbox::new();
     let body = sandbox.write("slack.txt", SLACK_BODY);
-    let run = sandbox
-        .cmd()
-        .args([
-            "sign",
-            "--scheme",
-            "slack",
-            "--secret-env",
-            "SLACK_SIGNING_SECRET",
-        ])
-        .args(["--timestamp", SLACK_TS, "--body"])
-        .arg(&body)
-        .env("SLACK_SIGNING_SECRET", SLACK_SECRET)
-        .run();
-    run.success().never_shows(SLACK_SECRET).stdout_is(&format!(
-        "X-Slack-Request-Timestamp: {SLACK_TS}\nX-Slack-Signature: {SLACK_SIG}\n"
-    ));
-    let run = sandbox
-        .cmd()
-        .args([
-            "sign",
-            "--scheme",
-            "slack",
-            "--secret-env",
-            "SLACK_SIGNING_SECRET",
-        ])
-        .args(["--timestamp", SLACK_TS, "--format", "json", "--body"])
-        .arg(&body)
-        .env("SLACK_SIGNING_SECRET", SLACK_SECRET)
-        .run();
-    let json = run.success().never_shows(SLACK_SECRET).json();
+    sign_slack(&sandbox, &body, &["--timestamp", SLACK_TS])
+        .success()
+        .stdout_is(&format!(
+            "X-Slack-Request-Timestamp: {SLACK_TS}\nX-Slack-Signature: {SLACK_SIG}\n"
+        ));
+    let run = sign_slack(
+        &sandbox,
+        &body,
+        &["--timestamp", SLACK_TS, "--format", "json"],
+    );
+    let json = run.success().json();
     assert_eq!(json["signature"], SLACK_SIG);
     assert_eq!(json["canonical_prefix"], format!("v0:{SLACK_TS}:"));
     assert_eq!(json["path"], serde_json::Value::Null);
@@ -192,21 +188,8 @@ fn slack_scheme_matches_slacks_documented_example() {
 fn slack_curl_needs_a_url() {
     let sandbox = Sandbox::new();
     let body = sandbox.write("slack.json", "{}");
-    sandbox
-        .cmd()
-        .args([
-            "sign",
-            "--scheme",
-            "slack",
-            "--secret-env",
-            "SLACK_SIGNING_SECRET",
-        ])
-        .args(["--format", "curl", "--body"])
-        .arg(&body)
-        .env("SLACK_SIGNING_SECRET", SLACK_SECRET)
-        .run()
+    sign_slack(&sandbox, &body, &["--format", "curl"])
         .status(2)
-        .never_shows(SLACK_SECRET)
         .stderr_contains("`--format curl` needs a URL");
 }
 

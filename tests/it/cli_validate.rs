@@ -2,6 +2,7 @@
 //! case, each checking file, line, column, field and the help line; plus `--json`, warnings,
 //! `--deny-warnings`, online secret checks and exit 4 for unreadable inputs.
 
+use crate::support::db::set_user_version;
 use crate::support::{fixture, repo_root, Kheishctl, Run, Sandbox};
 
 /// Runs `validate NAME ARGS…` from inside `tests/fixtures`, so diagnostics name the file as given.
@@ -254,17 +255,10 @@ fn online_checks_report_missing_env_and_slots() {
         .stderr_contains("kheishctl rotate-secret connectors.http.orders.hmac_secret --stdin");
 
     // Empty env var is reported as empty; a present slot passes.
-    sandbox
-        .cmd()
-        .args([
-            "rotate-secret",
-            "connectors.http.orders.hmac_secret",
-            "--stdin",
-        ])
-        .stdin("planted-hmac-secret\n")
-        .run()
-        .success()
-        .never_shows("planted-hmac-secret");
+    sandbox.store_secret(
+        "connectors.http.orders.hmac_secret",
+        "planted-hmac-secret\n",
+    );
     let run = sandbox
         .cmd()
         .arg("validate")
@@ -330,21 +324,9 @@ fn online_checks_cover_credential_slots() {
 #[test]
 fn state_root_newer_schema_exits_4() {
     let sandbox = Sandbox::new();
-    sandbox
-        .cmd()
-        .args([
-            "rotate-secret",
-            "connectors.http.orders.hmac_secret",
-            "--stdin",
-        ])
-        .stdin("x-value")
-        .run()
-        .success();
+    sandbox.store_secret("connectors.http.orders.hmac_secret", "x-value");
     let db = sandbox.state_root().join("state.db");
-    {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.pragma_update(None, "user_version", 9999).unwrap();
-    }
+    set_user_version(&sandbox.state_root(), 9999);
     let before = std::fs::read(&db).unwrap();
     let run = Kheishctl::new()
         .env("KHEISH_STATE_ROOT", sandbox.state_root())

@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::daemon::{Daemon, Response};
+use crate::support::daemon::Daemon;
+use crate::support::ingress::ingest;
+use crate::support::problem::assert_problem;
 use crate::support::receiver::{Answer, Receiver, Recorded};
 use crate::support::wait::wait_until;
-use crate::support::{Kheishctl, Run, Sandbox};
+use crate::support::{metric_sample, Kheishctl, Run, Sandbox};
 
 /// Retry delays small enough that `--ignore-backoff` is never needed for speed, yet large
 /// enough to be distinguishable from a Retry-After.
@@ -73,29 +75,21 @@ impl Gateway {
 
     /// Posts one event; returns its run id.
     fn ingest(&self, content: &str, key: &str) -> String {
-        let body = json!({"content": content, "idempotency_key": key}).to_string();
-        let resp = self.daemon.request(
-            "POST",
-            "/v1/connectors/http/orders",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(resp.status, 202, "ingress: {}", resp.text());
-        resp.json()["run_id"].as_str().unwrap().to_string()
+        ingest(&self.daemon, content, key)
     }
 
-    /// Posts one event and waits for the echo handler's `n` deliveries; returns them (newest
-    /// first).
-    fn ingest_and_wait(&self, content: &str, key: &str, n: usize) -> Vec<Value> {
+    /// Posts one event and waits for the echo handler's delivery of it; returns the delivery.
+    fn ingest_and_wait(&self, content: &str, key: &str) -> Value {
         let run = self.ingest(content, key);
-        wait_until(&format!("{n} deliveries of run {run}"), DEADLINE, || {
+        wait_until(&format!("the delivery of run {run}"), DEADLINE, || {
             let list = self.list(&format!("/v1/deliveries?run={run}"));
-            if list.len() >= n {
-                Ok(list)
-            } else {
-                Err(format!("{list:?}"))
-            }
+            list.first().cloned().ok_or_else(|| format!("{list:?}"))
         })
+    }
+
+    /// [`Gateway::ingest_and_wait`], returning the delivery's id.
+    fn ingest_delivery_id(&self, content: &str, key: &str) -> String {
+        id_of(&self.ingest_and_wait(content, key))
     }
 
     /// `GET target` → its `deliveries` array.
@@ -161,19 +155,6 @@ fn key_of(request: &Recorded) -> String {
         .to_string()
 }
 
-fn assert_problem(resp: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status, status, "{}", resp.text());
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        resp.text()
-    );
-    let v = resp.json();
-    assert_eq!(v["code"], code, "{v}");
-    v
-}
-
 /// The drain summary (`--json`).
 fn summary(run: &Run) -> Value {
     run.json()
@@ -221,10 +202,10 @@ fn a_failed_attempt_is_retried_with_the_same_idempotency_key() {
     let receiver = Receiver::start();
     receiver.script([Answer::Status(500), Answer::Status(503)]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let deliveries = gw.ingest_and_wait("hello", "k1", 1);
-    let id = id_of(&deliveries[0]);
-    assert_eq!(deliveries[0]["status"], "pending");
-    assert_eq!(deliveries[0]["attempts"], 0);
+    let delivery = gw.ingest_and_wait("hello", "k1");
+    let id = id_of(&delivery);
+    assert_eq!(delivery["status"], "pending");
+    assert_eq!(delivery["attempts"], 0);
 
     let run = gw.drain(&["--ignore-backoff"]);
     run.success();
@@ -262,7 +243,7 @@ fn retry_after_in_seconds_and_as_an_http_date_delays_the_retry() {
     // Seconds: the retry is due no earlier than 1 s after the refusal, although the policy's
     // own backoff here is 10 ms.
     receiver.script([Answer::retry_after(429, "1")]);
-    let first = id_of(&gw.ingest_and_wait("one", "k1", 1)[0]);
+    let first = gw.ingest_delivery_id("one", "k1");
     let run = gw.drain(&[]);
     run.success();
     assert_eq!(summary(&run)["retried"], 1, "{}", run.stdout());
@@ -289,7 +270,7 @@ fn retry_after_in_seconds_and_as_an_http_date_delays_the_retry() {
     // An HTTP-date a few seconds ahead (whole seconds, as the format has).
     let date_secs = kheishctl::model::now_ms() / 1000 + 4;
     receiver.script([Answer::retry_after(503, &http_date(date_secs))]);
-    let second = id_of(&gw.ingest_and_wait("two", "k2", 1)[0]);
+    let second = gw.ingest_delivery_id("two", "k2");
     let run = gw.drain(&[]);
     run.success();
     assert_eq!(summary(&run)["retried"], 1, "{}", run.stdout());
@@ -314,7 +295,7 @@ fn a_400_dead_letters_at_once() {
     let receiver = Receiver::start();
     receiver.set_default(Answer::Status(400));
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("bad", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("bad", "k1");
     let run = gw.drain(&["--ignore-backoff"]);
     run.status(1);
     assert_eq!(summary(&run)["dead_lettered"], 1, "{}", run.stdout());
@@ -335,7 +316,7 @@ fn a_hanging_target_times_out_and_is_retried() {
     let receiver = Receiver::start();
     receiver.script([Answer::Hang]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("slow", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("slow", "k1");
     // The http transport's total budget is 15 s: the first attempt ends there.
     let run = gw.drain(&["--ignore-backoff"]);
     run.success();
@@ -352,7 +333,7 @@ fn a_closed_connection_is_retried() {
     let receiver = Receiver::start();
     receiver.script([Answer::Close, Answer::Close]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("flaky", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("flaky", "k1");
     gw.drain(&["--ignore-backoff"]).success();
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3, "{requests:?}");
@@ -366,7 +347,7 @@ fn redirects_are_not_followed() {
     let elsewhere = Receiver::start();
     receiver.set_default(Answer::redirect(&elsewhere.url("/moved")));
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("moved", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("moved", "k1");
     gw.drain(&["--ignore-backoff"]).status(1);
     assert_eq!(receiver.count(), 1);
     assert_eq!(elsewhere.count(), 0, "the redirect was followed");
@@ -384,7 +365,7 @@ fn an_oversize_response_is_capped_and_still_delivered() {
         len: 64 * 1024 * 1024,
     }]);
     let gw = Gateway::start(&[receiver.address("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("big answer", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("big answer", "k1");
     gw.drain(&["--ignore-backoff"]).success();
     assert_eq!(receiver.count(), 1);
     let d = gw.delivery(&id);
@@ -396,7 +377,7 @@ fn an_oversize_response_is_capped_and_still_delivered() {
 fn a_loopback_target_without_allow_private_network_is_blocked() {
     let receiver = Receiver::start();
     let gw = Gateway::start(&[receiver.url("/sink")]);
-    let id = id_of(&gw.ingest_and_wait("private", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("private", "k1");
     let run = gw.drain(&["--ignore-backoff"]);
     run.status(1);
     assert_eq!(receiver.count(), 0, "the guard let a request through");
@@ -450,7 +431,7 @@ fn dead_letters(n: usize) -> (Receiver, Gateway, Vec<String>) {
     receiver.set_default(Answer::Status(400));
     let gw = Gateway::start(&[receiver.address("/sink")]);
     let ids: Vec<String> = (0..n)
-        .map(|i| id_of(&gw.ingest_and_wait(&format!("event {i}"), &format!("k{i}"), 1)[0]))
+        .map(|i| gw.ingest_delivery_id(&format!("event {i}"), &format!("k{i}")))
         .collect();
     gw.drain(&["--ignore-backoff"]).status(1);
     for id in &ids {
@@ -828,7 +809,7 @@ fn replay_and_resolve_through_the_api() {
         );
     }
     let anonymous = gw.daemon.request("GET", "/v1/deliveries", &[], b"");
-    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_problem(&anonymous, 401, "unauthorized");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,15 +830,7 @@ fn kill_9_during_delivery_loses_nothing_and_resends_with_the_same_key() {
     let workers = ["--delivery-workers", "4"];
     let daemon = start_daemon(&sandbox, &targets, &workers, &env);
     for i in 0..EVENTS {
-        let body = json!({"content": format!("event {i}"), "idempotency_key": format!("k{i}")})
-            .to_string();
-        let resp = daemon.request(
-            "POST",
-            "/v1/connectors/http/orders",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(resp.status, 202, "{}", resp.text());
+        ingest(&daemon, &format!("event {i}"), &format!("k{i}"));
     }
     // One delivery per target is in flight (per-target FIFO), each held by the receiver.
     receiver.wait_waiting(TARGETS, DEADLINE);
@@ -969,7 +942,7 @@ fn planted_secrets_never_appear_in_delivery_views_logs_or_metrics() {
             );
         }
     };
-    let id = id_of(&gw.ingest_and_wait("secret", "k1", 1)[0]);
+    let id = gw.ingest_delivery_id("secret", "k1");
 
     let run = gw.drain(&["--ignore-backoff"]);
     run.status(1);
@@ -1033,13 +1006,6 @@ fn planted_secrets_never_appear_in_delivery_views_logs_or_metrics() {
     check("the daemon's stderr", &gw.daemon.stderr());
 }
 
-/// The value of one exact series of a Prometheus text document.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn metrics_report_the_queue_and_the_daemons_attempts() {
     let ok = Receiver::start();
@@ -1052,18 +1018,11 @@ fn metrics_report_the_queue_and_the_daemons_attempts() {
         &["--delivery-workers", "2"],
         &[],
     );
-    let body = json!({"content": "hi", "idempotency_key": "k1"}).to_string();
-    let resp = daemon.request(
-        "POST",
-        "/v1/connectors/http/orders",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(resp.status, 202, "{}", resp.text());
+    ingest(&daemon, "hi", "k1");
     let text = wait_until("both deliveries settled in /metrics", DEADLINE, || {
         let text = daemon.admin("GET", "/metrics", None).text();
-        let delivered = sample(&text, r#"kheish_deliveries{state="delivered"}"#);
-        let dead = sample(&text, r#"kheish_deliveries{state="dead_lettered"}"#);
+        let delivered = metric_sample(&text, r#"kheish_deliveries{state="delivered"}"#);
+        let dead = metric_sample(&text, r#"kheish_deliveries{state="dead_lettered"}"#);
         if delivered == Some(1.0) && dead == Some(1.0) {
             Ok(text)
         } else {
@@ -1085,7 +1044,11 @@ fn metrics_report_the_queue_and_the_daemons_attempts() {
             1.0,
         ),
     ] {
-        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        assert_eq!(
+            metric_sample(&text, series),
+            Some(value),
+            "{series} in\n{text}"
+        );
     }
     for family in [
         "# TYPE kheish_deliveries gauge",

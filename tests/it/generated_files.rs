@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::support::{repo_root, Sandbox};
+use crate::support::{files_under, repo_root, Sandbox};
 
 const UPDATE_VAR: &str = "KHEISHCTL_UPDATE_GENERATED";
 const REFRESH_COMMAND: &str = "KHEISHCTL_UPDATE_GENERATED=1 cargo test --test it generated_files";
@@ -16,9 +16,13 @@ fn generated_files_are_fresh() {
     let root = repo_root();
     let expected: BTreeMap<PathBuf, Vec<u8>> = kheishctl::gen::render_all().into_iter().collect();
     let dirs = [kheishctl::gen::COMPLETIONS_DIR, kheishctl::gen::MAN_DIR];
-    let mut actual = BTreeMap::new();
-    for dir in dirs {
-        collect_files(&root, Path::new(dir), &mut actual);
+    let mut actual: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+    // A missing directory holds no files (update mode creates it).
+    for dir in dirs.map(|d| root.join(d)).iter().filter(|d| d.exists()) {
+        for path in files_under(dir) {
+            let relative = path.strip_prefix(&root).unwrap().to_path_buf();
+            actual.insert(relative, read(&path));
+        }
     }
 
     if update_mode() {
@@ -129,25 +133,6 @@ fn checked_in(relative: &Path) -> Vec<u8> {
 
 fn update_mode() -> bool {
     std::env::var_os(UPDATE_VAR).is_some_and(|v| v == "1")
-}
-
-/// Every file under `root/dir`, keyed by its path relative to `root`.
-fn collect_files(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-    let entries = match std::fs::read_dir(root.join(dir)) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => panic!("listing {}: {e}", dir.display()),
-    };
-    for entry in entries {
-        let entry = entry.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
-        let relative = dir.join(entry.file_name());
-        if entry.path().is_dir() {
-            collect_files(root, &relative, out);
-        } else {
-            let bytes = read(&entry.path());
-            out.insert(relative, bytes);
-        }
-    }
 }
 
 fn read(path: &Path) -> Vec<u8> {

@@ -12,8 +12,16 @@ mod cli_validate;
 mod delivery;
 /// `completions/` and `man/` match what the clap definition renders.
 mod generated_files;
-/// `serve` with HTTP ingress: auth, payload rules, receipts, sessions, malformed input, crash.
-mod serve_ingress;
+/// The kill -9 crash test of `serve`'s HTTP ingress.
+mod serve_crash;
+/// `serve` HTTP ingress authentication: the SPEC §7.2 vector, 401s, secrets that never leak.
+mod serve_ingress_auth;
+/// `serve` HTTP ingress refusals: payload rules, 404/405/413, no 5xx for malformed input.
+mod serve_ingress_payload;
+/// `serve` HTTP ingress receipts, sessions and rate limit.
+mod serve_ingress_sessions;
+/// `serve` lifecycle: readiness, admin auth, SIGHUP, SIGTERM, fail-closed start, rotation.
+mod serve_lifecycle;
 /// `inspect-receipts`, `GET /v1/receipts`, `/metrics`, retention.
 mod serve_observe;
 /// Runs: claim/output/complete/fail, echo and exec handlers, sessions on the control plane.

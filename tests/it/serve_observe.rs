@@ -10,9 +10,11 @@ use serde_json::Value;
 use kheishctl::ingress::sha256_hex;
 use kheishctl::model::now_ms;
 
-use crate::support::daemon::{Daemon, Response};
+use crate::support::daemon::Daemon;
+use crate::support::db::set_user_version;
+use crate::support::problem::{assert_problem, assert_problem_detail};
 use crate::support::wait::wait_until;
-use crate::support::Sandbox;
+use crate::support::{metric_sample, Sandbox};
 
 const ORDERS: &str = "[[http_connectors]]
 name = \"orders\"
@@ -26,18 +28,9 @@ const BODY: &str = r#"{"content":"hi","idempotency_key":"order-1"}"#;
 
 const DAY_MS: i64 = 86_400_000;
 
-fn post(daemon: &Daemon, body: &str) -> Response {
-    daemon.request(
-        "POST",
-        "/v1/connectors/http/orders",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-}
-
 /// Posts `BODY` and returns the accepted run id.
 fn accept_one(daemon: &Daemon) -> String {
-    let resp = post(daemon, BODY);
+    let resp = daemon.post_json("/v1/connectors/http/orders", BODY);
     assert_eq!(resp.status, 202, "{}", resp.text());
     let body = resp.json();
     assert_eq!(body["status"], "accepted");
@@ -185,22 +178,12 @@ fn the_receipts_api_checks_its_parameters_and_the_admin_token() {
         ("colour=red", "colour"),
     ] {
         let resp = daemon.admin("GET", &format!("/v1/receipts?{query}"), None);
-        assert_eq!(resp.status, 400, "{query}: {}", resp.text());
-        assert_eq!(
-            resp.header("Content-Type"),
-            Some("application/problem+json")
-        );
-        let problem = resp.json();
-        assert_eq!(problem["code"], "invalid_query", "{query}");
+        let problem = assert_problem_detail(&resp, 400, "invalid_query", parameter);
         assert_eq!(problem["parameter"], parameter, "{query}");
-        assert!(
-            problem["detail"].as_str().unwrap().contains(parameter),
-            "{problem}"
-        );
     }
 
     let anonymous = daemon.request("GET", "/v1/receipts", &[], b"");
-    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_problem(&anonymous, 401, "unauthorized");
 }
 
 #[test]
@@ -208,7 +191,7 @@ fn metrics_count_ingress_outcomes_and_request_latency() {
     let sandbox = Sandbox::new();
     let daemon = Daemon::builder(&sandbox).config(ORDERS).start();
     accept_one(&daemon);
-    let dup = post(&daemon, BODY);
+    let dup = daemon.post_json("/v1/connectors/http/orders", BODY);
     assert_eq!(dup.status, 200, "{}", dup.text());
     assert_eq!(dup.json()["status"], "duplicate");
 
@@ -248,10 +231,7 @@ fn metrics_count_ingress_outcomes_and_request_latency() {
     );
     // One accepted event was committed (the duplicate wrote nothing durable of its own).
     let counter = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} sample in\n{text}"))
+        metric_sample(&text, name).unwrap_or_else(|| panic!("no {name} sample in\n{text}"))
     };
     assert!(counter("kheish_store_commits_total") >= 1.0, "{text}");
     assert!(
@@ -268,7 +248,7 @@ fn metrics_count_ingress_outcomes_and_request_latency() {
     );
 
     let anonymous = daemon.request("GET", "/metrics", &[], b"");
-    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_problem(&anonymous, 401, "unauthorized");
 }
 
 /// Creates the state root with this binary's schema and inserts receipts (with the session and
@@ -310,17 +290,23 @@ fn seed_receipts(root: &Path, rows: &[(&str, &str, i64)]) {
     }
 }
 
-/// `inspect-receipts --json` for every receipt: the raw keys' receipt keys, newest first.
-fn stored_keys(sandbox: &Sandbox) -> Vec<String> {
+/// The receipt keys `inspect-receipts --json ARGS` lists, newest first.
+fn listed_keys(sandbox: &Sandbox, args: &[&str]) -> Vec<String> {
     let run = sandbox
         .cmd()
-        .args(["inspect-receipts", "--json", "--limit", "1000"])
+        .args(["inspect-receipts", "--json"])
+        .args(args)
         .run();
     run.success();
     receipts_of(&run.json())
         .iter()
         .map(|r| r["receipt_key"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Every stored receipt key, newest first.
+fn stored_keys(sandbox: &Sandbox) -> Vec<String> {
+    listed_keys(sandbox, &["--limit", "1000"])
 }
 
 #[test]
@@ -439,10 +425,7 @@ fn inspect_receipts_refuses_a_newer_schema_with_exit_4() {
     let sandbox = Sandbox::new();
     seed_receipts(&sandbox.state_root(), &[("orders", "k", now_ms())]);
     let db = sandbox.state_root().join("state.db");
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("PRAGMA user_version = 999")
-        .unwrap();
+    set_user_version(&sandbox.state_root(), 999);
     let before = std::fs::read(&db).unwrap();
     sandbox
         .cmd()
@@ -466,18 +449,7 @@ fn inspect_receipts_filters_and_limits_seeded_receipts() {
             ("billing", "c", now - 1000),
         ],
     );
-    let keys = |args: &[&str]| {
-        let run = sandbox
-            .cmd()
-            .args(["inspect-receipts", "--json"])
-            .args(args)
-            .run();
-        run.success();
-        receipts_of(&run.json())
-            .iter()
-            .map(|r| r["receipt_key"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let keys = |args: &[&str]| listed_keys(&sandbox, args);
     let billing_c = format!("http:billing:{}", &sha256_hex(b"c")[..32]);
     assert_eq!(
         keys(&[]),

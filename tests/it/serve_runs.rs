@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::daemon::{Daemon, Response, ADMIN_TOKEN};
+use crate::support::daemon::{Daemon, DaemonBuilder, ADMIN_TOKEN};
+use crate::support::http::Response;
+use crate::support::ingress::ingest;
+use crate::support::problem::{assert_problem, assert_problem_detail};
 use crate::support::wait::wait_until;
 use crate::support::Sandbox;
 
@@ -19,38 +22,8 @@ default_binding_keys = ["orders"]
 create_if_missing = true
 "#;
 
-/// Posts one event to `http/orders` and returns its run id.
-fn ingest(daemon: &Daemon, content: &str, key: &str) -> String {
-    let body = json!({"content": content, "idempotency_key": key}).to_string();
-    let resp = daemon.request(
-        "POST",
-        "/v1/connectors/http/orders",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(resp.status, 202, "ingress: {}", resp.text());
-    let v = resp.json();
-    assert_eq!(v["status"], "accepted");
-    assert_eq!(v["connector"], "http/orders");
-    assert!(v["session_id"].is_string());
-    v["run_id"].as_str().unwrap().to_string()
-}
-
 fn admin_json(daemon: &Daemon, method: &str, target: &str, body: Value) -> Response {
     daemon.admin(method, target, Some(&body))
-}
-
-fn assert_problem(resp: &Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status, status, "{}", resp.text());
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        resp.text()
-    );
-    let v = resp.json();
-    assert_eq!(v["code"], code, "{v}");
-    v
 }
 
 fn get_run(daemon: &Daemon, run_id: &str) -> Value {
@@ -249,20 +222,9 @@ fn claim_long_poll_waits_and_wakes_on_a_new_run() {
             let resp = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"wait_ms": 30000}));
             (resp, started.elapsed())
         });
-        // Give the long-poll time to park in the daemon before the run arrives. Nothing can
-        // observe "parked" from outside; if it is not parked yet, it claims the run directly
-        // and the test still passes, only covering less.
-        wait_until(
-            "the long-poll to be under way",
-            Duration::from_secs(5),
-            || {
-                if sent.elapsed() >= Duration::from_millis(300) {
-                    Ok(())
-                } else {
-                    Err("waiting".to_string())
-                }
-            },
-        );
+        // If the long-poll is not parked yet, it claims the run directly and the test still
+        // passes, only covering less.
+        let_the_long_poll_park(sent);
         let run_id = ingest(&daemon, "wake up", "k-wake");
         let (resp, elapsed) = waiter.join().unwrap();
         assert_eq!(resp.status, 200, "{}", resp.text());
@@ -320,13 +282,9 @@ fn bad_run_requests_are_4xx() {
         &format!("/v1/runs/{run_id}/output"),
         json!({"content": "x"}),
     );
-    let problem = assert_problem(&resp, 409, "run_not_claimed");
+    let problem = assert_problem_detail(&resp, 409, "run_not_claimed", "queued");
     assert_eq!(problem["run_status"], "queued");
     assert_eq!(problem["run_id"], run_id.as_str());
-    assert!(
-        problem["detail"].as_str().unwrap().contains("queued"),
-        "{problem}"
-    );
     assert_problem(
         &admin_json(
             &daemon,
@@ -415,14 +373,7 @@ fn bad_run_requests_are_4xx() {
             {"plugin": "http", "address": "https://user:secret-pw@example.com/"}
         ]}),
     );
-    let problem = assert_problem(&bad_target, 400, "invalid_reply_target");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("reply_targets[1]"),
-        "{problem}"
-    );
+    assert_problem_detail(&bad_target, 400, "invalid_reply_target", "reply_targets[1]");
     assert!(
         !bad_target.text().contains("secret-pw"),
         "never echoes credentials"
@@ -476,27 +427,63 @@ case "$input" in
 esac
 "#;
 
-fn exec_daemon(sandbox: &Sandbox) -> Daemon {
+/// A daemon builder with [`EXEC_SCRIPT`] (written to the sandbox) as its exec handler, run
+/// by `/bin/sh` with `timeout`.
+fn exec_builder<'a>(sandbox: &'a Sandbox, timeout: &str) -> DaemonBuilder<'a> {
     let script = sandbox.write("handler.sh", EXEC_SCRIPT);
     let mut perms = std::fs::metadata(&script).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&script, perms).unwrap();
-    Daemon::builder(sandbox)
-        .config(CONFIG)
+    Daemon::builder(sandbox).config(CONFIG).args(&[
+        "--handler",
+        "exec",
+        "--handler-command",
+        "/bin/sh",
+        "--handler-command",
+        script.to_str().unwrap(),
+        "--handler-timeout",
+        timeout,
+    ])
+}
+
+/// The exec handler with a 1 s timeout, three at a time, and a planted variable that must not
+/// reach the handler.
+fn exec_daemon(sandbox: &Sandbox) -> Daemon {
+    exec_builder(sandbox, "1s")
         .env("KHEISH_MASTER_KEY_PLANTED", "planted-master-key-value")
-        .args(&[
-            "--handler",
-            "exec",
-            "--handler-command",
-            "/bin/sh",
-            "--handler-command",
-            script.to_str().unwrap(),
-            "--handler-timeout",
-            "1s",
-            "--handler-concurrency",
-            "3",
-        ])
+        .args(&["--handler-concurrency", "3"])
         .start()
+}
+
+/// Polls until process `pid` (as read from a pid file) is gone; a zombie waiting for its
+/// reaper is dead too.
+fn wait_process_gone(what: &str, pid: &str) {
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+    wait_until(
+        &format!("{what} to be gone"),
+        Duration::from_secs(10),
+        || match std::fs::read_to_string(proc_dir.join("stat")) {
+            Ok(stat) if !stat.contains(") Z ") => Err(stat),
+            _ => Ok(()),
+        },
+    );
+}
+
+/// Lets a long-poll sent at `sent` park in the daemon: at least 300 ms pass before the test
+/// goes on. Nothing can observe "parked" from outside, so this is the one place these tests
+/// wait for time rather than a state; it polls the clock through `wait_until`.
+fn let_the_long_poll_park(sent: Instant) {
+    wait_until(
+        "the long-poll to be under way",
+        Duration::from_secs(5),
+        || {
+            if sent.elapsed() >= Duration::from_millis(300) {
+                Ok(())
+            } else {
+                Err("waiting".to_string())
+            }
+        },
+    );
 }
 
 #[test]
@@ -539,18 +526,7 @@ fn exec_handler_outputs_failures_timeouts() {
     );
     // The whole process group was killed, including the background `sleep`.
     let pid = std::fs::read_to_string(sandbox.path().join("slow.pid")).unwrap();
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
-    wait_until(
-        "the timed-out handler's child to be gone",
-        Duration::from_secs(10),
-        || {
-            match std::fs::read_to_string(proc_dir.join("stat")) {
-                // A zombie waiting for its reaper is dead too.
-                Ok(stat) if !stat.contains(") Z ") => Err(stat),
-                _ => Ok(()),
-            }
-        },
-    );
+    wait_process_gone("the timed-out handler's child", &pid);
 
     // stdin carried the run view plus the session.
     let run = wait_finished(&daemon, &stdin);
@@ -641,14 +617,7 @@ fn sessions_on_the_control_plane() {
             {"plugin": "http", "address": {"url": "https://example.com/a", "headers": {"Authorization": "x"}}}
         ]}),
     );
-    let problem = assert_problem(&forbidden, 400, "invalid_reply_target");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("reply_targets[0]"),
-        "{problem}"
-    );
+    assert_problem_detail(&forbidden, 400, "invalid_reply_target", "reply_targets[0]");
     // Unchanged after the refusal.
     let got = daemon.admin("GET", "/v1/sessions/support-1", None).json();
     assert_eq!(got["reply_targets"].as_array().unwrap().len(), 2);
@@ -727,20 +696,7 @@ fn the_control_plane_needs_the_admin_token() {
 #[test]
 fn shutdown_releases_an_exec_run_and_ends_long_polls() {
     let sandbox = Sandbox::new();
-    let script = sandbox.write("handler.sh", EXEC_SCRIPT);
-    let daemon = Daemon::builder(&sandbox)
-        .config(CONFIG)
-        .args(&[
-            "--handler",
-            "exec",
-            "--handler-command",
-            "/bin/sh",
-            "--handler-command",
-            script.to_str().unwrap(),
-            "--handler-timeout",
-            "60s",
-        ])
-        .start();
+    let daemon = exec_builder(&sandbox, "60s").start();
     let run_id = ingest(&daemon, "slow", "k-slow");
     let pid_file = sandbox.path().join("slow.pid");
     wait_until("the slow handler to start", Duration::from_secs(10), || {
@@ -756,19 +712,7 @@ fn shutdown_releases_an_exec_run_and_ends_long_polls() {
         let poll = scope.spawn(|| {
             admin_json(&daemon, "POST", "/v1/runs/claim", json!({"wait_ms": 60000})).status
         });
-        // As above: nothing can observe "parked" from outside; give it a moment.
-        let sent = Instant::now();
-        wait_until(
-            "the long-poll to be under way",
-            Duration::from_secs(5),
-            || {
-                if sent.elapsed() >= Duration::from_millis(300) {
-                    Ok(())
-                } else {
-                    Err("waiting".to_string())
-                }
-            },
-        );
+        let_the_long_poll_park(Instant::now());
         let started = Instant::now();
         daemon.signal("TERM");
         let status = poll.join().unwrap();
@@ -783,15 +727,7 @@ fn shutdown_releases_an_exec_run_and_ends_long_polls() {
 
     // The interrupted run is back in the queue, and its process group is gone.
     let sleeper = std::fs::read_to_string(&pid_file).unwrap();
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", sleeper.trim()));
-    wait_until(
-        "the interrupted handler's child to be gone",
-        Duration::from_secs(10),
-        || match std::fs::read_to_string(proc_dir.join("stat")) {
-            Ok(stat) if !stat.contains(") Z ") => Err(stat),
-            _ => Ok(()),
-        },
-    );
+    wait_process_gone("the interrupted handler's child", &sleeper);
     let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
     let run = get_run(&daemon, &run_id);
     assert_eq!(run["status"], "queued", "{run}");

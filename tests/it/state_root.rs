@@ -9,36 +9,24 @@ use std::path::Path;
 
 use kheishctl::store::migrations::SUPPORTED_VERSION;
 
-use crate::support::Sandbox;
+use crate::support::db::{set_user_version, Slot, StateDb};
+use crate::support::{file_mode, Run, Sandbox, MASTER_KEY as KEY};
 
-/// 32 bytes 0..=31, standard base64.
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).unwrap().permissions().mode() & 0o777
+/// `rotate-secret a.b --generate` with the test master key: the one write these tests make,
+/// on `--state-root STATE_ROOT` when given, else on the sandbox's.
+fn generate(sandbox: &Sandbox, state_root: Option<&Path>) -> Run {
+    let mut cmd = sandbox.cmd();
+    if let Some(root) = state_root {
+        cmd.arg("--state-root").arg(root);
+    }
+    cmd.args(["rotate-secret", "a.b", "--generate"])
+        .env("KHEISH_MASTER_KEY", KEY)
+        .run()
 }
 
 /// Runs one successful write so the state root exists.
-fn write_one(sandbox: &Sandbox, secret_ref: &str) {
-    sandbox
-        .cmd()
-        .args(["rotate-secret", secret_ref, "--generate"])
-        .env("KHEISH_MASTER_KEY", KEY)
-        .run()
-        .success();
-}
-
-fn pragma(root: &Path, name: &str) -> String {
-    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-    conn.query_row(&format!("PRAGMA {name}"), [], |r| {
-        r.get::<_, rusqlite::types::Value>(0)
-    })
-    .map(|v| match v {
-        rusqlite::types::Value::Integer(i) => i.to_string(),
-        rusqlite::types::Value::Text(t) => t,
-        other => format!("{other:?}"),
-    })
-    .unwrap()
+fn write_one(sandbox: &Sandbox) {
+    generate(sandbox, None).success();
 }
 
 #[test]
@@ -46,19 +34,15 @@ fn a_write_creates_a_private_root_with_a_migrated_wal_database() {
     let sandbox = Sandbox::new();
     // Nested and missing: parents are created too, the root itself 0700.
     let root = sandbox.path().join("deep/er/state");
-    sandbox
-        .cmd()
-        .arg("--state-root")
-        .arg(&root)
-        .args(["rotate-secret", "a.b", "--generate"])
-        .env("KHEISH_MASTER_KEY", KEY)
-        .run()
-        .success();
-    assert_eq!(mode(&root), 0o700);
-    assert_eq!(mode(&root.join("state.db")), 0o600);
-    assert_eq!(pragma(&root, "user_version"), SUPPORTED_VERSION.to_string());
+    generate(&sandbox, Some(&root)).success();
+    assert_eq!(file_mode(&root), 0o700);
+    assert_eq!(file_mode(&root.join("state.db")), 0o600);
+    assert_eq!(
+        StateDb::open(&root).pragma("user_version"),
+        SUPPORTED_VERSION.to_string()
+    );
     // WAL is recorded in the file header, so a fresh connection sees it.
-    assert_eq!(pragma(&root, "journal_mode"), "wal");
+    assert_eq!(StateDb::open(&root).pragma("journal_mode"), "wal");
 }
 
 #[test]
@@ -67,9 +51,9 @@ fn an_existing_root_keeps_the_operators_mode() {
     let root = sandbox.state_root();
     fs::create_dir(&root).unwrap();
     fs::set_permissions(&root, fs::Permissions::from_mode(0o750)).unwrap();
-    write_one(&sandbox, "a.b");
-    assert_eq!(mode(&root), 0o750);
-    assert_eq!(mode(&root.join("state.db")), 0o600);
+    write_one(&sandbox);
+    assert_eq!(file_mode(&root), 0o750);
+    assert_eq!(file_mode(&root.join("state.db")), 0o600);
 }
 
 #[test]
@@ -99,12 +83,8 @@ fn nothing_secret_is_stored_in_plain_text() {
 fn a_newer_schema_exits_4_and_is_not_modified() {
     let sandbox = Sandbox::new();
     let root = sandbox.state_root();
-    write_one(&sandbox, "a.b");
-    {
-        let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-        conn.execute_batch(&format!("PRAGMA user_version = {}", SUPPORTED_VERSION + 7))
-            .unwrap();
-    }
+    write_one(&sandbox);
+    set_user_version(&root, SUPPORTED_VERSION + 7);
     let snapshot = |root: &Path| -> Vec<(String, Vec<u8>)> {
         let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(root)
             .unwrap()
@@ -120,11 +100,7 @@ fn a_newer_schema_exits_4_and_is_not_modified() {
         files
     };
     let before = snapshot(&root);
-    sandbox
-        .cmd()
-        .args(["rotate-secret", "a.b", "--generate"])
-        .env("KHEISH_MASTER_KEY", KEY)
-        .run()
+    generate(&sandbox, None)
         .status(4)
         .stderr_contains(&format!(
             "has schema version {}, newer than this kheishctl supports ({SUPPORTED_VERSION}); upgrade kheishctl",
@@ -149,11 +125,7 @@ fn a_corrupt_database_exits_4() {
     fs::create_dir(&root).unwrap();
     let junk = "definitely not an SQLite database header, just text\n".repeat(40);
     fs::write(root.join("state.db"), &junk).unwrap();
-    sandbox
-        .cmd()
-        .args(["rotate-secret", "a.b", "--generate"])
-        .env("KHEISH_MASTER_KEY", KEY)
-        .run()
+    generate(&sandbox, None)
         .status(4)
         .stderr_contains("is not a valid SQLite database");
     assert_eq!(fs::read_to_string(root.join("state.db")).unwrap(), junk);
@@ -187,16 +159,12 @@ fn a_root_that_is_a_file_exits_4() {
 fn an_unreadable_root_exits_4() {
     let sandbox = Sandbox::new();
     let root = sandbox.state_root();
-    write_one(&sandbox, "a.b");
+    write_one(&sandbox);
     fs::set_permissions(&root, fs::Permissions::from_mode(0o000)).unwrap();
     // root (CAP_DAC_OVERRIDE) ignores the mode bits; then there is nothing to deny, and the
     // path-under-a-file case above covers exit 4 for every user.
     let enforced = fs::read_dir(&root).is_err();
-    let run = sandbox
-        .cmd()
-        .args(["rotate-secret", "a.b", "--generate"])
-        .env("KHEISH_MASTER_KEY", KEY)
-        .run();
+    let run = generate(&sandbox, None);
     fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
     if enforced {
         run.status(4).stderr_contains("state");
@@ -229,18 +197,19 @@ fn concurrent_processes_on_a_fresh_root_all_succeed() {
         run.success();
     }
     let root = sandbox.state_root();
-    assert_eq!(pragma(&root, "user_version"), SUPPORTED_VERSION.to_string());
-    let conn = rusqlite::Connection::open(root.join("state.db")).unwrap();
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(count("SELECT COUNT(*) FROM secret_slots"), n_procs);
-    assert_eq!(count("SELECT COUNT(*) FROM secret_rotations"), n_procs);
-    assert_eq!(count("SELECT COUNT(*) FROM store_meta"), 1);
+    assert_eq!(
+        StateDb::open(&root).pragma("user_version"),
+        SUPPORTED_VERSION.to_string()
+    );
+    let db = StateDb::open(&root);
+    assert_eq!(db.count("secret_slots"), n_procs);
+    assert_eq!(db.count("secret_rotations"), n_procs);
+    assert_eq!(db.count("store_meta"), 1);
 
     // Every slot decrypts with the one master key that won the race.
     let key = fs::read_to_string(root.join("master.key")).unwrap();
     for idx in 0..n_procs {
-        let value =
-            crate::cli_rotate_secret::stored(&root, key.trim(), &format!("slot.n{idx}"), false);
+        let value = db.secret_value(key.trim(), &format!("slot.n{idx}"), Slot::Current);
         assert_eq!(value.as_deref(), Some(format!("value-{idx}").as_str()));
     }
 }

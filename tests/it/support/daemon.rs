@@ -1,17 +1,19 @@
 //! Spawning `kheishctl serve --listen 127.0.0.1:0 --json` for tests: reads the readiness line
-//! for the real address, offers a raw HTTP/1.1 client (so tests control every byte, including
-//! duplicate headers and invalid UTF-8), and kills the daemon on drop, printing its stderr when
-//! the test failed.
+//! for the real address, sends requests to it through the raw client of `support::http` (so
+//! tests control every byte, including duplicate headers and invalid UTF-8), stops it by
+//! signal, and kills it on drop, printing its stderr when the test failed.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::http::{self, Response};
+use super::wait::wait_until;
 use super::{bin, Sandbox};
 
 /// The admin token every test daemon uses (passed through `--admin-token-env`).
@@ -137,37 +139,6 @@ pub struct Daemon {
     pub state_root: PathBuf,
 }
 
-/// A parsed HTTP response.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response body is not JSON ({e}): status {} body {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 impl Daemon {
     pub fn builder(sandbox: &Sandbox) -> DaemonBuilder<'_> {
         DaemonBuilder {
@@ -187,14 +158,9 @@ impl Daemon {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    /// Sends raw request bytes on a new connection and reads one response.
+    /// Sends raw request bytes on a new connection and reads one response (panics without one).
     pub fn raw(&self, request: &[u8]) -> Response {
-        let mut stream = TcpStream::connect(self.addr).expect("connecting to the daemon");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream.write_all(request).expect("writing the request");
-        read_response(&mut BufReader::new(stream))
+        http::send(self.addr, request)
     }
 
     /// Sends a request with the given headers and body (`Connection: close` is added).
@@ -205,17 +171,19 @@ impl Daemon {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        self.raw(&bytes)
+        self.raw(&http::request_bytes(
+            self.addr, method, target, headers, body,
+        ))
+    }
+
+    /// An unauthenticated JSON `POST` (`Content-Type: application/json`).
+    pub fn post_json(&self, target: &str, body: impl AsRef<[u8]>) -> Response {
+        self.request(
+            "POST",
+            target,
+            &[("Content-Type", "application/json")],
+            body.as_ref(),
+        )
     }
 
     /// A control-plane request with the admin token; `body` is JSON when given.
@@ -233,6 +201,33 @@ impl Daemon {
             ],
             &body,
         )
+    }
+
+    /// A control-plane request with `token` as the admin bearer token (right or wrong).
+    pub fn admin_as(&self, token: &str, method: &str, target: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        self.request(method, target, &[("Authorization", &auth)], b"")
+    }
+
+    /// SIGTERM, then waits for the daemon's last log line (`stopped: ...`) and its exit;
+    /// returns the exit code and everything it wrote to stderr.
+    pub fn stop(self) -> (Option<i32>, String) {
+        self.signal("TERM");
+        let stderr = self.wait_for_log("stopped", Duration::from_secs(30));
+        (self.wait(), stderr)
+    }
+
+    /// Polls the daemon's stderr until it contains `needle` (panics after `deadline` with what
+    /// it wrote); returns all of it.
+    pub fn wait_for_log(&self, needle: &str, deadline: Duration) -> String {
+        wait_until(&format!("{needle:?} in the daemon's log"), deadline, || {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                Ok(stderr)
+            } else {
+                Err(stderr)
+            }
+        })
     }
 
     /// Sends SIGTERM and waits for the exit code.
@@ -279,63 +274,6 @@ fn signal(pid: u32, name: &str) {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "kill -{name} {pid} failed");
-}
-
-/// Reads one HTTP/1.1 response (Content-Length or chunked body).
-pub fn read_response(reader: &mut impl BufRead) -> Response {
-    let mut status_line = String::new();
-    reader
-        .read_line(&mut status_line)
-        .expect("reading the status line");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("reading a header");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let mut body = Vec::new();
-    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(len, 0);
-        reader.read_exact(&mut body).expect("reading the body");
-    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size_line = String::new();
-            reader
-                .read_line(&mut size_line)
-                .expect("reading a chunk size");
-            let size = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).expect("reading a chunk");
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if status != 204 && status != 304 {
-        reader.read_to_end(&mut body).ok();
-    }
-    Response {
-        status,
-        headers,
-        body,
-    }
 }
 
 #[allow(clippy::print_stderr)] // a failing test shows the daemon's log

@@ -1,17 +1,30 @@
 //! Test harness: a fluent builder that runs the real `kheishctl` binary with a clean environment
 //! and a temporary state root, and prints everything (command, status, stdout, stderr, state-root
 //! listing) when an expectation fails.
+//!
+//! The other helpers live beside it, one concern each: `daemon` (a running `serve`), `http`
+//! (the one raw HTTP client), `problem` (the problem+json assertion), `db` (reading
+//! `state.db`), `ingress` (signed ingress requests and their answers), `receiver` (the fake
+//! webhook target) and `wait` (polling with a deadline, the only pause).
 
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod db;
+pub mod http;
+pub mod ingress;
+pub mod problem;
 pub mod receiver;
 pub mod wait;
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+/// A master key for `KHEISH_MASTER_KEY`: the 32 bytes 0..=31, standard base64.
+pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// The path of the binary under test.
 pub fn bin() -> PathBuf {
@@ -26,6 +39,44 @@ pub fn repo_root() -> PathBuf {
 /// A fixture file under `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(name)
+}
+
+/// The permission bits of `path` (`0o700`, …).
+pub fn file_mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Every file under `dir`, recursively, sorted (panics when `dir` cannot be listed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("listing {}: {e}", d.display()));
+        for entry in entries {
+            let path = entry
+                .unwrap_or_else(|e| panic!("listing {}: {e}", d.display()))
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The value of one exact series (`name{labels}` as printed) of a Prometheus text document.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
 }
 
 /// A temporary working area: a directory for files plus a state root path inside it (not yet
@@ -58,6 +109,18 @@ impl Sandbox {
         }
         std::fs::write(&path, contents).unwrap();
         path
+    }
+
+    /// `rotate-secret SECRET_REF --stdin` with `stdin` (one trailing line end is not part of
+    /// the value) on this sandbox's state root, which creates it and its master key when
+    /// missing. Asserts success and that the value is never shown.
+    pub fn store_secret(&self, secret_ref: &str, stdin: &str) {
+        self.cmd()
+            .args(["rotate-secret", secret_ref, "--stdin"])
+            .stdin(stdin)
+            .run()
+            .success()
+            .never_shows(stdin.trim_end_matches(['\r', '\n']));
     }
 
     /// A command builder bound to this sandbox's state root.

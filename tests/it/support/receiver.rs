@@ -17,6 +17,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::http;
+
 /// How the receiver answers one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -78,10 +80,7 @@ pub struct Recorded {
 impl Recorded {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        http::header(&self.headers, name)
     }
 
     /// The body parsed as JSON (panics with the body when it is not).
@@ -433,66 +432,25 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Reads one request (Content-Length or chunked body); `None` when the peer closed.
+/// Reads one request (Content-Length or chunked body); `None` when the peer closed or sent
+/// something that is not an HTTP request.
 fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
-    let mut line = String::new();
     // Skip stray blank lines between keep-alive requests.
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
+    let line = loop {
+        let line = http::read_line(reader).ok()??;
         if !line.trim().is_empty() {
-            break;
+            break line;
         }
-    }
+    };
     let mut parts = line.split_whitespace();
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let headers = http::read_headers(reader).ok()?;
     let mut body = Vec::new();
-    if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        loop {
-            let mut size_line = String::new();
-            if reader.read_line(&mut size_line).ok()? == 0 {
-                return None;
-            }
-            let size = usize::from_str_radix(size_line.trim().split(';').next()?, 16).ok()?;
-            if size == 0 {
-                // Trailers, then the blank line.
-                loop {
-                    let mut t = String::new();
-                    if reader.read_line(&mut t).ok()? == 0 || t.trim().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(len, 0);
+    if http::is_chunked(&headers) {
+        body = http::read_chunked_body(reader).ok()?;
+    } else if let Some(len) = http::header(&headers, "content-length") {
+        body.resize(len.parse().ok()?, 0);
         reader.read_exact(&mut body).ok()?;
     }
     Some(Recorded {
