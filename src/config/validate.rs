@@ -163,6 +163,7 @@ impl<'a> LineIndex<'a> {
         Location {
             line: line_idx as u32 + 1,
             column: column as u32,
+            pointer: None,
         }
     }
 }
@@ -338,6 +339,7 @@ impl<'a> Walker<'a> {
             file: self.file.to_string(),
             line: loc.line,
             column: loc.column,
+            pointer: None,
             connector_kind: subject.kind,
             connector: subject.connector,
             field: subject.field,
@@ -2028,8 +2030,13 @@ allowed_channel_ids = ["C1"]
     #[test]
     fn columns_count_characters() {
         let idx = LineIndex::new("ab\né = 1\n");
-        assert_eq!(idx.locate(0), Location { line: 1, column: 1 });
-        assert_eq!(idx.locate(3), Location { line: 2, column: 1 });
-        assert_eq!(idx.locate(6), Location { line: 2, column: 3 });
+        let at = |line, column| Location {
+            line,
+            column,
+            pointer: None,
+        };
+        assert_eq!(idx.locate(0), at(1, 1));
+        assert_eq!(idx.locate(3), at(2, 1));
+        assert_eq!(idx.locate(6), at(2, 3));
     }
 }
