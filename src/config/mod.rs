@@ -4,8 +4,8 @@
 //! Flow: `load(path)` reads the file, [`validate::parse_str`] turns the text into a [`Config`]
 //! plus every [`Diagnostic`] it found (parsing and validation are pure and unit-tested on
 //! strings), and callers decide what to do with warnings. Daemon-managed connectors arrive as
-//! JSON documents and go through the same rules ([`validate::parse_json`]), with JSON pointers
-//! for positions.
+//! JSON documents and go through the same rules ([`validate::parse_json`],
+//! [`validate::parse_connector_json`]), with JSON pointers for positions.
 
 pub mod validate;
 

@@ -6,11 +6,12 @@
 //! - [`parse_str`]: TOML text. Positions are 1-based line and character column.
 //! - [`parse_json`]: a JSON document of the file's shape
 //!   (`{"http_connectors": [...], "slack_connectors": [...], ...}`).
+//! - [`parse_connector_json`]: one connector of a given kind, as the runtime store receives it.
 //!
 //! JSON positions are RFC 6901 pointers relative to the document that was passed in, carried in
-//! [`Diagnostic::pointer`](crate::model::Diagnostic) with `line` and `column` 0, e.g.
-//! `/external_connectors/0/base_url`. A problem with a missing key points at the object that
-//! lacks it, as the TOML form points at its table.
+//! [`Diagnostic::pointer`](crate::model::Diagnostic) with `line` and `column` 0: a file-shaped
+//! document gives `/external_connectors/0/base_url`, a single connector `/base_url`. A problem
+//! with a missing key points at the object that lacks it, as the TOML form points at its table.
 //! Messages, help and field paths are the same in both forms, so a connector reads the same
 //! whichever way it was written (the type words are TOML's: a JSON object is "a table").
 //! Diagnostics are sorted by line and column (TOML) or by pointer with array indices compared as
@@ -89,6 +90,30 @@ pub fn parse_json(source: &str, doc: &Json) -> Loaded {
         return finish(w, Config::default());
     };
     let config = w.document(&table);
+    finish(w, config)
+}
+
+/// Validates ONE connector of `kind` given as a JSON object (the body the runtime store
+/// receives), naming `source` in diagnostics. Positions are JSON pointers from that object
+/// (`/base_url`, `/child_process/env/X`); an unnamed connector is labelled `#1`.
+///
+/// Reply targets may name this connector or any connector in `known` (the file-backed and
+/// other daemon-managed connectors), whose allowlists apply; a name this connector shares with
+/// a `known` one is not reported here (the runtime store owns those conflict rules). The
+/// returned config holds just this connector when it is valid.
+pub fn parse_connector_json(
+    source: &str,
+    kind: ConnectorKind,
+    doc: &Json,
+    known: &Config,
+) -> Loaded {
+    let mut w = Walker::new(source, None);
+    let mut config = Config::default();
+    let mut seen: Seen = BTreeMap::new();
+    let mut refs: Vec<TargetRef> = Vec::new();
+    let item = Node::json(doc, String::new());
+    w.connector(kind, &item, 0, &mut config, &mut seen, &mut refs);
+    w.check_refs(refs, &[&config, known], &seen);
     finish(w, config)
 }
 
@@ -629,5 +654,73 @@ env = { KHEISH_EXTERNAL_CONNECTOR_NAME = "x", "a/b~c" = "y" }
             Some("/external_connectors/0/child_process")
         );
         assert_eq!(from_toml.config.http[0].common.location.line, 2);
+    }
+
+    #[test]
+    fn one_connector_document() {
+        let known = parse_str(
+            "known.toml",
+            "[[telegram_connectors]]\nname = \"bot\"\ningress_mode = \"polling\"\nbot_token_env = \"B\"\nallowed_chat_ids = [1]\n",
+        );
+        assert!(known.diagnostics.is_empty(), "{:?}", known.diagnostics);
+        let doc = serde_json::json!({
+            "name": "side",
+            "platform": "discord",
+            "base_url": "https://sidecar.example.com",
+            "shared_token_secret_ref": "connectors.external.side.shared_token",
+            "additional_reply_targets": [
+                {"plugin": "telegram", "address": "{\"connector\":\"bot\",\"chat_id\":1}"},
+                {"plugin": "telegram", "address": "{\"connector\":\"bot\",\"chat_id\":2}"},
+                {"plugin": "external", "address": "{\"connector\":\"side\",\"route\":{}}"},
+                {"plugin": "slack", "address": "{\"connector\":\"none\",\"channel_id\":\"C1\"}"},
+            ],
+            "mode": "remote_htp",
+        });
+        let loaded =
+            parse_connector_json("<runtime>", ConnectorKind::External, &doc, &known.config);
+        let found: Vec<(&str, &str)> = loaded
+            .diagnostics
+            .iter()
+            .map(|d| (d.pointer.as_deref().unwrap_or("-"), d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "/additional_reply_targets/1/address",
+                    "chat is not in telegram connector `bot`'s allowed_chat_ids"
+                ),
+                (
+                    "/additional_reply_targets/3/address",
+                    "names slack connector `none`, which this file does not declare"
+                ),
+                ("/mode", "unknown mode `remote_htp`"),
+            ]
+        );
+        assert!(loaded
+            .diagnostics
+            .iter()
+            .all(|d| d.connector.as_deref() == Some("side")));
+
+        let ok = serde_json::json!({"name": "hook", "allow_unauthenticated_ingress": true});
+        let loaded =
+            parse_connector_json("<runtime>", ConnectorKind::Http, &ok, &Config::default());
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.config.http.len(), 1);
+        assert_eq!(
+            loaded.config.http[0].common.location.pointer.as_deref(),
+            Some("")
+        );
+
+        let loaded = parse_connector_json(
+            "<runtime>",
+            ConnectorKind::Slack,
+            &serde_json::json!("x"),
+            &Config::default(),
+        );
+        assert_eq!(
+            loaded.diagnostics[0].to_string(),
+            "error: <runtime>#: slack_connectors[#1]: expected a table, found a string"
+        );
     }
 }
