@@ -3,7 +3,9 @@
 //!
 //! Flow: `load(path)` reads the file, [`validate::parse_str`] turns the text into a [`Config`]
 //! plus every [`Diagnostic`] it found (parsing and validation are pure and unit-tested on
-//! strings), and callers decide what to do with warnings.
+//! strings), and callers decide what to do with warnings. Daemon-managed connectors arrive as
+//! JSON documents and go through the same rules ([`validate::parse_json`],
+//! [`validate::parse_connector_json`]), with JSON pointers for positions.
 
 pub mod validate;
 
@@ -13,11 +15,13 @@ use crate::model::reply::ReplyTarget;
 use crate::model::{ConnectorKind, ConnectorName, Diagnostic, Severity};
 use crate::secrets::{SecretError, SecretSource};
 
-/// A position in the config file (1-based line and character column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A position in a connector document: 1-based line and character column in a TOML file, or
+/// (line and column 0) an RFC 6901 JSON pointer into a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Location {
     pub line: u32,
     pub column: u32,
+    pub pointer: Option<String>,
 }
 
 /// A secret field after precedence was applied (SPEC §2): which source won, and where it was
@@ -284,13 +288,14 @@ pub fn check_secret_sources<E>(
     let mut push = |kind: ConnectorKind,
                     name: &ConnectorName,
                     field: String,
-                    loc: Location,
+                    loc: &Location,
                     p: SecretProblem| {
         out.push(Diagnostic {
             severity: Severity::Error,
             file: file.to_string(),
             line: loc.line,
             column: loc.column,
+            pointer: loc.pointer.clone(),
             connector_kind: Some(kind),
             connector: Some(name.to_string()),
             field: Some(field),
@@ -300,7 +305,7 @@ pub fn check_secret_sources<E>(
     };
     for (kind, name, field) in config.secret_fields() {
         if let Some(problem) = check(&field.source)? {
-            push(kind, name, field.key.clone(), field.location, problem);
+            push(kind, name, field.key.clone(), &field.location, problem);
         }
     }
     for c in &config.external {
@@ -311,7 +316,7 @@ pub fn check_secret_sources<E>(
                     ConnectorKind::External,
                     &c.common.name,
                     format!("child_process.credential_slots.{key}"),
-                    cp.location,
+                    &cp.location,
                     problem,
                 );
             }

@@ -167,7 +167,10 @@ impl fmt::Display for Severity {
 }
 
 /// One problem found in a connector config (SPEC §1.3 `validate`). Serialises to the JSON shape
-/// of `validate --json`; `Display` renders the human form without the `help:` line.
+/// of `validate --json`; `Display` renders the human form without the `help:` line:
+/// `error: FILE:LINE:COL: SUBJECT: MESSAGE` for a TOML file, and
+/// `error: SOURCE#POINTER: SUBJECT: MESSAGE` for a JSON document (the pointer in its RFC 6901
+/// URI-fragment place, not percent-encoded; `SOURCE#` alone is the whole document).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
@@ -177,6 +180,10 @@ pub struct Diagnostic {
     pub line: u32,
     /// 1-based column, counted in characters.
     pub column: u32,
+    /// RFC 6901 pointer into a JSON document (daemon-managed connectors); `line` and `column`
+    /// are then 0. Absent for TOML files, and then left out of the JSON form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
     pub connector_kind: Option<ConnectorKind>,
     pub connector: Option<String>,
     /// Dotted field path inside the connector (`session_policy.persona_id`), or the top-level key.
@@ -212,7 +219,9 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.severity, self.file)?;
-        if self.line > 0 {
+        if let Some(pointer) = &self.pointer {
+            write!(f, "#{pointer}")?;
+        } else if self.line > 0 {
             write!(f, ":{}:{}", self.line, self.column)?;
         }
         f.write_str(": ")?;
@@ -332,6 +341,7 @@ mod tests {
             file: "kheishctl.toml".into(),
             line: 7,
             column: 26,
+            pointer: None,
             connector_kind: Some(ConnectorKind::Http),
             connector: Some("orders".into()),
             field: Some("signature_max_age_secs".into()),
@@ -342,5 +352,20 @@ mod tests {
             d.to_string(),
             "error: kheishctl.toml:7:26: http_connectors[orders].signature_max_age_secs: must be between 1 and 3600 (got 0)"
         );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        assert!(json.get("pointer").is_none(), "{json}");
+        let d = Diagnostic {
+            line: 0,
+            column: 0,
+            pointer: Some("/http_connectors/0/signature_max_age_secs".into()),
+            file: "<runtime>".into(),
+            ..d
+        };
+        assert_eq!(
+            d.to_string(),
+            "error: <runtime>#/http_connectors/0/signature_max_age_secs: http_connectors[orders].signature_max_age_secs: must be between 1 and 3600 (got 0)"
+        );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        assert_eq!(json["pointer"], "/http_connectors/0/signature_max_age_secs");
     }
 }
