@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod receipts;
 pub mod runs;
 pub mod secret_slots;
+pub mod sessions;
 
 use std::fs;
 use std::io;
