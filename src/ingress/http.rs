@@ -808,10 +808,7 @@ impl AcceptJob {
         let resolution = match resolved {
             Ok(r) => r,
             Err(IngressError::Unavailable { detail }) => {
-                return Err(StoreError::Busy {
-                    path: detail,
-                    op: "resolving a session".into(),
-                })
+                return Err(ops.busy("resolving a session", detail))
             }
             Err(e) => {
                 self.outcome = Some(Err(e));
