@@ -67,8 +67,8 @@ pub struct DrainSummary {
     pub timed_out: bool,
 }
 
-/// Runs a pool like [`WorkerPool`]'s with `cfg.concurrency` senders in this process until the
-/// queue is drained (see [`Until::Drained`]) or the timeout passes. A delivery leased by
+/// Runs a pool like [`WorkerPool`](super::WorkerPool)'s with `cfg.concurrency` senders in this
+/// process until the queue is drained (see `Until::Drained` in `pool`) or the timeout passes. A delivery leased by
 /// another process (a running `serve`, a second drain) is never sent here while the lease
 /// lasts; the drain waits for it and takes the target over only when the lease expires.
 /// `progress` is called on the calling thread after every attempt.

@@ -349,7 +349,7 @@ impl GroupWriter {
     ///
     /// WAL checkpoints are taken off the writer's path: its connection does not checkpoint
     /// automatically, and a checkpointer thread with its own connection runs PASSIVE
-    /// checkpoints (which never block the writer) after every [`CHECKPOINT_EVERY`] commits.
+    /// checkpoints (which never block the writer) after every `CHECKPOINT_EVERY` commits.
     pub fn start(root: &Path, after_commit: AfterCommit) -> Result<GroupWriter, StoreError> {
         let store = Store::open(root)?;
         store
