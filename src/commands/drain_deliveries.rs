@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::Context;
 use crate::cli::DrainDeliveriesArgs;
 use crate::delivery::policy::RetryPolicy;
-use crate::delivery::worker::DEFAULT_LEASE;
+use crate::delivery::pool::DEFAULT_LEASE;
 use crate::delivery::{self, DrainConfig, DrainSummary, Observer};
 use crate::exit::{ExitStatus, StatusError};
 use crate::model::reply::ReplyPlugin;

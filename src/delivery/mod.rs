@@ -3,12 +3,13 @@
 //!
 //! `delivery` never reads ingress types; `ingress` never sends outbound HTTP. Durable state moves
 //! only through `store::deliveries`; this module decides (retry policy, which transport) and
-//! `worker` runs the claim → send → settle loop.
+//! `pool` runs the claim → send → settle loop, which `drain` runs to completion.
 
+pub mod drain;
 pub mod policy;
+pub mod pool;
 pub mod retention;
 pub mod transport;
-pub mod worker;
 
 use std::time::Duration;
 
@@ -18,9 +19,8 @@ use crate::store::{Store, StoreError};
 
 use policy::{Next, RetryPolicy};
 
-pub use worker::{
-    drain, DrainConfig, DrainProgress, DrainSummary, Observer, Transports, WorkerConfig, WorkerPool,
-};
+pub use drain::{drain, DrainConfig, DrainProgress, DrainSummary};
+pub use pool::{Observer, Transports, WorkerConfig, WorkerPool};
 
 /// The result of one attempt to send a delivery (SPEC §11.3).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::worker::Observer;
+use super::pool::Observer;
 use crate::model::now_ms;
 use crate::store::deliveries::{
     DeliveryPruneReport, DEAD_LETTER_RETENTION_MS, DELIVERED_RETENTION_MS, PRUNE_BATCH,
@@ -93,7 +93,7 @@ fn prune_round(state_root: &std::path::Path, stopped: &Receiver<()>) -> Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::worker::NoObserver;
+    use crate::delivery::pool::NoObserver;
 
     #[test]
     fn starts_and_stops_promptly() {

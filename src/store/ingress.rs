@@ -4,9 +4,11 @@
 //! "202 means durable": an accept is answered only after its transaction committed with
 //! `synchronous=FULL` in WAL mode. To avoid one fsync per request, ONE writer thread owns the
 //! write connection and batches: it takes every job that queued while the previous commit was
-//! in flight, runs each inside its own SAVEPOINT of one `BEGIN IMMEDIATE` transaction, commits
-//! once, and only then tells each job the outcome. A job that fails rolls back its savepoint
-//! alone; a failed commit fails every job of the batch (nothing was written).
+//! in flight, runs them all in one `BEGIN IMMEDIATE` transaction with no savepoints, commits
+//! once, and only then tells each job the outcome. Only when a job fails is the transaction
+//! rolled back and the batch run again with a SAVEPOINT per job, so the failed job is undone
+//! alone and the others still commit (jobs decide from what the transaction sees, so running
+//! one twice is safe). A failed commit fails every job of the batch (nothing was written).
 //!
 //! Duplicate hits on receipts are counted in memory and folded into the next batch (or flushed
 //! after two seconds), so a duplicate request is answered from a read with no write on its path.
@@ -122,6 +124,16 @@ pub(crate) const RECEIPT_COLUMNS: &str =
 impl IngressOps<'_> {
     fn err(&self, op: &str, e: rusqlite::Error) -> StoreError {
         super::sqlite_error(self.path, op, e)
+    }
+
+    /// A [`StoreError::Busy`] for this database: `op` could not finish because of `detail` (a
+    /// store failure that reached the caller through another error type).
+    pub fn busy(&self, op: &str, detail: String) -> StoreError {
+        StoreError::Busy {
+            path: self.path.to_string(),
+            op: op.to_string(),
+            detail: Some(detail),
+        }
     }
 
     /// The receipt stored under `receipt_key`, if any.
@@ -297,8 +309,10 @@ impl IngressOps<'_> {
 }
 
 /// One unit of work for the writer: `apply` runs inside the batch transaction (in its own
-/// savepoint); `finish` runs after the commit with its result. A job must not answer its
-/// caller from `apply`: only `finish` knows whether anything became durable.
+/// savepoint only when the batch is rerun after a failure, so `apply` may run twice and must
+/// decide from what the transaction sees); `finish` runs once, after the commit, with its
+/// result. A job must not answer its caller from `apply`: only `finish` knows whether anything
+/// became durable.
 pub trait WriteJob: Send {
     fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
@@ -320,6 +334,8 @@ pub struct WriterStats {
 
 /// The group-commit writer thread. See the module docs.
 pub struct GroupWriter {
+    /// `state.db`'s path, for the error a job gets once the writer has stopped.
+    db_path: String,
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<WriterStats>,
@@ -333,7 +349,7 @@ impl GroupWriter {
     ///
     /// WAL checkpoints are taken off the writer's path: its connection does not checkpoint
     /// automatically, and a checkpointer thread with its own connection runs PASSIVE
-    /// checkpoints (which never block the writer) after every [`CHECKPOINT_EVERY`] commits.
+    /// checkpoints (which never block the writer) after every `CHECKPOINT_EVERY` commits.
     pub fn start(root: &Path, after_commit: AfterCommit) -> Result<GroupWriter, StoreError> {
         let store = Store::open(root)?;
         store
@@ -342,6 +358,7 @@ impl GroupWriter {
                 "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = 0;"
             ))
             .map_err(|e| store.err("tuning the writer connection", e))?;
+        let db_path = store.db_path.clone();
         let checkpointer = super::Checkpointer::start(Store::open(root)?);
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
@@ -357,6 +374,7 @@ impl GroupWriter {
                 source: e,
             })?;
         Ok(GroupWriter {
+            db_path,
             sender: Mutex::new(Some(sender)),
             handle: Mutex::new(Some(handle)),
             stats,
@@ -383,8 +401,9 @@ impl GroupWriter {
         };
         if let Some(job) = rejected {
             job.finish(Err(StoreError::Busy {
-                path: "state.db".into(),
-                op: "accepting an event while the daemon shuts down".into(),
+                path: self.db_path.clone(),
+                op: "accepting an event".into(),
+                detail: Some("the daemon is shutting down and its writer has stopped".into()),
             }));
         }
     }
@@ -521,8 +540,9 @@ fn commit_batch(
         Err(e) => {
             for job in jobs {
                 job.finish(Err(StoreError::Busy {
-                    path: e.to_string(),
+                    path: store.db_path.clone(),
                     op: "committing accepted events".into(),
+                    detail: Some(e.to_string()),
                 }));
             }
         }
@@ -631,6 +651,7 @@ mod tests {
                 return Err(StoreError::Busy {
                     path: "t".into(),
                     op: "forced".into(),
+                    detail: Some("a simulated failure".into()),
                 });
             }
             Ok(())

@@ -16,6 +16,7 @@ pub mod migrations;
 pub mod receipts;
 pub mod runs;
 pub mod secret_slots;
+pub mod sessions;
 
 use std::fs;
 use std::io;
@@ -79,9 +80,22 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
-    /// Another process held the write lock for longer than the busy timeout.
-    #[error("the state database `{path}` stayed locked by another process while {op}; retry, or check for a stuck kheishctl process")]
-    Busy { path: String, op: String },
+    /// The database could not take a write in time. With no `detail`, another process held
+    /// SQLite's lock past the busy timeout; otherwise `detail` says what stopped this process's
+    /// writer (it has shut down, or its transaction failed). Callers answer "retry later".
+    #[error(
+        "the state database `{path}` {} while {op}{}; retry, or check for a stuck kheishctl process",
+        busy_what(.detail),
+        busy_why(.detail)
+    )]
+    Busy {
+        /// `state.db`'s path.
+        path: String,
+        /// What was being done ("claiming a delivery").
+        op: String,
+        /// Why, when it was not another process's lock.
+        detail: Option<String>,
+    },
     /// Any other SQLite failure.
     #[error("state database `{path}`: {op} failed")]
     Sqlite {
@@ -90,6 +104,22 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// [`StoreError::Busy`]'s verb: the lock of another process, or a write that failed here.
+fn busy_what(detail: &Option<String>) -> &'static str {
+    match detail {
+        None => "stayed locked by another process",
+        Some(_) => "could not be written",
+    }
+}
+
+/// [`StoreError::Busy`]'s `: detail`, when there is one.
+fn busy_why(detail: &Option<String>) -> String {
+    detail
+        .as_ref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
 }
 
 impl StoreError {
@@ -115,6 +145,7 @@ pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreE
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy {
             path: path.to_string(),
             op: op.to_string(),
+            detail: None,
         },
         _ => StoreError::Sqlite {
             path: path.to_string(),
@@ -525,6 +556,30 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn busy_names_the_database_and_says_why() {
+        let locked = StoreError::Busy {
+            path: "/srv/state/state.db".into(),
+            op: "claiming a delivery".into(),
+            detail: None,
+        };
+        assert_eq!(
+            locked.to_string(),
+            "the state database `/srv/state/state.db` stayed locked by another process while \
+             claiming a delivery; retry, or check for a stuck kheishctl process"
+        );
+        let stopped = StoreError::Busy {
+            path: "/srv/state/state.db".into(),
+            op: "accepting an event".into(),
+            detail: Some("the writer has stopped".into()),
+        };
+        assert_eq!(
+            stopped.to_string(),
+            "the state database `/srv/state/state.db` could not be written while accepting an \
+             event: the writer has stopped; retry, or check for a stuck kheishctl process"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Sessions (control-plane reads and writes) and runs after their creation (SPEC §6.5, §11.1):
-//! listing, the claim lease, outputs, completion and failure. Ingress creates sessions and runs
-//! in its own accepting transaction (`store::ingress`); everything that happens to a run
-//! afterwards happens here, so the `queued → claimed → completed | failed` rules live in one
-//! file.
+//! Runs after their creation (SPEC §11.1): listing, the claim lease, outputs, completion and
+//! failure. Ingress creates sessions and runs in its own accepting transaction
+//! (`store::ingress`); everything that happens to a run afterwards happens here, so the
+//! `queued → claimed → completed | failed` rules live in one file. Control-plane session reads
+//! and writes are in `store::sessions` ([`SessionChanges`] and [`CONTROL_PLANE_CREATOR`] are
+//! re-exported here for existing callers).
 //!
 //! Claiming is one short `BEGIN IMMEDIATE` transaction around a single `UPDATE … RETURNING`, so
 //! two claimers (API long-polls, handler workers, other processes on the same state root) never
@@ -17,28 +18,26 @@
 //!
 //! JSON columns are written with `serde_json` from the `model` types and read back into them:
 //! `input` is a [`RunInput`], `metadata` a JSON object, `reply_targets` an array of
-//! [`ReplyTarget`], `policy` a [`PolicySnapshot`]; `sessions.capability_scope`,
-//! `credential_scope` and `metadata` are JSON objects.
+//! [`ReplyTarget`], `policy` a [`PolicySnapshot`](crate::model::run::PolicySnapshot);
+//! `sessions.capability_scope`, `credential_scope` and `metadata` are JSON objects.
+
+pub use super::sessions::{SessionChanges, CONTROL_PLANE_CREATOR};
 
 use rusqlite::types::Type;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::deliveries::Enqueued;
-use super::ingress::{session_from_row, SESSION_COLUMNS};
 use super::{Store, StoreError};
 use crate::model::reply::ReplyTarget;
-use crate::model::run::{new_id, PolicySnapshot, Run, RunInput, RunOutput, RunStatus, Session};
+use crate::model::run::{new_id, Run, RunInput, RunOutput, RunStatus};
 use crate::model::ConnectorKind;
 
 /// Default number of runs [`Store::list_runs`] returns.
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
 /// The most runs one [`Store::list_runs`] call returns.
 pub const MAX_LIST_LIMIT: u32 = 500;
-
-/// `created_by` of sessions made through `PUT /v1/sessions/{id}`.
-pub const CONTROL_PLANE_CREATOR: &str = "control_plane";
 
 /// Why a run or session operation was refused. Callers branch on the variant (the control
 /// plane maps them to 404/409, handler workers log and move on); messages say what to do.
@@ -97,19 +96,6 @@ pub struct NewRunOutput {
     /// Explicit override targets (already validated); `None` means "the run's snapshot, else the
     /// session's defaults" at delivery time.
     pub reply_targets: Option<Vec<ReplyTarget>>,
-}
-
-/// A field-aware session upsert (`PUT /v1/sessions/{id}`): `Some` members change, `None`
-/// members keep their stored value (or take the default on create).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SessionChanges {
-    /// `Some(None)` clears the persona.
-    pub persona_id: Option<Option<String>>,
-    pub capability_scope: Option<Map<String, Value>>,
-    pub credential_scope: Option<Map<String, Value>>,
-    /// Default reply targets (already validated).
-    pub reply_targets: Option<Vec<ReplyTarget>>,
-    pub metadata: Option<Map<String, Value>>,
 }
 
 /// The run columns in the order [`run_from_row`] reads them.
@@ -347,113 +333,6 @@ impl Store {
             .map_err(|e| self.err(op, e))
     }
 
-    /// One session by id.
-    pub fn get_session(&self, session_id: &str) -> Result<Option<Session>, StoreError> {
-        self.conn()
-            .query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
-                [session_id],
-                session_from_row,
-            )
-            .optional()
-            .map_err(|e| self.err("reading a session", e))
-    }
-
-    /// Creates the session (`created_by = "control_plane"`, unset members empty) or applies
-    /// `changes` to the stored one. Returns the session and whether it was created.
-    pub fn put_session(
-        &self,
-        session_id: &str,
-        changes: &SessionChanges,
-        now_ms: i64,
-    ) -> Result<(Session, bool), StoreError> {
-        let op = "writing a session";
-        let tx = self.write_tx(op)?;
-        let existing = tx
-            .query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
-                [session_id],
-                session_from_row,
-            )
-            .optional()
-            .map_err(|e| self.err(op, e))?;
-        let created = existing.is_none();
-        let mut session = existing.unwrap_or_else(|| Session {
-            session_id: session_id.to_string(),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            created_by: CONTROL_PLANE_CREATOR.to_string(),
-            policy: PolicySnapshot::default(),
-            reply_targets: Vec::new(),
-            metadata: Map::new(),
-        });
-        if let Some(persona_id) = &changes.persona_id {
-            session.policy.persona_id = persona_id.clone();
-        }
-        if let Some(scope) = &changes.capability_scope {
-            session.policy.capability_scope = scope.clone();
-        }
-        if let Some(scope) = &changes.credential_scope {
-            session.policy.credential_scope = scope.clone();
-        }
-        if let Some(targets) = &changes.reply_targets {
-            session.reply_targets = targets.clone();
-        }
-        if let Some(metadata) = &changes.metadata {
-            session.metadata = metadata.clone();
-        }
-        session.updated_at_ms = now_ms;
-        tx.execute(
-            "INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, created_by, persona_id,
-                 capability_scope, credential_scope, reply_targets, metadata)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (session_id) DO UPDATE SET
-                 updated_at_ms = excluded.updated_at_ms,
-                 persona_id = excluded.persona_id,
-                 capability_scope = excluded.capability_scope,
-                 credential_scope = excluded.credential_scope,
-                 reply_targets = excluded.reply_targets,
-                 metadata = excluded.metadata",
-            params![
-                session.session_id,
-                session.created_at_ms,
-                session.updated_at_ms,
-                session.created_by,
-                session.policy.persona_id,
-                to_json(&session.policy.capability_scope),
-                to_json(&session.policy.credential_scope),
-                to_json(&session.reply_targets),
-                to_json(&session.metadata),
-            ],
-        )
-        .map_err(|e| self.err(op, e))?;
-        tx.commit().map_err(|e| self.err(op, e))?;
-        Ok((session, created))
-    }
-
-    /// Replaces a session's default reply targets (already validated).
-    pub fn set_session_reply_targets(
-        &self,
-        session_id: &str,
-        targets: &[ReplyTarget],
-        now_ms: i64,
-    ) -> Result<Session, RunError> {
-        self.conn()
-            .query_row(
-                &format!(
-                    "UPDATE sessions SET reply_targets = ?2, updated_at_ms = ?3
-                     WHERE session_id = ?1 RETURNING {SESSION_COLUMNS}"
-                ),
-                params![session_id, to_json(&targets), now_ms],
-                session_from_row,
-            )
-            .optional()
-            .map_err(|e| self.err("writing session reply targets", e))?
-            .ok_or_else(|| RunError::SessionNotFound {
-                session_id: session_id.to_string(),
-            })
-    }
-
     /// Inside `tx`: fails unless `run_id` is claimed (by `owner`, when given).
     fn check_claimed(
         &self,
@@ -580,7 +459,7 @@ impl Store {
 }
 
 /// Serialises a value for a JSON column.
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("model values always serialise to JSON")
 }
 
@@ -646,26 +525,24 @@ fn output_from_row(row: &Row<'_>) -> rusqlite::Result<RunOutput> {
     })
 }
 
+/// Test helpers shared with `store::sessions`' tests.
 #[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::sync::{Arc, Barrier};
+pub(super) mod test_support {
+    use rusqlite::params;
 
-    use serde_json::json;
+    use crate::model::reply::{ReplyPlugin, ReplyTarget};
+    use crate::store::Store;
 
-    use super::*;
-    use crate::model::reply::ReplyPlugin;
+    pub(crate) const T0: i64 = 1_700_000_000_000;
 
-    const T0: i64 = 1_700_000_000_000;
-
-    fn store() -> (tempfile::TempDir, Store) {
+    pub(crate) fn store() -> (tempfile::TempDir, Store) {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
         (tmp, store)
     }
 
     /// Inserts a session the way ingress does (plain SQL; the real writer is `store::ingress`).
-    fn insert_session(store: &Store, id: &str) {
+    pub(crate) fn insert_session(store: &Store, id: &str) {
         store
             .conn()
             .execute(
@@ -677,6 +554,21 @@ mod tests {
             )
             .unwrap();
     }
+
+    pub(crate) fn target(url: &str) -> ReplyTarget {
+        ReplyTarget::new(ReplyPlugin::Http, url).unwrap().0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Barrier};
+
+    use serde_json::json;
+
+    use super::test_support::*;
+    use super::*;
 
     /// Inserts a queued run of `http/NAME` in session `s1` (creating the session if needed).
     fn insert_run(store: &Store, run_id: &str, connector_name: &str, created_at_ms: i64) {
@@ -707,10 +599,6 @@ mod tests {
             content: Some(text.to_string()),
             ..NewRunOutput::default()
         }
-    }
-
-    fn target(url: &str) -> ReplyTarget {
-        ReplyTarget::new(ReplyPlugin::Http, url).unwrap().0
     }
 
     #[test]
@@ -1036,89 +924,5 @@ mod tests {
             1,
             "a zero limit is raised to one"
         );
-    }
-
-    #[test]
-    fn put_session_creates_then_updates_field_by_field() {
-        let (_tmp, store) = store();
-        let mut scope = Map::new();
-        scope.insert("tools".into(), json!(["search"]));
-        let (created, was_created) = store
-            .put_session(
-                "sess-1",
-                &SessionChanges {
-                    persona_id: Some(Some("helper".into())),
-                    capability_scope: Some(scope.clone()),
-                    reply_targets: Some(vec![target("https://example.com/a")]),
-                    ..SessionChanges::default()
-                },
-                T0,
-            )
-            .unwrap();
-        assert!(was_created);
-        assert_eq!(created.created_by, CONTROL_PLANE_CREATOR);
-        assert_eq!(created.policy.persona_id.as_deref(), Some("helper"));
-        assert_eq!(created.policy.capability_scope, scope);
-        assert!(created.metadata.is_empty());
-        assert_eq!(store.get_session("sess-1").unwrap().unwrap(), created);
-
-        let mut metadata = Map::new();
-        metadata.insert("team".into(), json!("ops"));
-        let (updated, was_created) = store
-            .put_session(
-                "sess-1",
-                &SessionChanges {
-                    persona_id: Some(None),
-                    metadata: Some(metadata.clone()),
-                    ..SessionChanges::default()
-                },
-                T0 + 5,
-            )
-            .unwrap();
-        assert!(!was_created);
-        assert_eq!(updated.policy.persona_id, None);
-        assert_eq!(
-            updated.policy.capability_scope, scope,
-            "absent members stay"
-        );
-        assert_eq!(updated.reply_targets, created.reply_targets);
-        assert_eq!(updated.metadata, metadata);
-        assert_eq!(updated.created_at_ms, T0);
-        assert_eq!(updated.updated_at_ms, T0 + 5);
-        assert_eq!(store.get_session("sess-1").unwrap().unwrap(), updated);
-    }
-
-    #[test]
-    fn put_session_keeps_an_ingress_sessions_creator() {
-        let (_tmp, store) = store();
-        insert_session(&store, "http:orders:abc");
-        let (session, created) = store
-            .put_session("http:orders:abc", &SessionChanges::default(), T0 + 1)
-            .unwrap();
-        assert!(!created);
-        assert_eq!(session.created_by, "connector:http/orders");
-        assert_eq!(session.policy.persona_id.as_deref(), Some("helper"));
-    }
-
-    #[test]
-    fn session_reply_targets_are_replaced() {
-        let (_tmp, store) = store();
-        insert_session(&store, "s9");
-        let targets = vec![
-            target("https://example.com/1"),
-            target("https://example.com/2"),
-        ];
-        let session = store
-            .set_session_reply_targets("s9", &targets, T0 + 1)
-            .unwrap();
-        assert_eq!(session.reply_targets, targets);
-        assert_eq!(
-            store.get_session("s9").unwrap().unwrap().reply_targets,
-            targets
-        );
-        let err = store
-            .set_session_reply_targets("nope", &targets, T0)
-            .unwrap_err();
-        assert!(matches!(err, RunError::SessionNotFound { .. }), "{err:?}");
     }
 }
