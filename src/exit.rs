@@ -73,10 +73,11 @@ pub fn status_for(err: &anyhow::Error) -> ExitStatus {
             return e.status;
         }
         if let Some(e) = cause.downcast_ref::<crate::secrets::SecretError>() {
-            return e.exit_status();
+            return secret_status(e);
         }
-        if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
-            return e.exit_status();
+        if cause.is::<crate::store::StoreError>() {
+            // The state root could not be opened or used (SPEC §1.2).
+            return ExitStatus::Unavailable;
         }
         if cause.is::<crate::daemon::StartRefused>() {
             return ExitStatus::Unavailable;
@@ -86,6 +87,16 @@ pub fn status_for(err: &anyhow::Error) -> ExitStatus {
         }
     }
     ExitStatus::Failure
+}
+
+/// The exit status of a secret error (SPEC §1.2): 4 when the state root, its database or the
+/// master key cannot be used, 1 for a missing or bad value.
+pub fn secret_status(err: &crate::secrets::SecretError) -> ExitStatus {
+    if err.is_unavailable() {
+        ExitStatus::Unavailable
+    } else {
+        ExitStatus::Failure
+    }
 }
 
 /// True when the error chain contains a broken pipe (stdout closed by `head` and the like);
@@ -137,5 +148,16 @@ mod tests {
         let err = anyhow::Error::new(io).context("writing stdout");
         assert!(is_broken_pipe(&err));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn typed_errors_deep_in_the_chain_decide() {
+        use crate::secrets::SecretError;
+        let err = anyhow::Error::new(SecretError::WrongMasterKey).context("rotating");
+        assert_eq!(status_for(&err), ExitStatus::Unavailable);
+        let err = anyhow::Error::new(SecretError::InlineEmpty).context("reading");
+        assert_eq!(status_for(&err), ExitStatus::Failure);
+        let err = anyhow::Error::new(crate::daemon::StartRefused("bad config".into()));
+        assert_eq!(status_for(&err), ExitStatus::Unavailable);
     }
 }

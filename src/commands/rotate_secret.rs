@@ -102,7 +102,7 @@ fn with_status(err: SecretError, status: ExitStatus, what: &str) -> anyhow::Erro
 
 fn failed(secret_ref: &str) -> impl Fn(SecretError) -> anyhow::Error + '_ {
     move |err| {
-        let status = err.exit_status();
+        let status = crate::exit::secret_status(&err);
         with_status(
             err,
             status,

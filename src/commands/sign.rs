@@ -362,7 +362,7 @@ fn resolve_source(ctx: &Context, source: &SecretSource, origin: &str) -> Result<
         }
     };
     res.map_err(|e| {
-        let status = e.exit_status();
+        let status = crate::exit::secret_status(&e);
         anyhow::Error::new(e).context(StatusError::new(
             status,
             format!("reading the secret named by {origin}"),

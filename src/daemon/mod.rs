@@ -22,9 +22,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::delivery::policy::{self, RetryPolicy};
+use crate::delivery::pool::DEFAULT_LEASE;
 use crate::delivery::retention::DeliveryRetention;
 use crate::delivery::transport;
-use crate::delivery::worker::DEFAULT_LEASE;
 use crate::delivery::{Observer, WorkerConfig, WorkerPool};
 use crate::notify::Notify;
 use crate::output::Printer;

@@ -21,7 +21,6 @@ use std::path::Path;
 use base64::Engine as _;
 use rand::TryRngCore as _;
 
-use crate::exit::ExitStatus;
 use crate::store::StoreError;
 
 /// Longest accepted secret ref.
@@ -143,18 +142,18 @@ impl From<StoreError> for SecretError {
 }
 
 impl SecretError {
-    /// Exit status (SPEC §1.2): 4 when the state root, its database or the master key cannot be
-    /// used; 1 for a missing or bad value.
-    pub fn exit_status(&self) -> ExitStatus {
+    /// True when the state root, its database or the master key cannot be used (exit 4 in
+    /// `exit::status_for`); false for a missing or bad value (exit 1).
+    pub fn is_unavailable(&self) -> bool {
         match self {
-            SecretError::Store(e) => e.exit_status(),
+            SecretError::Store(_) => true,
             SecretError::WrongMasterKey
             | SecretError::Undecryptable { .. }
             | SecretError::MasterKeyMissing { .. }
             | SecretError::MasterKey { .. }
             | SecretError::MasterKeyIo { .. }
             | SecretError::Random { .. }
-            | SecretError::Encrypt { .. } => ExitStatus::Unavailable,
+            | SecretError::Encrypt { .. } => true,
             SecretError::EnvMissing { .. }
             | SecretError::EnvEmpty { .. }
             | SecretError::InlineEmpty
@@ -164,7 +163,7 @@ impl SecretError {
             | SecretError::InvalidRef { .. }
             | SecretError::EmptyValue { .. }
             | SecretError::Read { .. }
-            | SecretError::NotUtf8 { .. } => ExitStatus::Failure,
+            | SecretError::NotUtf8 { .. } => false,
         }
     }
 }
@@ -455,13 +454,12 @@ mod tests {
     }
 
     #[test]
-    fn store_errors_keep_exit_4_through_the_chain() {
+    fn store_errors_are_unavailable() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("file");
         fs::write(&file, "x").unwrap();
         let err = open_with_key(&file.join("state"), KEY_A).unwrap_err();
         assert!(matches!(err, SecretError::Store(_)), "{err:?}");
-        let err = anyhow::Error::new(err).context("rotating");
-        assert_eq!(crate::exit::status_for(&err), ExitStatus::Unavailable);
+        assert!(err.is_unavailable());
     }
 }

@@ -498,7 +498,6 @@ fn ensure_key_check(store: &Store, key: &MasterKey) -> Result<(), SecretError> {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-    use crate::exit::ExitStatus;
 
     fn exposed(values: &[Secret]) -> Vec<&str> {
         values.iter().map(Secret::expose).collect()
@@ -609,7 +608,7 @@ mod tests {
             .unwrap();
         let err = open_with_key(tmp.path(), KEY_B).unwrap_err();
         assert!(matches!(err, SecretError::WrongMasterKey), "{err:?}");
-        assert_eq!(err.exit_status(), ExitStatus::Unavailable);
+        assert!(err.is_unavailable());
         assert!(err
             .to_string()
             .contains("written with a different master key"));

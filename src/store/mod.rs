@@ -28,8 +28,6 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::exit::ExitStatus;
-
 /// The database file inside the state root.
 pub const DB_FILE: &str = "state.db";
 
@@ -122,13 +120,7 @@ fn busy_why(detail: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-impl StoreError {
-    /// The exit status an error of this kind produces (SPEC §1.2): the state root could not be
-    /// opened or used, so always 4.
-    pub fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Unavailable
-    }
-}
+impl StoreError {}
 
 /// Classifies a rusqlite error by its SQLite result code (never by message text).
 pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreError {
@@ -661,7 +653,6 @@ mod tests {
                 matches!(err, StoreError::NewerSchema { found: 999, .. }),
                 "{err:?}"
             );
-            assert_eq!(err.exit_status(), ExitStatus::Unavailable);
         }
         assert_eq!(fs::read(root.join(DB_FILE)).unwrap(), before);
     }
