@@ -103,9 +103,15 @@ pub fn secret_status(err: &crate::secrets::SecretError) -> ExitStatus {
 /// `main` exits 0 then, as ripgrep does.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        let io_kind = match cause.downcast_ref::<std::io::Error>() {
+            Some(e) => Some(e.kind()),
+            // serde_json keeps the io::Error inside (its `source` skips it): `--json` output
+            // into a closed pipe fails as a serde_json error.
+            None => cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind),
+        };
+        io_kind == Some(std::io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -159,5 +165,14 @@ mod tests {
         assert_eq!(status_for(&err), ExitStatus::Failure);
         let err = anyhow::Error::new(crate::daemon::StartRefused("bad config".into()));
         assert_eq!(status_for(&err), ExitStatus::Unavailable);
+    }
+
+    #[test]
+    fn broken_pipe_inside_a_json_error_is_detected() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let err = anyhow::Error::new(serde_json::Error::io(io)).context("printing");
+        assert!(is_broken_pipe(&err));
+        let other = anyhow::Error::new(serde_json::from_str::<u8>("x").unwrap_err());
+        assert!(!is_broken_pipe(&other));
     }
 }

@@ -108,7 +108,7 @@ impl Printer {
     /// Writes one JSON document (pretty, newline-terminated) to stdout.
     pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
         let mut out = io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::other)?;
+        serde_json::to_writer_pretty(&mut out, value).map_err(json_io_error)?;
         out.write_all(b"\n")?;
         out.flush()
     }
@@ -116,7 +116,7 @@ impl Printer {
     /// Writes one compact JSON line to stdout (streams, readiness lines).
     pub fn json_line<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
         let mut out = io::stdout().lock();
-        serde_json::to_writer(&mut out, value).map_err(io::Error::other)?;
+        serde_json::to_writer(&mut out, value).map_err(json_io_error)?;
         out.write_all(b"\n")?;
         out.flush()
     }
@@ -196,6 +196,15 @@ impl Printer {
 pub fn print_fatal(err: &anyhow::Error) {
     let mut stderr = io::stderr().lock();
     let _ = writeln!(stderr, "error: {err:#}");
+}
+
+/// A JSON write error as an io::Error that keeps its kind (a closed pipe stays `BrokenPipe`, so
+/// `main` exits 0 for `kheishctl … --json | head`).
+fn json_io_error(e: serde_json::Error) -> io::Error {
+    match e.io_error_kind() {
+        Some(kind) => io::Error::new(kind, e),
+        None => io::Error::other(e),
+    }
 }
 
 #[cfg(test)]

@@ -75,36 +75,6 @@ pub enum BuildError {
     Secrets(SecretError),
 }
 
-/// One warning per configured connector of a kind this build does not serve.
-pub fn unserved(config: &Config) -> Vec<String> {
-    let names = config
-        .slack
-        .iter()
-        .map(|c| (ConnectorKind::Slack, &c.common.name))
-        .chain(
-            config
-                .telegram
-                .iter()
-                .map(|c| (ConnectorKind::Telegram, &c.common.name)),
-        )
-        .chain(
-            config
-                .external
-                .iter()
-                .map(|c| (ConnectorKind::External, &c.common.name)),
-        )
-        .chain(
-            config
-                .http
-                .iter()
-                .map(|c| (ConnectorKind::Http, &c.common.name)),
-        );
-    names
-        .filter(|(kind, _)| !kind.served())
-        .map(|(kind, name)| kind.unserved_warning(name.as_str()))
-        .collect()
-}
-
 /// Resolves every secret of `config`. `file` names the config in diagnostics.
 pub fn build(
     config: Config,

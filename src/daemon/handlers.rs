@@ -39,7 +39,7 @@ use serde_json::{Map, Value};
 
 use crate::model::error_chain as chain;
 use crate::model::now_ms;
-use crate::model::reply::{ReplyPlugin, ReplyTarget};
+use crate::model::reply::ReplyTarget;
 use crate::model::run::{Run, RunInput, RunStatus, Session};
 use crate::output::LogLevel;
 use crate::process::{self, Captured, LineCaps, Signal};
@@ -731,15 +731,7 @@ fn reply_target(value: &Value) -> Result<ReplyTarget, String> {
         .get("plugin")
         .and_then(Value::as_str)
         .ok_or("`plugin` must be a string")?;
-    let plugin = ReplyPlugin::parse(plugin)?;
-    let address = match map.get("address") {
-        Some(Value::String(s)) => s.clone(),
-        Some(obj @ Value::Object(_)) => obj.to_string(),
-        _ => return Err("`address` must be a string (or a JSON object)".to_string()),
-    };
-    ReplyTarget::new(plugin, &address)
-        .map(|(target, _)| target)
-        .map_err(|e| format!("`address` {e}"))
+    ReplyTarget::from_json(plugin, map.get("address").unwrap_or(&Value::Null))
 }
 
 #[cfg(test)]

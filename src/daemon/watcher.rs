@@ -23,7 +23,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// Loads, validates and resolves the connector file (or none); prints diagnostics like
-/// `validate`, plus one warning per connector of a kind this build does not serve.
+/// `validate`, among them one warning per connector of a kind this build does not serve.
 pub fn load(out: &Printer, state_root: &Path, path: Option<&Path>) -> anyhow::Result<ConnectorSet> {
     let (config, file) = match path {
         Some(path) => {
@@ -57,12 +57,7 @@ fn build(
     file: &str,
 ) -> anyhow::Result<ConnectorSet> {
     match registry::build(config, file, state_root, &env, now_ms()) {
-        Ok(c) => {
-            for line in registry::unserved(&c.config) {
-                out.warn(&line);
-            }
-            Ok(c)
-        }
+        Ok(c) => Ok(c),
         Err(BuildError::Diagnostics(diags)) => {
             print_all(out, &diags);
             Err(StartRefused(format!(

@@ -537,6 +537,9 @@ fn parse_reply_overrides(
             .and_then(|p| {
                 ReplyPlugin::parse(p).map_err(|e| invalid(format!("{path}.plugin"), e))
             })?;
+        if !plugin.served() {
+            return Err(invalid(format!("{path}.plugin"), plugin.unserved_reason()));
+        }
         let address = address
             .as_str()
             .ok_or_else(|| invalid(format!("{path}.address"), "must be a string"))?;
@@ -874,5 +877,17 @@ mod tests {
         let id = natural_session_id("orders", &["a".into(), "b".into()]).unwrap();
         assert_eq!(id, format!("http:orders:{}", &sha256_hex(b"a")[..16]));
         assert_eq!(natural_session_id("orders", &[]), None);
+    }
+
+    #[test]
+    fn unserved_reply_plugins_are_refused_when_sent() {
+        let body = r#"{"content":"x","idempotency_key":"k1","reply_plugin":"slack","reply_address":"{\"connector\":\"s\",\"channel_id\":\"C1\"}"}"#;
+        match parse(AUTH, body) {
+            Err(IngressError::InvalidPayload { path, detail }) => {
+                assert_eq!(path, "$.plugin");
+                assert!(detail.contains("not served by this build"), "{detail}");
+            }
+            other => panic!("expected invalid_payload, got {other:?}"),
+        }
     }
 }

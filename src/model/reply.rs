@@ -76,6 +76,25 @@ impl ReplyTarget {
         ))
     }
 
+    /// A target from its JSON members, as the control plane and `exec` handler output send it:
+    /// `plugin` a plugin name, `address` a string or (for `http`) a JSON object. Plugins this
+    /// build cannot deliver to are refused here, when the target would be stored. The error
+    /// names the member (`` `plugin`: … ``, `` `address` … ``).
+    pub fn from_json(plugin: &str, address: &Value) -> Result<ReplyTarget, String> {
+        let plugin = ReplyPlugin::parse(plugin).map_err(|e| format!("`plugin`: {e}"))?;
+        if !plugin.served() {
+            return Err(format!("`plugin`: {}", plugin.unserved_reason()));
+        }
+        let address = match address {
+            Value::String(s) => s.clone(),
+            obj @ Value::Object(_) => obj.to_string(),
+            _ => return Err("`address` must be a string (or a JSON object)".to_string()),
+        };
+        ReplyTarget::new(plugin, &address)
+            .map(|(target, _)| target)
+            .map_err(|e| format!("`address` {e}"))
+    }
+
     /// Re-parses the stored address (targets are validated again when delivered).
     pub fn parsed(&self) -> Result<TargetAddress, String> {
         TargetAddress::parse(self.plugin, &self.address)
@@ -371,6 +390,27 @@ fn parse_external(address: &str) -> Result<ExternalAddress, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_from_json_refuse_unserved_plugins() {
+        let slack = serde_json::json!("{\"connector\":\"s\",\"channel_id\":\"C1\"}");
+        let err = ReplyTarget::from_json("slack", &slack).unwrap_err();
+        assert_eq!(
+            err,
+            "`plugin`: slack reply targets are not served by this build; its deliveries could not be sent (use an `http` target)"
+        );
+        let http = serde_json::json!({"url": "https://example.com/a"});
+        assert_eq!(
+            ReplyTarget::from_json("http", &http).unwrap().plugin,
+            ReplyPlugin::Http
+        );
+        assert!(ReplyTarget::from_json("http", &serde_json::json!(1))
+            .unwrap_err()
+            .starts_with("`address`"));
+        assert!(ReplyTarget::from_json("nope", &http)
+            .unwrap_err()
+            .starts_with("`plugin`"));
+    }
 
     fn check(plugin: ReplyPlugin, address: &str, expect_err: Option<&str>) {
         let res = TargetAddress::parse(plugin, address);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 
 use super::{response, ApiRequest, ApiResponse, Phase, RequestCtx, Route};
-use crate::model::reply::{ReplyPlugin, ReplyTarget};
+use crate::model::reply::ReplyTarget;
 use crate::model::run::{RunOutput, RunStatus};
 use crate::model::{now_ms, parse_when, ConnectorId};
 use crate::store::runs::{NewRunOutput, RunError, RunFilter, SessionChanges, MAX_LIST_LIMIT};
@@ -406,15 +406,7 @@ fn reply_targets(member: &str, inputs: &[TargetInput]) -> Result<Vec<ReplyTarget
 }
 
 fn reply_target(input: &TargetInput) -> Result<ReplyTarget, String> {
-    let plugin = ReplyPlugin::parse(&input.plugin).map_err(|e| format!("`plugin`: {e}"))?;
-    let address = match &input.address {
-        Value::String(s) => s.clone(),
-        Value::Object(_) => input.address.to_string(),
-        _ => return Err("`address` must be a string (or a JSON object)".to_string()),
-    };
-    ReplyTarget::new(plugin, &address)
-        .map(|(target, _)| target)
-        .map_err(|e| format!("`address` {e}"))
+    ReplyTarget::from_json(&input.plugin, &input.address)
 }
 
 /// Validates an output body: content and/or parts, parts are objects with a string `type`.

@@ -36,8 +36,23 @@ fn has_diag(run: &Run, line: &str, help: Option<&str>) {
 fn valid_file_passes_offline() {
     let run = validate("valid_all_kinds.toml", &["--offline"]);
     run.success()
-        .stdout_contains("valid_all_kinds.toml: valid (4 connectors: 1 http, 1 slack, 1 telegram, 1 external; 0 errors, 0 warnings; secrets not checked (--offline))");
-    assert_eq!(run.stderr(), "");
+        .stdout_contains("valid_all_kinds.toml: valid (4 connectors: 1 http, 1 slack, 1 telegram, 1 external; 0 errors, 3 warnings; secrets not checked (--offline))");
+    // This build serves http connectors only: the other three are named, one warning each.
+    let stderr = run.stderr();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: valid_all_kinds.toml:14:1: slack_connectors[support]: slack connector `support` is configured but not served by this build; its webhook answers 404",
+            "warning: valid_all_kinds.toml:20:1: telegram_connectors[bot]: telegram connector `bot` is configured but not served by this build; its webhook answers 404",
+            "warning: valid_all_kinds.toml:26:1: external_connectors[discord-main]: external connector `discord-main` is configured but not served by this build; its webhook answers 404",
+        ]
+    );
+    // --deny-warnings turns them into a failure, as any warning.
+    validate("valid_all_kinds.toml", &["--offline", "--deny-warnings"]).status(1);
 }
 
 #[test]
@@ -105,7 +120,7 @@ fn every_problem_in_one_run() {
     );
     has_diag(&run, "error: many_problems.toml:8:8: slack_connectors[#1].name: invalid name: may contain only letters, digits, `.`, `_` and `-` (found ':')", None);
     has_diag(&run, "error: many_problems.toml:14:16: telegram_connectors[bot].ingress_mode: polling needs a bot token", Some("bot_token_secret_ref"));
-    run.stdout_contains("invalid (4 errors, 0 warnings)");
+    run.stdout_contains("invalid (4 errors, 2 warnings)");
 }
 
 #[test]
@@ -192,9 +207,23 @@ fn json_report_shape() {
     assert_eq!(run.stderr(), "", "--json keeps diagnostics out of stderr");
     let ok = validate("valid_all_kinds.toml", &["--offline", "--json"]);
     ok.success();
-    assert_eq!(
-        ok.json(),
-        serde_json::json!({"valid": true, "diagnostics": []})
+    let doc = ok.json();
+    assert_eq!(doc["valid"], true);
+    let messages: Vec<&str> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["severity"], "warning", "{d}");
+            d["message"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(messages.len(), 3, "{doc}");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.contains("not served by this build")),
+        "{doc}"
     );
 }
 
@@ -300,6 +329,7 @@ fn online_checks_cover_credential_slots() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|d| d["field"].is_string())
         .map(|d| {
             format!(
                 "{}[{}].{}",

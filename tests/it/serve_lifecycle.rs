@@ -220,3 +220,57 @@ create_if_missing = true
     assert_eq!(status_with("newest-token"), 202);
     assert_eq!(status_with("old-token"), 401);
 }
+
+/// Connector kinds this build does not serve are named once each at start, their webhooks
+/// answer 404, and reply targets of their plugins are refused when stored.
+#[test]
+fn unserved_kinds_are_named_at_start_and_refused_when_stored() {
+    const ALL_KINDS: &str = r#"
+[[http_connectors]]
+name = "orders"
+bearer_token_env = "ORDERS_BEARER"
+default_binding_keys = ["orders"]
+[http_connectors.session_policy]
+create_if_missing = true
+
+[[slack_connectors]]
+name = "support"
+signing_secret_env = "SLACK_SIGNING"
+bot_token_env = "SLACK_BOT"
+"#;
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox)
+        .config(ALL_KINDS)
+        .env("ORDERS_BEARER", BEARER)
+        .env("SLACK_SIGNING", "slack-signing-secret")
+        .env("SLACK_BOT", "xoxb-test")
+        .start();
+    daemon.wait_for_log(
+        "slack connector `support` is configured but not served by this build; its webhook answers 404",
+        Duration::from_secs(10),
+    );
+    let webhook = daemon.post_json("/v1/connectors/slack/support", b"{}");
+    assert_problem(&webhook, 404, "not_found");
+    let session = daemon.admin(
+        "PUT",
+        "/v1/sessions/s-1",
+        Some(&json!({"reply_targets": [
+            {"plugin": "slack", "address": "{\"connector\":\"support\",\"channel_id\":\"C1\"}"}
+        ]})),
+    );
+    crate::support::problem::assert_problem_detail(
+        &session,
+        400,
+        "invalid_reply_target",
+        "slack reply targets are not served by this build",
+    );
+    let (code, stderr) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("is configured but not served by this build")
+            .count(),
+        1,
+        "one warning per unserved connector: {stderr}"
+    );
+}

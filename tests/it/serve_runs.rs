@@ -603,10 +603,25 @@ fn sessions_on_the_control_plane() {
         "/v1/sessions/support-1/reply-targets",
         json!({"reply_targets": [
             {"plugin": "http", "address": {"url": "https://example.com/a", "headers": {"X-Tenant": "t1"}}},
-            {"plugin": "slack", "address": "{\"connector\":\"support\",\"channel_id\":\"C1\"}"}
+            {"plugin": "http", "address": "https://example.com/b"}
         ]}),
     );
     assert_eq!(targets.status, 200, "{}", targets.text());
+    // A plugin this build cannot deliver to is refused when stored, not dead-lettered later.
+    let unserved = admin_json(
+        &daemon,
+        "PUT",
+        "/v1/sessions/support-1/reply-targets",
+        json!({"reply_targets": [
+            {"plugin": "slack", "address": "{\"connector\":\"support\",\"channel_id\":\"C1\"}"}
+        ]}),
+    );
+    assert_problem_detail(
+        &unserved,
+        400,
+        "invalid_reply_target",
+        "slack reply targets are not served by this build",
+    );
     assert_eq!(targets.json()["reply_targets"].as_array().unwrap().len(), 2);
 
     let forbidden = admin_json(

@@ -232,6 +232,17 @@ impl Walker<'_> {
             let (Some(plugin), Some((address, at))) = (plugin, address) else {
                 continue;
             };
+            if !plugin.served() {
+                self.warn(
+                    ctx,
+                    &at,
+                    &it.path("plugin"),
+                    plugin.unserved_reason(),
+                    "targets of this plugin dead-letter as `plugin_unavailable` in this build; \
+                     the control plane and ingress refuse them"
+                        .into(),
+                );
+            }
             match ReplyTarget::new(plugin, &address) {
                 Ok((target, parsed)) => {
                     refs.push(TargetRef {
