@@ -1,7 +1,10 @@
 //! Repository hygiene as ordinary tests (STYLE §7, rust-analyzer's `tidy.rs`): every `src/` file
 //! starts with a `//!` module doc; no debugging or placeholder macros; no ignored or
 //! panic-expecting tests; every to-do marker carries an issue number; every Cargo.toml
-//! dependency has a comment saying why it is there. Failures list FILE:LINE for each problem.
+//! dependency has a comment saying why it is there; every top-level module imports only the
+//! modules its row of [`ALLOWED_IMPORTS`] names (the layering of ARCHITECTURE.md, which rules
+//! out import cycles); no `src/` file has more than [`MAX_LINES`] lines outside its
+//! `#[cfg(test)]` module. Failures list FILE:LINE for each problem.
 //!
 //! The needles are assembled at run time so that this file does not trip its own checks.
 
@@ -57,6 +60,124 @@ fn todo_markers_carry_an_issue_number() {
         }
     }
     report("untracked to-do markers", problems);
+}
+
+/// Lines a `src/` file may have before its `#[cfg(test)]` module.
+const MAX_LINES: usize = 800;
+
+/// The crate's layering (ARCHITECTURE.md "Layers"): each top-level module of `src/` and the
+/// modules it may name as `crate::X` outside tests and comments. A module is on a higher layer
+/// than everything it names, so the table has no cycle (`layering_table_has_no_cycle`). A new
+/// module needs its own row.
+const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
+    ("model", &[]),
+    ("notify", &[]),
+    ("store", &["model"]),
+    ("net", &["model"]),
+    ("process", &[]),
+    ("cli", &["model"]),
+    ("output", &["cli", "model"]),
+    ("metrics", &["model"]),
+    ("secrets", &["model", "store"]),
+    ("config", &["model", "net", "secrets"]),
+    ("registry", &["config", "model", "secrets"]),
+    ("sessions", &["config", "model", "store"]),
+    ("delivery", &["model", "net", "notify", "output", "store"]),
+    (
+        "ingress",
+        &[
+            "config", "model", "registry", "secrets", "sessions", "store",
+        ],
+    ),
+    ("views", &["delivery", "ingress", "model", "net", "store"]),
+    (
+        "server",
+        &[
+            "config", "delivery", "ingress", "metrics", "model", "net", "notify", "output",
+            "registry", "secrets", "store", "views",
+        ],
+    ),
+    (
+        "daemon",
+        &[
+            "config", "delivery", "metrics", "model", "notify", "output", "process", "registry",
+            "server", "store", "views",
+        ],
+    ),
+    ("gen", &["cli"]),
+    ("exit", &["config", "daemon", "secrets", "store"]),
+    (
+        "fuzzing",
+        &[
+            "config", "delivery", "ingress", "model", "registry", "secrets",
+        ],
+    ),
+    (
+        "commands",
+        &[
+            "cli", "config", "daemon", "delivery", "exit", "gen", "ingress", "model", "output",
+            "registry", "secrets", "store", "views",
+        ],
+    ),
+];
+
+#[test]
+fn modules_import_only_lower_layers() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    for path in rust_files(&root, "src") {
+        let Some(module) = top_module(&path) else {
+            continue;
+        };
+        let Some((_, allowed)) = ALLOWED_IMPORTS.iter().find(|(m, _)| *m == module) else {
+            problems.push(format!(
+                "{}:1: module `{module}` has no row in ALLOWED_IMPORTS (tests/it/tidy.rs); add one",
+                path.display()
+            ));
+            continue;
+        };
+        let text = read(&root.join(&path));
+        for (line, used) in crate_imports(&text) {
+            if used != module && !allowed.contains(&used.as_str()) {
+                problems.push(format!(
+                    "{}:{line}: `{module}` may not import `crate::{used}` (allowed: {})",
+                    path.display(),
+                    allowed.join(", ")
+                ));
+            }
+        }
+    }
+    report("layering", problems);
+}
+
+#[test]
+fn layering_table_has_no_cycle() {
+    // Every row may name only rows above it in the table, so the graph is ordered.
+    for (idx, (module, allowed)) in ALLOWED_IMPORTS.iter().enumerate() {
+        for used in *allowed {
+            let pos = ALLOWED_IMPORTS.iter().position(|(m, _)| m == used);
+            assert!(
+                pos.is_some_and(|p| p < idx),
+                "`{module}` may import `{used}`, which is not on a lower row of ALLOWED_IMPORTS"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_src_file_is_longer_than_the_limit_outside_its_tests() {
+    let root = repo_root();
+    let mut problems = Vec::new();
+    for path in rust_files(&root, "src") {
+        let n = code_lines(&read(&root.join(&path)));
+        if n > MAX_LINES {
+            problems.push(format!(
+                "{}: {n} lines outside `#[cfg(test)]` (limit {MAX_LINES}); split it by responsibility",
+                path.display()
+            ));
+        }
+    }
+    report("file length", problems);
 }
 
 #[test]
@@ -210,6 +331,45 @@ fn bracket_delta(line: &str) -> i32 {
     delta
 }
 
+/// The top-level module a `src/` path belongs to (`src/store/runs.rs` -> `store`); `None` for
+/// `lib.rs` and `main.rs`, which only declare and call.
+fn top_module(path: &Path) -> Option<String> {
+    let mut parts = path.strip_prefix("src").ok()?.components();
+    let first = parts.next()?.as_os_str().to_str()?;
+    let module = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(module, "lib" | "main")).then(|| module.to_string())
+}
+
+/// The text before the file's `#[cfg(test)]` module (the whole text when it has none).
+fn code_part(text: &str) -> &str {
+    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+}
+
+fn code_lines(text: &str) -> usize {
+    code_part(text).lines().count()
+}
+
+/// (1-based line, module) of every `crate::MODULE` path outside tests and comments.
+fn crate_imports(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (idx, line) in code_part(text).lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push((idx + 1, name));
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
 // --- files ---
 
 fn report(what: &str, problems: Vec<String>) {
@@ -274,6 +434,25 @@ fn check_manifest(text: &str, expected_lines: &[usize]) {
         .map(|(l, _)| l)
         .collect();
     assert_eq!(lines, expected_lines, "{text}");
+}
+
+#[test]
+fn tidy_reads_crate_imports_outside_tests_and_comments() {
+    let text = "//! see crate::docs\nuse crate::model::X;\nlet a = crate::store::open(); // crate::no\nuse super::y;\n#[cfg(test)]\nuse crate::late;\n";
+    assert_eq!(
+        crate_imports(text),
+        [(2, "model".to_string()), (3, "store".to_string())]
+    );
+    assert_eq!(code_lines(text), 4);
+    assert_eq!(
+        top_module(Path::new("src/store/runs.rs")).as_deref(),
+        Some("store")
+    );
+    assert_eq!(
+        top_module(Path::new("src/views.rs")).as_deref(),
+        Some("views")
+    );
+    assert_eq!(top_module(Path::new("src/lib.rs")), None);
 }
 
 #[test]
