@@ -527,33 +527,16 @@ mod tests {
     }
 
     fn delivery(id: &str, status: DeliveryStatus) -> Delivery {
+        let target = ReplyTarget {
+            plugin: ReplyPlugin::Http,
+            address: r#"{"url":"https://e.com/p?token=t0k","headers":{"X-S":"v4lue"}}"#.into(),
+        };
         Delivery {
-            delivery_id: id.into(),
-            output_id: "out_1".into(),
-            run_id: "run_1".into(),
-            session_id: "sess".into(),
-            connector: "http/orders".into(),
-            target: ReplyTarget {
-                plugin: ReplyPlugin::Http,
-                address: r#"{"url":"https://e.com/p?token=t0k","headers":{"X-S":"v4lue"}}"#.into(),
-            },
-            target_key: "k".into(),
-            status,
             attempts: 1,
             next_attempt_at_ms: NOW,
-            lease_owner: None,
-            lease_expires_at_ms: None,
-            last_error: None,
-            last_error_code: None,
-            last_http_status: None,
-            progress: None,
             created_at_ms: NOW,
             updated_at_ms: NOW,
-            delivered_at_ms: None,
-            dead_lettered_at_ms: None,
-            resolution: None,
-            resolved_at_ms: None,
-            replayed_from_delivery_id: None,
+            ..Delivery::sample(id, target, status)
         }
     }
 

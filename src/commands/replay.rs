@@ -170,33 +170,13 @@ mod tests {
     use crate::model::reply::{ReplyPlugin, ReplyTarget};
 
     fn delivery(id: &str, status: DeliveryStatus) -> Delivery {
+        let target = ReplyTarget {
+            plugin: ReplyPlugin::Http,
+            address: r#"{"url":"https://e.com/","headers":{"X-S":"s3cret"}}"#.into(),
+        };
         Delivery {
-            delivery_id: id.into(),
-            output_id: "out_1".into(),
-            run_id: "run_1".into(),
-            session_id: "sess".into(),
-            connector: "http/orders".into(),
-            target: ReplyTarget {
-                plugin: ReplyPlugin::Http,
-                address: r#"{"url":"https://e.com/","headers":{"X-S":"s3cret"}}"#.into(),
-            },
-            target_key: "k".into(),
-            status,
             attempts: 1,
-            next_attempt_at_ms: 0,
-            lease_owner: None,
-            lease_expires_at_ms: None,
-            last_error: None,
-            last_error_code: None,
-            last_http_status: None,
-            progress: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            delivered_at_ms: None,
-            dead_lettered_at_ms: None,
-            resolution: None,
-            resolved_at_ms: None,
-            replayed_from_delivery_id: None,
+            ..Delivery::sample(id, target, status)
         }
     }
 

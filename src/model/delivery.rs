@@ -95,3 +95,37 @@ pub struct DeliveryJob {
     pub content: Option<String>,
     pub parts: Option<Vec<Value>>,
 }
+
+#[cfg(test)]
+impl Delivery {
+    /// A delivery of `run_1`'s output `out_1` (session `sess`, connector `http/orders`) to
+    /// `target` in `status`, with every optional member empty and times 0: the one fixture
+    /// unit tests build on (`..Delivery::sample(..)`).
+    pub fn sample(id: &str, target: ReplyTarget, status: DeliveryStatus) -> Delivery {
+        Delivery {
+            delivery_id: id.into(),
+            output_id: "out_1".into(),
+            run_id: "run_1".into(),
+            session_id: "sess".into(),
+            connector: "http/orders".into(),
+            target,
+            target_key: "k".into(),
+            status,
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            lease_owner: None,
+            lease_expires_at_ms: None,
+            last_error: None,
+            last_error_code: None,
+            last_http_status: None,
+            progress: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            delivered_at_ms: None,
+            dead_lettered_at_ms: None,
+            resolution: None,
+            resolved_at_ms: None,
+            replayed_from_delivery_id: None,
+        }
+    }
+}

@@ -342,7 +342,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(req: &ApiRequest) -> Result<T, Api
     parse_json(&req.body)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+/// [`parse_body`] on raw bytes; the one JSON-body parser of the control plane (deliveries use
+/// it too).
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

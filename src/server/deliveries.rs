@@ -498,25 +498,9 @@ fn check_bulk(body: BulkBody, now_ms: i64) -> Result<BulkRequest, ApiResponse> {
     })
 }
 
-/// Parses a JSON request body; an empty body is `{}`. Syntax errors are `invalid_json`, shape
-/// errors (types, unknown members) `invalid_request`.
+/// Parses a JSON request body: the control plane's one parser ([`super::control::parse_json`]).
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => invalid(format!("request body: {e}")),
-            Category::Syntax | Category::Eof | Category::Io => ApiResponse::problem(
-                400,
-                "invalid_json",
-                format!("request body is not valid JSON: {e}"),
-            ),
-        }
-    })
+    super::control::parse_json(body)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -467,32 +467,17 @@ mod tests {
     fn job(id: &str, address: &str, attempt: u32) -> DeliveryJob {
         DeliveryJob {
             delivery: Delivery {
-                delivery_id: id.to_string(),
-                output_id: "out_1".to_string(),
-                run_id: "run_1".to_string(),
                 session_id: "ses_1".to_string(),
-                connector: "http/orders".to_string(),
-                target: ReplyTarget {
-                    plugin: ReplyPlugin::Http,
-                    address: address.to_string(),
-                },
                 target_key: "http:test".to_string(),
-                status: DeliveryStatus::Pending,
                 attempts: attempt.saturating_sub(1),
-                next_attempt_at_ms: 0,
-                lease_owner: None,
-                lease_expires_at_ms: None,
-                last_error: None,
-                last_error_code: None,
-                last_http_status: None,
-                progress: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                delivered_at_ms: None,
-                dead_lettered_at_ms: None,
-                resolution: None,
-                resolved_at_ms: None,
-                replayed_from_delivery_id: None,
+                ..Delivery::sample(
+                    id,
+                    ReplyTarget {
+                        plugin: ReplyPlugin::Http,
+                        address: address.to_string(),
+                    },
+                    DeliveryStatus::Pending,
+                )
             },
             attempt,
             content: Some("hello".to_string()),
