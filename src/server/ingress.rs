@@ -118,3 +118,19 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_table_serves_exactly_the_served_kinds() {
+        for kind in ConnectorKind::ALL {
+            assert_eq!(
+                served(kind).is_some(),
+                kind.served(),
+                "{kind}: server::ingress::KINDS and ConnectorKind::served disagree"
+            );
+        }
+    }
+}
