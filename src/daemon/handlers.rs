@@ -44,6 +44,7 @@ use crate::model::run::{Run, RunInput, RunStatus, Session};
 use crate::output::LogLevel;
 use crate::process::{self, Captured, LineCaps, Signal};
 use crate::server::App;
+use crate::store::run_writes::{Finish, Finished};
 use crate::store::runs::{NewRunOutput, RunError};
 use crate::store::{Store, StoreError};
 use crate::views::run_view;
@@ -68,6 +69,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(30);
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
 /// After a SIGKILL, how long to wait for the exit status and stdout before giving up on them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Runs an `echo` worker claims (and completes) in one writer job.
+const ECHO_BATCH: u32 = 32;
 /// Pause after a database error before claiming again (woken early by shutdown).
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -284,12 +287,17 @@ impl Worker {
                 break;
             }
             let now = now_ms();
-            match self.store.claim_run(&self.owner, lease_ms, None, now) {
-                Ok(Some(run)) => {
-                    self.handle(run);
+            // Claims go through the group-commit writer, batched with accepted events.
+            match self
+                .app
+                .writer
+                .claim_runs(&self.owner, lease_ms, self.batch(), None, now)
+            {
+                Ok(runs) if !runs.is_empty() => {
+                    self.handle_batch(runs);
                     continue;
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => {
                     self.app
                         .out
@@ -312,19 +320,63 @@ impl Worker {
         }
     }
 
-    fn handle(&mut self, run: Run) {
-        self.app
-            .out
-            .debug(&format!("{}: handling run {}", self.owner, run.run_id));
+    /// Runs claimed at once: echo settles in microseconds, so it claims a batch and completes
+    /// it in one writer job; an `exec` command may take its whole timeout, so it claims one.
+    fn batch(&self) -> u32 {
+        match self.mode {
+            Mode::Echo => ECHO_BATCH,
+            Mode::Exec { .. } => 1,
+        }
+    }
+
+    fn handle_batch(&mut self, runs: Vec<Run>) {
         match self.mode.clone() {
             Mode::Echo => {
-                let output = NewRunOutput {
-                    content: Some(echo_text(&run.input)),
-                    ..NewRunOutput::default()
-                };
-                self.complete(&run, Some(output));
+                let items = runs
+                    .iter()
+                    .map(|run| Finish {
+                        run_id: run.run_id.clone(),
+                        owner: Some(self.owner.clone()),
+                        output: Some(NewRunOutput {
+                            content: Some(echo_text(&run.input)),
+                            ..NewRunOutput::default()
+                        }),
+                        status: RunStatus::Completed,
+                        error: None,
+                    })
+                    .collect();
+                let results = self.app.writer.finish_runs(items, now_ms());
+                for (run, result) in runs.iter().zip(results) {
+                    self.settled(run, true, result);
+                }
             }
-            Mode::Exec { command, timeout } => self.exec(&run, &command, timeout),
+            Mode::Exec { command, timeout } => {
+                for run in runs {
+                    self.app
+                        .out
+                        .debug(&format!("{}: handling run {}", self.owner, run.run_id));
+                    self.exec(&run, &command, timeout);
+                }
+            }
+        }
+    }
+
+    /// Reports one finished run: wakes the delivery workers for its deliveries, or logs why
+    /// its result was dropped.
+    fn settled(&self, run: &Run, with_output: bool, result: Result<Finished, RunError>) {
+        match result {
+            Ok((_, _, queued)) => {
+                if queued.has_pending() {
+                    self.app.deliveries_queued.notify_all();
+                }
+                self.app.out.debug(&format!(
+                    "run {} completed by {}{}",
+                    run.run_id,
+                    self.owner,
+                    if with_output { "" } else { " (no output)" }
+                ));
+            }
+            Err(e) => self.settle_error(run, &e),
         }
     }
 
@@ -344,7 +396,11 @@ impl Worker {
         let input = exec_input(run, session.as_ref());
         match self.run_command(run, command, timeout, input) {
             ExecEnd::Interrupted => {
-                match self.store.release_run(&run.run_id, &self.owner, now_ms()) {
+                match self
+                    .app
+                    .writer
+                    .release_run(&run.run_id, &self.owner, now_ms())
+                {
                     Ok(_) => self.app.out.info(&format!(
                         "run {}: handler interrupted by shutdown; the run is queued again",
                         run.run_id
@@ -552,38 +608,37 @@ impl Worker {
     }
 
     fn complete(&self, run: &Run, output: Option<NewRunOutput>) {
-        match self.store.complete_with_output_queued(
-            &run.run_id,
-            Some(&self.owner),
-            output.as_ref(),
-            now_ms(),
-        ) {
-            Ok((_, _, queued)) => {
-                if queued.has_pending() {
-                    self.app.deliveries_queued.notify_all();
-                }
-                self.app.out.debug(&format!(
-                    "run {} completed by {}{}",
-                    run.run_id,
-                    self.owner,
-                    if output.is_some() { "" } else { " (no output)" }
-                ));
-            }
-            Err(e) => self.settle_error(run, &e),
-        }
+        let with_output = output.is_some();
+        let item = Finish {
+            run_id: run.run_id.clone(),
+            owner: Some(self.owner.clone()),
+            output,
+            status: RunStatus::Completed,
+            error: None,
+        };
+        let result = self.finish_one(item);
+        self.settled(run, with_output, result);
+    }
+
+    fn finish_one(&self, item: Finish) -> Result<Finished, RunError> {
+        let mut results = self.app.writer.finish_runs(vec![item], now_ms());
+        results
+            .pop()
+            .unwrap_or_else(|| unreachable!("finish_runs answers once per item"))
     }
 
     fn fail(&self, run: &Run, error: &str) {
         self.app
             .out
             .warn(&format!("run {} failed: {error}", run.run_id));
-        if let Err(e) = self.store.finish_run(
-            &run.run_id,
-            Some(&self.owner),
-            RunStatus::Failed,
-            Some(error),
-            now_ms(),
-        ) {
+        let item = Finish {
+            run_id: run.run_id.clone(),
+            owner: Some(self.owner.clone()),
+            output: None,
+            status: RunStatus::Failed,
+            error: Some(error.to_string()),
+        };
+        if let Err(e) = self.finish_one(item) {
             self.settle_error(run, &e);
         }
     }

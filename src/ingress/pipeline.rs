@@ -23,7 +23,7 @@ use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, Receipt, RunInput,
 use crate::model::ConnectorId;
 use crate::sessions::{self, Resolution, SessionError, SessionRequest};
 use crate::store::ingress::{GroupWriter, IngressOps, WriteJob};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// What accepting needs besides the event: reads on this thread, the writer, the limiter, and
 /// the clock (given, so tests control it).
@@ -250,7 +250,8 @@ impl AcceptJob {
 }
 
 impl WriteJob for AcceptJob {
-    fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError> {
+    fn apply(&mut self, store: &Store) -> Result<(), StoreError> {
+        let ops = &store.ingress_ops();
         let Some(resolution) = self.decide(ops)? else {
             return Ok(());
         };
@@ -288,6 +289,16 @@ impl WriteJob for AcceptJob {
             connector: self.connector.clone(),
         }));
         Ok(())
+    }
+
+    fn wakes_run_waiters(&self) -> bool {
+        matches!(
+            &self.outcome,
+            Some(Ok(Accepted {
+                status: AcceptStatus::Accepted,
+                ..
+            }))
+        )
     }
 
     fn finish(mut self: Box<Self>, committed: Result<(), StoreError>) {

@@ -36,6 +36,8 @@ const MAX_WAIT_MS: u64 = 60_000;
 const MIN_LEASE_MS: u64 = 1_000;
 const MAX_LEASE_MS: u64 = 3_600_000;
 const DEFAULT_LEASE_MS: u64 = 60_000;
+/// The most runs one claim may take (`max`).
+const MAX_CLAIM_BATCH: u32 = 64;
 /// Longest session id, persona id and run error text accepted (characters).
 const MAX_ID_CHARS: usize = 256;
 const MAX_ERROR_CHARS: usize = 4_096;
@@ -161,6 +163,9 @@ struct ClaimBody {
     wait_ms: Option<u64>,
     lease_ms: Option<u64>,
     connector: Option<String>,
+    /// Claim up to this many runs at once (1..=64) and answer `{"runs": [...]}`; absent: one
+    /// run, answered as the run view itself.
+    max: Option<u32>,
 }
 
 /// `POST /v1/runs/{id}/output` body.
@@ -231,6 +236,13 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
         None => None,
     };
     let connector = connector.as_ref().map(|c| (c.kind, c.name.as_str()));
+    if let Some(max) = body.max {
+        if !(1..=MAX_CLAIM_BATCH).contains(&max) {
+            return Err(invalid(format!(
+                "`max` must be between 1 and {MAX_CLAIM_BATCH} (got {max})"
+            )));
+        }
+    }
     let owner = match req.remote {
         Some(ip) => format!("control-plane:{ip}"),
         None => "control-plane:unknown".to_string(),
@@ -250,17 +262,35 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
         // still wakes us.
         let seen = ctx.app.runs_queued.generation();
         let now = now_ms();
+        // Through the group-commit writer: the claim shares the next fsync with accepted
+        // events and handler settlements.
         let claimed = ctx
-            .store
-            .claim_run(&owner, lease_ms as i64, connector, now)
+            .app
+            .writer
+            .claim_runs(
+                &owner,
+                lease_ms as i64,
+                body.max.unwrap_or(1),
+                connector,
+                now,
+            )
             .map_err(|e| store_error(ctx, &e))?;
-        if let Some(run) = claimed {
-            ctx.app
-                .out
-                .debug(&format!("run {} claimed by {owner}", run.run_id));
-            let mut view = run_view(&run);
-            view.insert("lease_expires_at_ms".into(), json!(run.claim_expires_at_ms));
-            return Ok(ApiResponse::json(200, &view));
+        if !claimed.is_empty() {
+            let views: Vec<Map<String, Value>> = claimed
+                .iter()
+                .map(|run| {
+                    ctx.app
+                        .out
+                        .debug(&format!("run {} claimed by {owner}", run.run_id));
+                    let mut view = run_view(run);
+                    view.insert("lease_expires_at_ms".into(), json!(run.claim_expires_at_ms));
+                    view
+                })
+                .collect();
+            return Ok(match body.max {
+                Some(_) => ApiResponse::json(200, &json!({ "runs": views })),
+                None => ApiResponse::json(200, &views[0]),
+            });
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() || ctx.app.phase() == Phase::Draining {

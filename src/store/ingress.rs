@@ -313,9 +313,20 @@ impl IngressOps<'_> {
 /// decide from what the transaction sees); `finish` runs once, after the commit, with its
 /// result. A job must not answer its caller from `apply`: only `finish` knows whether anything
 /// became durable.
+/// One unit of work in a group-commit batch.
 pub trait WriteJob: Send {
-    fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError>;
+    /// Runs the job inside the writer's open transaction (on the writer's `store`). May run
+    /// twice (the savepoint pass after a failure elsewhere in the batch), so it decides from
+    /// what the transaction sees.
+    fn apply(&mut self, store: &Store) -> Result<(), StoreError>;
+    /// Called once after the batch committed (or failed), off the write lock.
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
+    /// True when the committed job made a run claimable (a new run, a released claim): the
+    /// writer's `after_commit` hook wakes run waiters only then, so claims and completions
+    /// passing through the writer do not wake idle workers.
+    fn wakes_run_waiters(&self) -> bool {
+        false
+    }
 }
 
 enum Msg {
@@ -423,6 +434,11 @@ impl GroupWriter {
         }
     }
 
+    /// The state database this writer writes (for error messages).
+    pub fn db_path(&self) -> &str {
+        &self.db_path
+    }
+
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
@@ -528,12 +544,18 @@ fn commit_batch(
         Ok(Some(job_errors)) => {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            let n = jobs.len();
+            // Waiters are woken before the jobs are answered, so a caller that sees its answer
+            // can rely on the wake-up having happened.
+            let waking = jobs
+                .iter()
+                .zip(&job_errors)
+                .filter(|(job, err)| err.is_none() && job.wakes_run_waiters())
+                .count();
+            if waking > 0 {
+                after_commit(waking);
+            }
             for (job, err) in jobs.into_iter().zip(job_errors) {
                 job.finish(err.map_or(Ok(()), Err));
-            }
-            if n > 0 {
-                after_commit(n);
             }
         }
         Ok(None) => unreachable!("the savepoint pass isolates failed jobs"),
@@ -567,14 +589,14 @@ fn run_batch(
             .map_err(|e| store.err("starting the ingress transaction", e))?;
         for job in jobs.iter_mut() {
             if !savepoints {
-                if job.apply(&ops).is_err() {
+                if job.apply(store).is_err() {
                     return Ok(false);
                 }
                 job_errors.push(None);
                 continue;
             }
             cached(conn, "SAVEPOINT job").map_err(|e| store.err("starting a savepoint", e))?;
-            match job.apply(&ops) {
+            match job.apply(store) {
                 Ok(()) => {
                     cached(conn, "RELEASE job")
                         .map_err(|e| store.err("releasing a savepoint", e))?;
@@ -620,7 +642,9 @@ mod tests {
     }
 
     impl WriteJob for Insert {
-        fn apply(&mut self, ops: &IngressOps<'_>) -> Result<(), StoreError> {
+        fn apply(&mut self, store: &Store) -> Result<(), StoreError> {
+            let ops = store.ingress_ops();
+            let ops = &ops;
             if ops.session("s1")?.is_none() {
                 ops.insert_session(&NewSession {
                     session_id: "s1".into(),

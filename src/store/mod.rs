@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod ingress;
 pub mod migrations;
 pub mod receipts;
+pub mod run_writes;
 pub mod runs;
 pub mod secret_slots;
 pub mod sessions;

@@ -172,32 +172,74 @@ impl Store {
         connector: Option<(ConnectorKind, &str)>,
         now_ms: i64,
     ) -> Result<Option<Run>, StoreError> {
-        let op = "claiming a run";
+        self.claim_runs(owner, lease_ms, 1, connector, now_ms)
+            .map(|runs| runs.into_iter().next())
+    }
+
+    /// [`Store::claim_run`] for up to `max` runs at once (oldest first), in one transaction.
+    pub fn claim_runs(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        max: u32,
+        connector: Option<(ConnectorKind, &str)>,
+        now_ms: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let op = "claiming runs";
         let tx = self.write_tx(op)?;
+        let runs = self.claim_runs_in(owner, lease_ms, max, connector, now_ms)?;
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(runs)
+    }
+
+    /// The claim itself, inside a transaction the caller holds (the group-commit writer's, or
+    /// [`Store::claim_runs`]'s own).
+    pub(crate) fn claim_runs_in(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        max: u32,
+        connector: Option<(ConnectorKind, &str)>,
+        now_ms: i64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let op = "claiming runs";
         let (kind, name) = match connector {
             Some((kind, name)) => (Some(kind.as_str()), Some(name)),
             None => (None, None),
         };
-        let run = tx
-            .query_row(
-                &format!(
-                    "UPDATE runs SET status = 'claimed', claim_owner = ?1, claim_expires_at_ms = ?2,
-                         claim_count = claim_count + 1, updated_at_ms = ?3
-                     WHERE seq = (
-                         SELECT seq FROM runs
-                         WHERE (status = 'queued'
-                                OR (status = 'claimed' AND claim_expires_at_ms < ?3))
-                           AND (?4 IS NULL OR (connector_kind = ?4 AND connector_name = ?5))
-                         ORDER BY seq LIMIT 1)
-                     RETURNING {RUN_COLUMNS}"
-                ),
-                params![owner, now_ms.saturating_add(lease_ms), now_ms, kind, name],
+        let mut stmt = self
+            .conn()
+            .prepare_cached(&format!(
+                "UPDATE runs SET status = 'claimed', claim_owner = ?1, claim_expires_at_ms = ?2,
+                     claim_count = claim_count + 1, updated_at_ms = ?3
+                 WHERE seq IN (
+                     SELECT seq FROM runs
+                     WHERE (status = 'queued'
+                            OR (status = 'claimed' AND claim_expires_at_ms < ?3))
+                       AND (?4 IS NULL OR (connector_kind = ?4 AND connector_name = ?5))
+                     ORDER BY seq LIMIT ?6)
+                 RETURNING {RUN_COLUMNS}"
+            ))
+            .map_err(|e| self.err(op, e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    owner,
+                    now_ms.saturating_add(lease_ms),
+                    now_ms,
+                    kind,
+                    name,
+                    i64::from(max.max(1))
+                ],
                 run_from_row,
             )
-            .optional()
             .map_err(|e| self.err(op, e))?;
-        tx.commit().map_err(|e| self.err(op, e))?;
-        Ok(run)
+        let mut runs = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(op, e))?;
+        // RETURNING gives rows in no promised order; hand them out oldest first.
+        runs.sort_by_key(|r| r.created_at_ms);
+        Ok(runs)
     }
 
     /// The earliest lease expiry among claimed runs (optionally of one connector): when an
@@ -301,7 +343,21 @@ impl Store {
     pub fn release_run(&self, run_id: &str, owner: &str, now_ms: i64) -> Result<Run, RunError> {
         let op = "releasing a run";
         let tx = self.write_tx(op)?;
-        self.check_claimed(&tx, run_id, Some(owner))?;
+        let run = self.release_run_in(run_id, owner, now_ms)?;
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(run)
+    }
+
+    /// [`Store::release_run`] inside a transaction the caller holds.
+    pub(crate) fn release_run_in(
+        &self,
+        run_id: &str,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Run, RunError> {
+        let op = "releasing a run";
+        let tx = self.conn();
+        self.check_claimed(tx, run_id, Some(owner))?;
         let run = tx
             .query_row(
                 &format!(
@@ -313,7 +369,6 @@ impl Store {
                 run_from_row,
             )
             .map_err(|e| self.err(op, e))?;
-        tx.commit().map_err(|e| self.err(op, e))?;
         Ok(run)
     }
 
@@ -433,11 +488,34 @@ impl Store {
         }
         let op = "finishing a run";
         let tx = self.write_tx(op)?;
-        self.check_claimed(&tx, run_id, owner)?;
+        let finished = self.finish_claimed_in(run_id, owner, output, status, error, now_ms)?;
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(finished)
+    }
+
+    /// [`Store::finish_claimed`] inside a transaction the caller holds.
+    pub(crate) fn finish_claimed_in(
+        &self,
+        run_id: &str,
+        owner: Option<&str>,
+        output: Option<&NewRunOutput>,
+        status: RunStatus,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(Run, Option<RunOutput>, Enqueued), RunError> {
+        if !status.is_final() {
+            return Err(RunError::InvalidTransition {
+                run_id: run_id.to_string(),
+                to: status,
+            });
+        }
+        let op = "finishing a run";
+        let tx = self.conn();
+        self.check_claimed(tx, run_id, owner)?;
         let (recorded, enqueued) = match output {
             Some(output) => {
-                let recorded = self.insert_output(&tx, run_id, output, now_ms)?;
-                let enqueued = self.enqueue_output(&tx, &recorded, now_ms)?;
+                let recorded = self.insert_output(tx, run_id, output, now_ms)?;
+                let enqueued = self.enqueue_output(tx, &recorded, now_ms)?;
                 (Some(recorded), enqueued)
             }
             None => (None, Enqueued::default()),
@@ -453,7 +531,6 @@ impl Store {
                 run_from_row,
             )
             .map_err(|e| self.err(op, e))?;
-        tx.commit().map_err(|e| self.err(op, e))?;
         Ok((run, recorded, enqueued))
     }
 }
@@ -555,23 +632,13 @@ pub(super) mod test_support {
             .unwrap();
     }
 
-    pub(crate) fn target(url: &str) -> ReplyTarget {
-        ReplyTarget::new(ReplyPlugin::Http, url).unwrap().0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::sync::{Arc, Barrier};
-
-    use serde_json::json;
-
-    use super::test_support::*;
-    use super::*;
-
     /// Inserts a queued run of `http/NAME` in session `s1` (creating the session if needed).
-    fn insert_run(store: &Store, run_id: &str, connector_name: &str, created_at_ms: i64) {
+    pub(crate) fn insert_run(
+        store: &Store,
+        run_id: &str,
+        connector_name: &str,
+        created_at_ms: i64,
+    ) {
         if store.get_session("s1").unwrap().is_none() {
             insert_session(store, "s1");
         }
@@ -587,12 +654,27 @@ mod tests {
                 params![
                     run_id,
                     connector_name,
-                    json!({"content": format!("hello {run_id}")}).to_string(),
+                    serde_json::json!({"content": format!("hello {run_id}")}).to_string(),
                     created_at_ms
                 ],
             )
             .unwrap();
     }
+
+    pub(crate) fn target(url: &str) -> ReplyTarget {
+        ReplyTarget::new(ReplyPlugin::Http, url).unwrap().0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Barrier};
+
+    use serde_json::json;
+
+    use super::test_support::*;
+    use super::*;
 
     fn text_output(text: &str) -> NewRunOutput {
         NewRunOutput {

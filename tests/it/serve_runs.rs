@@ -270,6 +270,56 @@ fn an_expired_lease_lets_another_claimer_take_the_run() {
 }
 
 #[test]
+fn batch_claims_take_up_to_max_runs_and_never_the_same_run_twice() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let ids: Vec<String> = (0..5)
+        .map(|i| ingest(&daemon, &format!("hello {i}"), &format!("k{i}")))
+        .collect();
+
+    let first = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"max": 3}));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let first_ids: Vec<&str> = first["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "claimed", "{r}");
+            assert!(r["lease_expires_at_ms"].is_i64(), "{r}");
+            r["run_id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        first_ids,
+        ids[..3].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    let rest = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"max": 64}));
+    assert_eq!(rest.status, 200, "{}", rest.text());
+    let rest = rest.json();
+    let rest_ids: Vec<&str> = rest["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rest_ids,
+        ids[3..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    // Nothing left: 204, batch or not.
+    let none = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"max": 8}));
+    assert_eq!(none.status, 204, "{}", none.text());
+
+    for bad in [json!({"max": 0}), json!({"max": 65}), json!({"max": "2"})] {
+        let resp = admin_json(&daemon, "POST", "/v1/runs/claim", bad.clone());
+        assert_eq!(resp.status, 400, "{bad}: {}", resp.text());
+    }
+}
+
+#[test]
 fn bad_run_requests_are_4xx() {
     let sandbox = Sandbox::new();
     let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
