@@ -1,0 +1,311 @@
+//! Shared load harness for the HTTP benches: wrk with a pre-signed request script, the no-op
+//! tiny_http baseline server, a release `kheishctl serve` launcher and `/metrics` readers.
+
+#![allow(dead_code, clippy::print_stdout, clippy::print_stderr)]
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kheishctl::ingress::auth::kheish_v1_signature;
+
+pub const TOKEN: &str = "bench-bearer-token-0123456789abcdef";
+pub const HMAC: &str = "bench-hmac-secret-0123456789abcdef";
+pub const ADMIN: &str = "bench-admin-token";
+pub const WRK_THREADS: usize = 2;
+pub const CONNECTIONS: usize = 64;
+
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn wrk_installed() -> bool {
+    Command::new("wrk").arg("--version").output().is_ok()
+}
+
+/// Writes `per_thread` signed requests to `target` for each wrk thread, one
+/// `signature \t timestamp \t body` line each; `body(thread, i)` makes the JSON body.
+pub fn write_requests(
+    dir: &Path,
+    set: &str,
+    target: &str,
+    per_thread: usize,
+    body: impl Fn(usize, usize) -> String,
+) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for t in 0..WRK_THREADS {
+        let mut out = String::with_capacity(per_thread * 200);
+        for i in 0..per_thread {
+            let body = body(t, i);
+            let sig = kheish_v1_signature(HMAC.as_bytes(), "POST", target, ts, body.as_bytes());
+            writeln!(out, "{sig}\t{ts}\t{body}").unwrap();
+        }
+        std::fs::write(dir.join(format!("{set}-{t}.txt")), out).unwrap();
+    }
+}
+
+/// The wrk script that sends the pre-signed requests of a set, in order, each once (then wraps).
+pub fn write_script(dir: &Path, target: &str) -> PathBuf {
+    let script = format!(
+        r#"
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  local file = io.open(args[1] .. "/" .. args[2] .. "-" .. tid .. ".txt")
+  reqs = {{}}
+  for line in file:lines() do
+    local sig, ts, body = line:match("([^\t]*)\t([^\t]*)\t(.*)")
+    reqs[#reqs + 1] = wrk.format("POST", "{target}", {{
+      ["Authorization"] = "Bearer {TOKEN}",
+      ["Content-Type"] = "application/json",
+      ["X-Kheish-Timestamp"] = ts,
+      ["X-Kheish-Signature"] = sig,
+    }}, body)
+  end
+  file:close()
+  i = 0
+end
+function request()
+  i = i + 1
+  if i > #reqs then i = 1 end
+  return reqs[i]
+end
+"#
+    );
+    let path = dir.join("signed.lua");
+    std::fs::write(&path, script).unwrap();
+    path
+}
+
+pub struct WrkResult {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub non_2xx: u64,
+    pub requests: u64,
+}
+
+impl WrkResult {
+    pub fn print(&self, label: &str) {
+        println!(
+            "  {label:<40} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+            self.rps, self.p50_ms, self.p99_ms, self.non_2xx
+        );
+    }
+}
+
+pub fn print_header() {
+    println!(
+        "  {:<40} {:>10} {:>9} {:>9} {:>8}",
+        "", "req/s", "p50 ms", "p99 ms", "non-2xx"
+    );
+}
+
+/// Runs wrk with the signed-request script of `set` against `url` for `seconds`.
+pub fn wrk(script: &Path, url: &str, dir: &Path, set: &str, seconds: u64) -> WrkResult {
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &WRK_THREADS.to_string(),
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .arg("--")
+        .arg(dir)
+        .arg(set)
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l[prefix.len()..].split_whitespace().next())
+    };
+    let latency_ms = |s: &str| -> f64 {
+        let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+        let v: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => v / 1000.0,
+            "ms" => v,
+            "s" => v * 1000.0,
+            _ => v,
+        }
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let result = WrkResult {
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: field("50%").map(latency_ms).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(latency_ms).unwrap_or(f64::NAN),
+        non_2xx: field("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        requests,
+    };
+    if result.rps == 0.0 {
+        eprintln!(
+            "wrk output:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    result
+}
+
+/// A tiny_http server that answers every request with 200 and a small JSON body.
+pub struct NoopServer {
+    pub addr: std::net::SocketAddr,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl NoopServer {
+    pub fn start() -> NoopServer {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let addr = server.server_addr().to_ip().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..workers)
+            .map(|_| {
+                let server = Arc::clone(&server);
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        if let Ok(mut rq) = server.recv() {
+                            let mut sink = Vec::new();
+                            let _ = rq.as_reader().read_to_end(&mut sink);
+                            let _ = rq.respond(
+                                tiny_http::Response::from_string("{\"ok\":true}")
+                                    .with_status_code(200),
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        NoopServer {
+            addr,
+            server,
+            stop,
+            threads,
+        }
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A release `kheishctl serve` on an ephemeral port, state root `work/state`.
+pub struct Daemon {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Daemon {
+    /// Starts serve with `config` (the bearer and HMAC env vars set) and `serve_args` after
+    /// `serve`.
+    pub fn start(work: &Path, config: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let config_path = work.join(format!("connectors-{}.toml", config.len()));
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kheishctl"));
+        cmd.env_clear()
+            .env("KHEISH_STATE_ROOT", work.join("state"))
+            .env("KHEISH_ADMIN", ADMIN)
+            .env("BENCH_TOKEN", TOKEN)
+            .env("BENCH_HMAC", HMAC)
+            .envs(env.iter().copied())
+            .arg("--json")
+            .arg("--connectors-config")
+            .arg(&config_path)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-token-env",
+                "KHEISH_ADMIN",
+            ])
+            .args(serve_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("starting kheishctl serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("serve did not become ready ({e}): {line:?}"));
+        let addr = ready["listen"].as_str().unwrap().parse().unwrap();
+        Daemon {
+            child,
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of the samples whose line starts with `name` (exact series including labels).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l[name.len()..].split_whitespace().next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
