@@ -91,6 +91,10 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let runs_queued = Arc::new(Notify::new());
     let notify = Arc::clone(&runs_queued);
     let writer = GroupWriter::start(&settings.state_root, Box::new(move |_| notify.notify_all()))?;
+    let health_out = out.clone();
+    writer.health().observe(Box::new(move |c| {
+        server::health::log_change(&health_out, c)
+    }));
     let listener = Listener::bind(&settings.listen)?;
     let addr = listener.local_addr();
     let (control_tx, control_rx) = mpsc::channel();
@@ -187,6 +191,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     app.responders.shutdown();
     signals.stop();
     let stats = app.writer.stats();
+    out.flush_repeats();
     out.info(&format!(
         "stopped: {} events in {} commits",
         stats.jobs.load(std::sync::atomic::Ordering::Relaxed),

@@ -402,7 +402,11 @@ fn dispatcher_loop(
         };
         in_flight -= settled.len();
         let idle = want > 0 && claims.is_empty() && settled.is_empty() && !reopen;
-        let wait = if !idle {
+        let wait = if reopen {
+            // The round failed (a full disk, an I/O error): try again after a pause, or when
+            // woken, instead of spinning on a state root that cannot commit.
+            Some(MAX_IDLE_WAIT)
+        } else if !idle {
             None
         } else if draining && in_flight == 0 {
             // Nothing claimable and nothing of ours in flight: drained, unless another process

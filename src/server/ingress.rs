@@ -113,6 +113,8 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
         Err(err) => {
             if let IngressError::Unavailable { detail } = &err {
                 app.out.error(&format!("ingress for {id} failed: {detail}"));
+                let failing = app.writer.health().failure();
+                return response::ingress_error_during(&err, failing.as_ref());
             }
             response::ingress_error(&err)
         }

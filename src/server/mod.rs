@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod control;
 pub mod deliveries;
+pub mod health;
 pub mod ingress;
 pub mod observe;
 pub mod response;
@@ -506,11 +507,7 @@ fn dispatch(app: &Arc<App>, store: &Store, route: &Route, req: &ApiRequest, repl
     let ctx = RequestCtx { app, store };
     let response = match route {
         Route::Healthz => ApiResponse::json(200, &serde_json::json!({"status": "ok"})),
-        Route::Readyz => match app.phase() {
-            Phase::Ready => ApiResponse::json(200, &serde_json::json!({"status": "ready"})),
-            Phase::Starting => ApiResponse::problem(503, "starting", "the daemon is starting"),
-            Phase::Draining => ApiResponse::problem(503, "draining", "the daemon is shutting down"),
-        },
+        Route::Readyz => health::readyz(app),
         Route::Metrics => observe::metrics(&ctx),
         Route::ListReceipts => observe::list_receipts(&ctx, req),
         Route::ListDeliveries

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::ingress::{AcceptStatus, Answer, IngressError};
 use crate::model::error_chain;
 use crate::output::Printer;
+use crate::store::health::StorageFailure;
 use crate::store::StoreError;
 
 /// A response before it is written: status, extra headers and body bytes.
@@ -108,14 +109,31 @@ pub fn title(status: u16) -> &'static str {
     }
 }
 
+/// `Retry-After` seconds for a request refused because the state database failed: 1 s for a
+/// passing hiccup (a lock), and while commits are known to fail (`failing`) half the time they
+/// have been failing, between 2 and 30 s, so clients back off during a long outage. The daemon
+/// does not depend on clients to notice recovery: its writer probes by itself.
+pub fn storage_retry_after(failing: Option<&StorageFailure>, now: std::time::Instant) -> u64 {
+    match failing {
+        None => 1,
+        Some(f) => (now.saturating_duration_since(f.since).as_secs() / 2).clamp(2, 30),
+    }
+}
+
 /// The one answer to a state-database failure, on every route: 503 `store_unavailable` with
-/// `Retry-After: 1`. The whole cause chain goes to the daemon log under `context`; the body
-/// names no paths.
+/// `Retry-After: 1`. The whole cause chain goes to the daemon log under `context` (identical
+/// lines are rate-limited by the printer); the body names the cause but no paths.
 pub fn store_error(out: &Printer, context: &str, err: &StoreError) -> ApiResponse {
     out.error(&format!("{context}: {}", error_chain(err)));
-    let detail = match err {
-        StoreError::Busy { .. } => "the state database is busy; retry shortly",
-        _ => "the state database failed; see the daemon log",
+    let detail = match err.fault() {
+        Some(fault) => format!(
+            "the state database failed: {}; see the daemon log",
+            fault.cause()
+        ),
+        None if matches!(err, StoreError::Busy { .. }) => {
+            "the state database is busy; retry shortly".to_string()
+        }
+        None => "the state database failed; see the daemon log".to_string(),
     };
     ApiResponse::problem(503, "store_unavailable", detail).with_header("Retry-After", "1")
 }
@@ -132,7 +150,14 @@ pub fn answer(answer: &Answer) -> ApiResponse {
 }
 
 /// The one table from ingress errors to HTTP: status, stable code, extra members and headers.
+/// A store failure (`Unavailable`) gets `Retry-After: 1`; see [`ingress_error_during`].
 pub fn ingress_error(err: &IngressError) -> ApiResponse {
+    ingress_error_during(err, None)
+}
+
+/// [`ingress_error`], knowing whether the state database is failing now (`failing`): a store
+/// failure then gets the longer [`storage_retry_after`].
+pub fn ingress_error_during(err: &IngressError, failing: Option<&StorageFailure>) -> ApiResponse {
     use IngressError as E;
     let detail = err.to_string();
     let mut extra = serde_json::Map::new();
@@ -178,7 +203,11 @@ pub fn ingress_error(err: &IngressError) -> ApiResponse {
             return ApiResponse::problem_with(429, &code, detail, extra)
                 .with_header("Retry-After", secs.to_string());
         }
-        E::Unavailable { .. } => (503, "store_unavailable"),
+        E::Unavailable { .. } => {
+            let secs = storage_retry_after(failing, std::time::Instant::now());
+            return ApiResponse::problem_with(503, "store_unavailable", detail, extra)
+                .with_header("Retry-After", secs.to_string());
+        }
     };
     ApiResponse::problem_with(status, code, detail, extra)
 }
@@ -213,5 +242,45 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["code"], "http_ingress_rate_limited");
         assert_eq!(v["retry_after_ms"], 1200);
+    }
+
+    #[test]
+    fn store_unavailable_has_retry_after_longer_while_failing() {
+        let err = IngressError::Unavailable {
+            detail: "the state database's disk is full".into(),
+        };
+        let r = ingress_error(&err);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.headers, vec![("Retry-After", "1".to_string())]);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "store_unavailable");
+
+        let since = std::time::Instant::now();
+        let failing = StorageFailure {
+            fault: crate::store::StorageFault::DiskFull,
+            since,
+            since_ms: 0,
+            message: String::new(),
+        };
+        let r = ingress_error_during(&err, Some(&failing));
+        assert_eq!(r.headers, vec![("Retry-After", "2".to_string())]);
+        let after = |secs| since + std::time::Duration::from_secs(secs);
+        assert_eq!(storage_retry_after(Some(&failing), after(20)), 10);
+        assert_eq!(storage_retry_after(Some(&failing), after(600)), 30);
+        assert_eq!(storage_retry_after(None, after(5)), 1);
+    }
+
+    #[test]
+    fn store_error_detail_names_the_cause_without_the_path() {
+        let out = Printer::plain(false);
+        let err = StoreError::DiskFull {
+            path: "/srv/state/state.db".into(),
+            op: "claiming a run".into(),
+        };
+        let r = store_error(&out, "test", &err);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.contains("disk is full"), "{detail}");
+        assert!(!detail.contains("/srv"), "{detail}");
     }
 }

@@ -8,7 +8,13 @@
 //! once, and only then tells each job the outcome. Only when a job fails is the transaction
 //! rolled back and the batch run again with a SAVEPOINT per job, so the failed job is undone
 //! alone and the others still commit (jobs decide from what the transaction sees, so running
-//! one twice is safe). A failed commit fails every job of the batch (nothing was written).
+//! one twice is safe). A failed commit fails every job of the batch (nothing was written), each
+//! with the commit's own classified error (a full disk is reported as such, never as a lock).
+//!
+//! Every commit attempt updates the database's [`super::health`]: a failure marks it failing
+//! (in `store::sqlite_error`), a batch that wrote something clears it. While it is failing the
+//! idle writer probes with a one-row commit every [`PROBE_EVERY`], so readiness comes back by
+//! itself once the cause is gone.
 //!
 //! Duplicate hits on receipts are counted in memory and folded into the next batch (or flushed
 //! after two seconds), so a duplicate request is answered from a read with no write on its path.
@@ -23,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::health::{StorageHealth, PROBE_EVERY};
 use super::{Store, StoreError};
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{
@@ -134,6 +141,12 @@ impl IngressOps<'_> {
             op: op.to_string(),
             detail: Some(detail),
         }
+    }
+
+    /// The connection underneath, for tests that change its settings inside a job.
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        self.conn
     }
 
     /// The receipt stored under `receipt_key`, if any.
@@ -347,6 +360,8 @@ pub struct WriterStats {
 pub struct GroupWriter {
     /// `state.db`'s path, for the error a job gets once the writer has stopped.
     db_path: String,
+    /// Whether commits succeed; see the module docs.
+    health: Arc<StorageHealth>,
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<WriterStats>,
@@ -370,6 +385,7 @@ impl GroupWriter {
             ))
             .map_err(|e| store.err("tuning the writer connection", e))?;
         let db_path = store.db_path.clone();
+        let health = Arc::clone(store.health());
         let checkpointer = super::Checkpointer::start(Store::open(root)?);
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
@@ -386,6 +402,7 @@ impl GroupWriter {
             })?;
         Ok(GroupWriter {
             db_path,
+            health,
             sender: Mutex::new(Some(sender)),
             handle: Mutex::new(Some(handle)),
             stats,
@@ -443,6 +460,11 @@ impl GroupWriter {
         &self.stats
     }
 
+    /// Whether the state database commits (what `/readyz` reports).
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
+    }
+
     /// Stops taking jobs, lets the thread write what is queued (and the pending duplicate
     /// counts), and joins it.
     pub fn shutdown(&self) {
@@ -464,12 +486,17 @@ fn writer_loop(
     // When the oldest pending duplicate count arrived: it is written at most DUPLICATE_FLUSH
     // later, even under a steady stream of duplicates and no new events.
     let mut pending_since: Option<Instant> = None;
+    // The last commit attempt (batch or probe): while the database is failing, the writer
+    // probes when it has been idle for PROBE_EVERY since then.
+    let mut last_attempt = Instant::now();
     let mut open = true;
     while open {
-        let first = match pending_since {
-            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(since) => receiver.recv_timeout(DUPLICATE_FLUSH.saturating_sub(since.elapsed())),
-        };
+        // Wakes at least every PROBE_EVERY to notice a failure another thread recorded (the
+        // delivery dispatcher, a run claim) even when no event arrives.
+        let flush_at = pending_since.map(|since| since + DUPLICATE_FLUSH);
+        let probe_at = last_attempt + PROBE_EVERY;
+        let wake_at = flush_at.map_or(probe_at, |f| f.min(probe_at));
+        let first = receiver.recv_timeout(wake_at.saturating_duration_since(Instant::now()));
         let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut take = |msg: Msg, jobs: &mut Vec<Box<dyn WriteJob>>| match msg {
             Msg::Job(job) => jobs.push(job),
@@ -497,8 +524,16 @@ fn writer_loop(
         let due = pending_since.is_some_and(|t| t.elapsed() >= DUPLICATE_FLUSH);
         let write_duplicates = !duplicates.is_empty() && (!jobs.is_empty() || due || !open);
         if jobs.is_empty() && !write_duplicates {
+            if store.health().is_failing() && last_attempt.elapsed() >= PROBE_EVERY {
+                probe(&store);
+                last_attempt = Instant::now();
+            } else if !store.health().is_failing() {
+                // Healthy and idle: the next wake is a full PROBE_EVERY away.
+                last_attempt = Instant::now();
+            }
             continue;
         }
+        last_attempt = Instant::now();
         let dups = if write_duplicates {
             pending_since = None;
             std::mem::take(&mut duplicates)
@@ -542,6 +577,11 @@ fn commit_batch(
     drop(lock);
     match result {
         Ok(Some(job_errors)) => {
+            // Something was written (a job or duplicate counts), so the disk took it. A
+            // failure was recorded where it was classified; only success is told here.
+            if !duplicates.is_empty() || job_errors.iter().any(Option::is_none) {
+                store.health().record_success();
+            }
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             // Waiters are woken before the jobs are answered, so a caller that sees its answer
@@ -559,14 +599,40 @@ fn commit_batch(
             }
         }
         Ok(None) => unreachable!("the savepoint pass isolates failed jobs"),
+        // Nothing was written: every job gets the transaction's own error, classified by
+        // SQLite's code (a full disk stays a full disk).
         Err(e) => {
             for job in jobs {
-                job.finish(Err(StoreError::Busy {
-                    path: store.db_path.clone(),
-                    op: "committing accepted events".into(),
-                    detail: Some(e.to_string()),
-                }));
+                job.finish(Err(e.duplicate()));
             }
+        }
+    }
+}
+
+/// `store_meta` key of the probe's row.
+const PROBE_KEY: &str = "storage_probe_at_ms";
+
+/// One small commit that needs new space (a changed row): does the database commit again?
+/// Its success clears the failure; its failure is recorded where it is classified.
+fn probe(store: &Store) {
+    let conn = store.conn();
+    let _lock = super::process_write_lock();
+    let now = crate::model::now_ms().to_string();
+    let written = cached(conn, "BEGIN IMMEDIATE")
+        .and_then(|()| {
+            conn.prepare_cached(
+                "INSERT INTO store_meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![PROBE_KEY, now.as_bytes()])
+        })
+        .and_then(|_| cached(conn, "COMMIT"));
+    match written {
+        Ok(()) => store.health().record_success(),
+        Err(e) => {
+            let _ = cached(conn, "ROLLBACK");
+            // Classifying records the failure (and keeps the episode's start).
+            let _ = store.err("probing whether the state database commits again", e);
         }
     }
 }
@@ -602,6 +668,11 @@ fn run_batch(
                         .map_err(|e| store.err("releasing a savepoint", e))?;
                     job_errors.push(None);
                 }
+                // SQLite rolls the whole transaction back by itself after some errors in a
+                // statement (SQLITE_FULL, SQLITE_IOERR, …): then nothing of the batch is
+                // written, there is no savepoint left to roll back to, and the job's own
+                // error is the batch's.
+                Err(e) if conn.is_autocommit() => return Err(e),
                 Err(e) => {
                     cached(conn, "ROLLBACK TO job")
                         .and_then(|()| cached(conn, "RELEASE job"))

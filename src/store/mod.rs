@@ -11,6 +11,8 @@
 //! `IMMEDIATE` transaction (see [`migrations`]).
 
 pub mod deliveries;
+mod error;
+pub mod health;
 pub mod ingress;
 pub mod migrations;
 pub mod receipts;
@@ -29,124 +31,16 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+pub(crate) use error::sqlite_error;
+pub use error::{StorageFault, StoreError};
+use health::StorageHealth;
+
 /// The database file inside the state root.
 pub const DB_FILE: &str = "state.db";
 
 /// How long a connection waits for another process's write lock before failing with
 /// [`StoreError::Busy`]. Writes are short transactions, so this is generous.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
-
-/// Errors opening or using the state root. Every variant maps to exit 4 (SPEC §1.2).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A file-system operation on the state root failed.
-    #[error("cannot access the state root `{path}`; check --state-root / KHEISH_STATE_ROOT and its permissions")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The state root directory could not be created.
-    #[error(
-        "cannot create the state root directory `{path}`; check --state-root / KHEISH_STATE_ROOT"
-    )]
-    CreateDir {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The state root path exists but is not a directory.
-    #[error("the state root `{path}` is not a directory; point --state-root / KHEISH_STATE_ROOT at a directory")]
-    NotADirectory { path: String },
-    /// `state.db` could not be created or opened.
-    #[error("cannot open the state database `{path}`; check the state root's permissions")]
-    OpenDb {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    /// `state.db` is not a SQLite database, or SQLite found it damaged.
-    #[error("the state database `{path}` is not a valid SQLite database (corrupt or not a kheishctl state root); restore it from a backup or move it away")]
-    Corrupt {
-        path: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The database was written by a newer kheishctl; it is left untouched.
-    #[error("the state database `{path}` has schema version {found}, newer than this kheishctl supports ({supported}); upgrade kheishctl (the database was not modified)")]
-    NewerSchema {
-        path: String,
-        found: i64,
-        supported: i64,
-    },
-    /// The database could not take a write in time. With no `detail`, another process held
-    /// SQLite's lock past the busy timeout; otherwise `detail` says what stopped this process's
-    /// writer (it has shut down, or its transaction failed). Callers answer "retry later".
-    #[error(
-        "the state database `{path}` {} while {op}{}; retry, or check for a stuck kheishctl process",
-        busy_what(.detail),
-        busy_why(.detail)
-    )]
-    Busy {
-        /// `state.db`'s path.
-        path: String,
-        /// What was being done ("claiming a delivery").
-        op: String,
-        /// Why, when it was not another process's lock.
-        detail: Option<String>,
-    },
-    /// Any other SQLite failure.
-    #[error("state database `{path}`: {op} failed")]
-    Sqlite {
-        path: String,
-        op: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-/// [`StoreError::Busy`]'s verb: the lock of another process, or a write that failed here.
-fn busy_what(detail: &Option<String>) -> &'static str {
-    match detail {
-        None => "stayed locked by another process",
-        Some(_) => "could not be written",
-    }
-}
-
-/// [`StoreError::Busy`]'s `: detail`, when there is one.
-fn busy_why(detail: &Option<String>) -> String {
-    detail
-        .as_ref()
-        .map(|d| format!(": {d}"))
-        .unwrap_or_default()
-}
-
-impl StoreError {}
-
-/// Classifies a rusqlite error by its SQLite result code (never by message text).
-pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode;
-    let code = match &err {
-        rusqlite::Error::SqliteFailure(e, _) => Some(e.code),
-        _ => None,
-    };
-    match code {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
-            path: path.to_string(),
-            source: Box::new(err),
-        },
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy {
-            path: path.to_string(),
-            op: op.to_string(),
-            detail: None,
-        },
-        _ => StoreError::Sqlite {
-            path: path.to_string(),
-            op: op.to_string(),
-            source: Box::new(err),
-        },
-    }
-}
 
 /// Serialises this process's write transactions on the state root.
 ///
@@ -220,13 +114,17 @@ impl Checkpointer {
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) holding this process's write lock. Dropping it
-/// without `commit` rolls back.
+/// without `commit` rolls back. A commit that changed rows tells the database's
+/// [`health`] that commits succeed (a failure was already recorded where it was classified).
 ///
 /// `BEGIN`, `COMMIT` and `ROLLBACK` run through the connection's prepared-statement cache:
 /// rusqlite's `Transaction` re-parses them for every transaction, which was a tenth of a
 /// delivery worker's CPU.
 pub(crate) struct WriteTx<'c> {
     conn: &'c Connection,
+    health: &'c StorageHealth,
+    /// `total_changes` at `BEGIN`: a commit that changed nothing proves nothing about space.
+    changes_at_begin: u64,
     open: bool,
     _lock: std::sync::MutexGuard<'static, ()>,
 }
@@ -242,6 +140,9 @@ impl WriteTx<'_> {
     pub(crate) fn commit(mut self) -> rusqlite::Result<()> {
         cached_control(self.conn, "COMMIT")?;
         self.open = false;
+        if self.conn.total_changes() != self.changes_at_begin {
+            self.health.record_success();
+        }
         Ok(())
     }
 }
@@ -270,6 +171,8 @@ pub struct Store {
     root: PathBuf,
     /// `state.db`'s path as text, for error messages.
     db_path: String,
+    /// Whether this database can commit, shared by every store of it in this process.
+    health: std::sync::Arc<StorageHealth>,
 }
 
 impl Store {
@@ -322,10 +225,17 @@ impl Store {
         &self.root
     }
 
+    /// Whether this database can commit (what `/readyz` reports).
+    pub fn health(&self) -> &std::sync::Arc<StorageHealth> {
+        &self.health
+    }
+
     /// Opens an existing `db` file: connection settings, the newer-schema check (before any
     /// write), WAL, then migrations.
     fn connect(root: &Path, db: &Path) -> Result<Store, StoreError> {
         let db_path = db.display().to_string();
+        // Taken first, so failures while opening are recorded in a watched entry too.
+        let health = health::for_db(&db_path);
         let conn = open_configured(db, &db_path)?;
         migrations::migrate(&conn, &db_path)?;
         // The hot paths (ingress, the delivery queue) reuse a few dozen distinct statements.
@@ -334,6 +244,7 @@ impl Store {
             conn,
             root: root.to_path_buf(),
             db_path,
+            health,
         })
     }
 
@@ -400,6 +311,8 @@ impl Store {
         cached_control(&self.conn, "BEGIN IMMEDIATE").map_err(|e| self.err(op, e))?;
         Ok(WriteTx {
             conn: &self.conn,
+            health: &self.health,
+            changes_at_begin: self.conn.total_changes(),
             open: true,
             _lock: lock,
         })

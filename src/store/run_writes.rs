@@ -192,20 +192,9 @@ impl GroupWriter {
         match self.run_write(RunWrite::Finish(items), now_ms) {
             Ok(RunWritten::Finished(results)) => results,
             Ok(_) => unreachable!("a finish job answers with the finished runs"),
-            Err(RunError::Store(e)) => {
-                let text = e.to_string();
-                let mut out = Vec::with_capacity(n);
-                out.push(Err(RunError::Store(e)));
-                // The same failure for the others (StoreError is not Clone: restate it).
-                while out.len() < n {
-                    out.push(Err(RunError::Store(StoreError::Busy {
-                        path: self.db_path().to_string(),
-                        op: "finishing runs".into(),
-                        detail: Some(text.clone()),
-                    })));
-                }
-                out
-            }
+            Err(RunError::Store(e)) => (0..n)
+                .map(|_| Err(RunError::Store(e.duplicate())))
+                .collect(),
             Err(other) => unreachable!("a finish job refuses per item only: {other}"),
         }
     }

@@ -26,6 +26,8 @@ mod serve_lifecycle;
 mod serve_observe;
 /// Runs: claim/output/complete/fail, echo and exec handlers, sessions on the control plane.
 mod serve_runs;
+/// `serve` on a full disk: 503 + Retry-After, readiness, honest and rate-limited logs, recovery.
+mod serve_storage;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.
 mod state_root;
 /// Repository hygiene: module docs, no dbg!/todo!, commented dependencies.
