@@ -219,7 +219,8 @@ fn post(addr: std::net::SocketAddr, target: &str, body: &str) -> (u16, String) {
     };
     let _ = write!(
         s,
-        "POST {target} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        // HTTP/1.0: the answer comes with its length or until close, never chunked.
+        "POST {target} HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut text = String::new();

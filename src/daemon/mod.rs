@@ -90,7 +90,10 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     .context("resolving the admin token")?;
     let runs_queued = Arc::new(Notify::new());
     let notify = Arc::clone(&runs_queued);
-    let writer = GroupWriter::start(&settings.state_root, Box::new(move |_| notify.notify_all()))?;
+    let writer = Arc::new(GroupWriter::start(
+        &settings.state_root,
+        Box::new(move |_| notify.notify_all()),
+    )?);
     let health_out = out.clone();
     writer.health().observe(Box::new(move |c| {
         server::health::log_change(&health_out, c)
@@ -130,6 +133,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         filter: ClaimFilter::default(),
         lease: delivery_lease,
         observer: Arc::clone(&delivery_observer),
+        writer: Some(Arc::clone(&app.writer)),
     });
     let delivery_retention =
         DeliveryRetention::spawn(settings.state_root.clone(), delivery_observer);

@@ -93,6 +93,7 @@ pub fn drain(
         filter: cfg.filter,
         lease: cfg.lease,
         observer: cfg.observer,
+        writer: None,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let threads = start_pool(

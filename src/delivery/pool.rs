@@ -35,6 +35,7 @@ use crate::model::now_ms;
 use crate::model::reply::ReplyPlugin;
 use crate::notify::Notify;
 use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement};
+use crate::store::ingress::GroupWriter;
 use crate::store::{Store, StoreError};
 
 /// Default lease: the http transport's total timeout (15 s, SPEC §11.5) plus as much again as
@@ -130,6 +131,11 @@ pub struct WorkerConfig {
     /// How long a claim lasts ([`DEFAULT_LEASE`]); must exceed the transports' own timeouts.
     pub lease: Duration,
     pub observer: Arc<dyn Observer>,
+    /// `serve`'s group-commit writer: when set, each dispatcher round is a job of its batches,
+    /// so one fsync serves accepted events, run settlements and the round (and the writer's
+    /// checkpointer keeps the WAL bounded). `drain-deliveries` runs alone and commits its own
+    /// rounds.
+    pub writer: Option<Arc<GroupWriter>>,
 }
 
 /// Running delivery workers; [`WorkerPool::shutdown`] stops and joins them.
@@ -370,12 +376,15 @@ fn dispatcher_loop(
         // One clock reading for the claims and the drained check below: a lease that expires
         // between the two must be seen as claimable by both or by neither.
         let now = now_ms();
-        let round = st.settle_all_and_claim(owner, &settled, want, lease, now, &cfg.filter);
+        let round = match &cfg.writer {
+            Some(writer) => writer.settle_and_claim(owner, &settled, want, lease, now, &cfg.filter),
+            None => st.settle_all_and_claim(owner, &settled, want, lease, now, &cfg.filter),
+        };
         let mut reopen = false;
         let claims = match round {
             Ok((outcomes, claims)) => {
                 commits += 1;
-                if commits % CHECKPOINT_EVERY == 0 {
+                if cfg.writer.is_none() && commits % CHECKPOINT_EVERY == 0 {
                     st.checkpoint_between_writes();
                 }
                 for ((claimed, settlement), outcome) in settled.iter().zip(outcomes) {
@@ -756,6 +765,7 @@ pub(super) mod test_support {
             filter: ClaimFilter::default(),
             lease: DEFAULT_LEASE,
             observer: Arc::new(NoObserver),
+            writer: None,
         }
     }
 
@@ -962,6 +972,7 @@ mod tests {
                     filter: ClaimFilter::default(),
                     lease: DEFAULT_LEASE,
                     observer: Arc::new(NoObserver),
+                    writer: None,
                 })
             })
             .collect();

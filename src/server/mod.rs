@@ -63,8 +63,8 @@ pub struct App {
     pub deliveries_queued: Arc<Notify>,
     /// The connectors in force; replaced whole on reload.
     pub registry: Registry,
-    /// The group-commit writer for accepted events.
-    pub writer: GroupWriter,
+    /// The group-commit writer: accepted events, run claims and settlements, delivery rounds.
+    pub writer: Arc<GroupWriter>,
     pub limiter: RateLimiter,
     pub admin: AdminAuth,
     /// Writes ingress answers that complete after a group commit.
@@ -93,7 +93,7 @@ pub struct AppParts {
     pub runs_queued: Arc<Notify>,
     pub deliveries_queued: Arc<Notify>,
     pub connectors: ConnectorSet,
-    pub writer: GroupWriter,
+    pub writer: Arc<GroupWriter>,
     pub admin: AdminAuth,
 }
 

@@ -1,8 +1,9 @@
-//! Run claims and settlements as jobs of the group-commit writer (STYLE §4: one writer for
-//! every write of the pipeline). A handler worker's claim of a batch of runs, and each
-//! completion (output, its deliveries and the final status together), ride in the writer's
-//! next transaction beside accepted events, so one fsync serves them all instead of one per
-//! claim and one per completion.
+//! Run claims and settlements, and the delivery dispatcher's rounds, as jobs of the
+//! group-commit writer (STYLE §4: one writer for every write of the pipeline). A handler
+//! worker's claim of a batch of runs, each completion (output, its deliveries and the final
+//! status together) and each settle-and-claim round of `serve`'s delivery pool ride in the
+//! writer's next transaction beside accepted events, so one fsync serves them all instead of
+//! one per claim, per completion and per delivery round.
 //!
 //! Each call blocks its (std) thread until the batch that carries it has committed: a run is
 //! handed to a worker only once its claim is durable, and a completion is reported only once
@@ -11,7 +12,7 @@
 
 use std::sync::mpsc;
 
-use super::deliveries::Enqueued;
+use super::deliveries::{ClaimFilter, Claimed, Enqueued, SettleOutcome, Settlement};
 use super::ingress::{GroupWriter, WriteJob};
 use super::runs::{NewRunOutput, RunError};
 use super::{Store, StoreError};
@@ -209,6 +210,83 @@ impl GroupWriter {
             RunWritten::Released(run) => Ok(*run),
             _ => unreachable!("a release job answers with the released run"),
         }
+    }
+}
+
+/// A delivery round's result: one outcome per settlement, then the new claims.
+pub type Round = (Vec<SettleOutcome>, Vec<Claimed>);
+
+/// One settle-and-claim round of a delivery dispatcher, inside the writer's transaction.
+struct RoundJob {
+    owner: String,
+    settled: Vec<(Claimed, Settlement)>,
+    claim: usize,
+    lease_ms: i64,
+    now_ms: i64,
+    filter: ClaimFilter,
+    outcome: Option<Round>,
+    reply: mpsc::SyncSender<Result<Round, StoreError>>,
+}
+
+impl WriteJob for RoundJob {
+    fn apply(&mut self, store: &Store) -> Result<(), StoreError> {
+        let round = store.settle_all_and_claim_in(
+            &self.owner,
+            &self.settled,
+            self.claim,
+            self.lease_ms,
+            self.now_ms,
+            &self.filter,
+        )?;
+        self.outcome = Some(round);
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.outcome.take()) {
+            (Ok(()), Some(round)) => Ok(round),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Busy {
+                path: String::new(),
+                op: "a delivery round".into(),
+                detail: Some("the round produced no outcome".into()),
+            }),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+impl GroupWriter {
+    /// `Store::settle_all_and_claim` as a job of the writer's next batch: settles every
+    /// `(claimed, settlement)` and claims up to `claim` more due deliveries for `owner`,
+    /// durably, sharing the batch's fsync with accepted events and run settlements.
+    pub fn settle_and_claim(
+        &self,
+        owner: &str,
+        settled: &[(Claimed, Settlement)],
+        claim: usize,
+        lease_ms: i64,
+        now_ms: i64,
+        filter: &ClaimFilter,
+    ) -> Result<Round, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(Box::new(RoundJob {
+            owner: owner.to_string(),
+            settled: settled.to_vec(),
+            claim,
+            lease_ms,
+            now_ms,
+            filter: filter.clone(),
+            outcome: None,
+            reply,
+        }));
+        answer.recv().unwrap_or_else(|_| {
+            Err(StoreError::Busy {
+                path: self.db_path().to_string(),
+                op: "a delivery round".into(),
+                detail: Some("the writer stopped".into()),
+            })
+        })
     }
 }
 

@@ -267,18 +267,35 @@ impl Store {
     ) -> Result<(Vec<SettleOutcome>, Vec<Claimed>), StoreError> {
         let op = "settling deliveries and claiming more";
         let tx = self.begin(op)?;
+        let round =
+            self.settle_all_and_claim_in(owner, settled, claim, lease_ms, now_ms, filter)?;
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(round)
+    }
+
+    /// [`Store::settle_all_and_claim`] inside a transaction the caller holds (the group-commit
+    /// writer's, when `serve`'s dispatcher rounds ride in its batches).
+    pub(crate) fn settle_all_and_claim_in(
+        &self,
+        owner: &str,
+        settled: &[(Claimed, Settlement)],
+        claim: usize,
+        lease_ms: i64,
+        now_ms: i64,
+        filter: &ClaimFilter,
+    ) -> Result<(Vec<SettleOutcome>, Vec<Claimed>), StoreError> {
+        let tx = self.conn();
         let mut outcomes = Vec::with_capacity(settled.len());
         for (claimed, settlement) in settled {
-            outcomes.push(self.settle_in(&tx, owner, claimed, settlement.clone(), now_ms)?);
+            outcomes.push(self.settle_in(tx, owner, claimed, settlement.clone(), now_ms)?);
         }
         let mut claims = Vec::with_capacity(claim);
         while claims.len() < claim {
-            match self.claim_in(&tx, owner, lease_ms, now_ms, filter)? {
+            match self.claim_in(tx, owner, lease_ms, now_ms, filter)? {
                 Some(claimed) => claims.push(claimed),
                 None => break,
             }
         }
-        tx.commit().map_err(|e| self.err(op, e))?;
         Ok((outcomes, claims))
     }
 
