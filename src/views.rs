@@ -25,6 +25,8 @@
 //! secrets (tokens live in the connector config) — and are shown as stored. The view leaves
 //! out the internal `target_key`, which is derived from the full address.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -36,6 +38,7 @@ use crate::model::delivery::DeliveryStatus;
 use crate::model::reply::{ReplyPlugin, ReplyTarget, TargetAddress};
 use crate::model::run::{Receipt, Run};
 use crate::model::{parse_when, rfc3339_ms, ConnectorId};
+use crate::store::deliveries::PausedTarget;
 use crate::store::receipts::ReceiptFilter;
 
 /// Rows `GET /v1/receipts` (and `inspect-receipts`) returns without `limit` (as `inspect-receipts`).
@@ -161,9 +164,27 @@ pub struct DeliveryView {
     pub resolution: Option<String>,
     pub resolved_at_ms: Option<i64>,
     pub replayed_from_delivery_id: Option<String>,
+    /// When the delivery's target is paused by its circuit breaker (SPEC §11.3): the end of the
+    /// pause. Absent when the target is not paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until_ms: Option<i64>,
 }
 
 impl DeliveryView {
+    /// Marks the view with its target's pause, when `paused` (target key -> pause end) has one
+    /// and the delivery is still open.
+    pub fn with_pause(mut self, d: &Delivery, paused: &HashMap<String, i64>) -> DeliveryView {
+        if d.status.is_open() {
+            if let Some(until) = paused.get(&d.target_key) {
+                self.paused_until = Some(rfc3339_ms(*until));
+                self.paused_until_ms = Some(*until);
+            }
+        }
+        self
+    }
+
     pub fn new(d: &Delivery) -> DeliveryView {
         DeliveryView {
             delivery_id: d.delivery_id.clone(),
@@ -190,6 +211,8 @@ impl DeliveryView {
             resolution: d.resolution.clone(),
             resolved_at_ms: d.resolved_at_ms,
             replayed_from_delivery_id: d.replayed_from_delivery_id.clone(),
+            paused_until: None,
+            paused_until_ms: None,
         }
     }
 }
@@ -202,8 +225,36 @@ pub struct DeliveryList {
 
 impl DeliveryList {
     pub fn new(deliveries: &[Delivery]) -> DeliveryList {
+        DeliveryList::with_pauses(deliveries, &HashMap::new())
+    }
+
+    /// The list with each open delivery marked with its target's pause (see
+    /// [`DeliveryView::with_pause`]).
+    pub fn with_pauses(deliveries: &[Delivery], paused: &HashMap<String, i64>) -> DeliveryList {
         DeliveryList {
-            deliveries: deliveries.iter().map(DeliveryView::new).collect(),
+            deliveries: deliveries
+                .iter()
+                .map(|d| DeliveryView::new(d).with_pause(d, paused))
+                .collect(),
+        }
+    }
+}
+
+/// One paused target as `POST /v1/deliveries/backpressure/reset` shows it: redacted like a
+/// delivery's target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PausedTargetView {
+    pub target: TargetView,
+    pub paused_until: String,
+    pub paused_until_ms: i64,
+}
+
+impl PausedTargetView {
+    pub fn new(p: &PausedTarget) -> PausedTargetView {
+        PausedTargetView {
+            target: TargetView::new(&p.target),
+            paused_until: rfc3339_ms(p.paused_until_ms),
+            paused_until_ms: p.paused_until_ms,
         }
     }
 }

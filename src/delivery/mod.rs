@@ -281,6 +281,7 @@ mod tests {
             max_retry_ms: 60_000,
             max_retry_after_ms: 3_600_000,
             max_attempts: 3,
+            ..RetryPolicy::default()
         }
     }
 
@@ -367,7 +368,9 @@ mod tests {
                 http_status: Some(400),
                 retryable: false,
             };
-            store.settle("w", &c, dead, T0).unwrap();
+            store
+                .settle("w", &c, dead, T0, &Default::default())
+                .unwrap();
         }
         ids
     }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::store::deliveries::TargetPacing;
+
 /// Retry knobs, from the `KHEISH_DELIVERY_*` environment variables or their defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -14,6 +16,14 @@ pub struct RetryPolicy {
     pub max_retry_after_ms: u64,
     /// `KHEISH_DELIVERY_MAX_ATTEMPTS` (default 8): the last attempt dead-letters on failure.
     pub max_attempts: u32,
+    /// `KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD` (default 3): retryable failures in a row
+    /// that pause a target; 0 disables the circuit breaker.
+    pub circuit_failure_threshold: u32,
+    /// `KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS` (default 60000): how long a paused target waits.
+    pub circuit_cooldown_ms: u64,
+    /// `KHEISH_DELIVERY_TARGET_MIN_INTERVAL_MS` (default 0): the least time between two sends to
+    /// one target.
+    pub target_min_interval_ms: u64,
 }
 
 impl Default for RetryPolicy {
@@ -23,6 +33,9 @@ impl Default for RetryPolicy {
             max_retry_ms: 60_000,
             max_retry_after_ms: 3_600_000,
             max_attempts: 8,
+            circuit_failure_threshold: 3,
+            circuit_cooldown_ms: 60_000,
+            target_min_interval_ms: 0,
         }
     }
 }
@@ -37,7 +50,7 @@ pub struct PolicyError {
 }
 
 impl RetryPolicy {
-    /// Reads the four variables through `env`; unset or empty means the default.
+    /// Reads the seven variables through `env`; unset or empty means the default.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<RetryPolicy, PolicyError> {
         let d = RetryPolicy::default();
         let read =
@@ -84,6 +97,24 @@ impl RetryPolicy {
                 1,
                 1000,
             )? as u32,
+            circuit_failure_threshold: read(
+                "KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD",
+                u64::from(d.circuit_failure_threshold),
+                0,
+                1000,
+            )? as u32,
+            circuit_cooldown_ms: read(
+                "KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS",
+                d.circuit_cooldown_ms,
+                1,
+                86_400_000,
+            )?,
+            target_min_interval_ms: read(
+                "KHEISH_DELIVERY_TARGET_MIN_INTERVAL_MS",
+                d.target_min_interval_ms,
+                0,
+                3_600_000,
+            )?,
         };
         if policy.max_retry_ms < policy.initial_retry_ms {
             return Err(PolicyError {
@@ -96,6 +127,15 @@ impl RetryPolicy {
             });
         }
         Ok(policy)
+    }
+
+    /// How settling paces a target under this policy.
+    pub fn pacing(&self) -> TargetPacing {
+        TargetPacing {
+            circuit_threshold: i64::from(self.circuit_failure_threshold),
+            circuit_cooldown_ms: self.circuit_cooldown_ms as i64,
+            min_interval_ms: self.target_min_interval_ms as i64,
+        }
     }
 
     /// Delay after failed attempt `n` (1-based): `max(min(retry_after, max_retry_after),
@@ -259,5 +299,53 @@ mod tests {
             ("KHEISH_DELIVERY_MAX_RETRY_MS", "10")
         ]))
         .is_err());
+    }
+
+    #[test]
+    fn pacing_knobs() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let d = RetryPolicy::default().pacing();
+        assert_eq!(
+            (
+                d.circuit_threshold,
+                d.circuit_cooldown_ms,
+                d.min_interval_ms
+            ),
+            (3, 60_000, 0)
+        );
+        let p = RetryPolicy::from_env(&env(&[
+            ("KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD", "0"),
+            ("KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS", "1500"),
+            ("KHEISH_DELIVERY_TARGET_MIN_INTERVAL_MS", "250"),
+        ]))
+        .unwrap()
+        .pacing();
+        assert_eq!(
+            (
+                p.circuit_threshold,
+                p.circuit_cooldown_ms,
+                p.min_interval_ms
+            ),
+            (0, 1500, 250)
+        );
+        for (var, bad) in [
+            ("KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD", "-1"),
+            ("KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD", "1001"),
+            ("KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS", "0"),
+            ("KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS", "soon"),
+            ("KHEISH_DELIVERY_TARGET_MIN_INTERVAL_MS", "3600001"),
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(vec![(var, bad)].into_boxed_slice());
+            let e = RetryPolicy::from_env(&env(pairs)).unwrap_err();
+            assert_eq!(e.var, var, "{bad}");
+        }
     }
 }

@@ -34,7 +34,7 @@ use super::{outcome_label, settlement_for, AttemptOutcome, ProgressSink, Transpo
 use crate::model::now_ms;
 use crate::model::reply::ReplyPlugin;
 use crate::notify::Notify;
-use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement};
+use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement, TargetPacing};
 use crate::store::ingress::GroupWriter;
 use crate::store::{Store, StoreError};
 
@@ -282,6 +282,7 @@ fn dispatcher_loop(
     done: &mpsc::Receiver<Sent>,
 ) -> Result<(), StoreError> {
     let lease = lease_ms(cfg.lease);
+    let pacing = cfg.policy.pacing();
     let (deadline, events) = match &end {
         Until::Stopped => (None, None),
         Until::Drained { deadline, events } => (*deadline, Some(events)),
@@ -363,7 +364,7 @@ fn dispatcher_loop(
             in_flight -= unsent.len();
         }
         let report = |claimed: &Claimed, settlement: &Settlement, written| {
-            if report_settled(claimed, written, &*cfg.observer) {
+            if report_settled(claimed, written, &*cfg.observer, &pacing) {
                 if let Some(events) = events {
                     // The receiver lives until the dispatcher has ended.
                     let _ = events.send(AttemptEvent {
@@ -377,8 +378,12 @@ fn dispatcher_loop(
         // between the two must be seen as claimable by both or by neither.
         let now = now_ms();
         let round = match &cfg.writer {
-            Some(writer) => writer.settle_and_claim(owner, &settled, want, lease, now, &cfg.filter),
-            None => st.settle_all_and_claim(owner, &settled, want, lease, now, &cfg.filter),
+            Some(writer) => {
+                writer.settle_and_claim(owner, &settled, want, lease, now, &cfg.filter, &pacing)
+            }
+            None => {
+                st.settle_all_and_claim(owner, &settled, want, lease, now, &cfg.filter, &pacing)
+            }
         };
         let mut reopen = false;
         let claims = match round {
@@ -401,7 +406,7 @@ fn dispatcher_loop(
                 // that still fails is reported and its delivery is sent again when the lease
                 // expires (at-least-once).
                 for (claimed, settlement) in &settled {
-                    let written = st.settle(owner, claimed, settlement.clone(), now_ms());
+                    let written = st.settle(owner, claimed, settlement.clone(), now_ms(), &pacing);
                     report(claimed, settlement, written);
                 }
                 // Reopen next round: the connection may be what failed.
@@ -645,6 +650,7 @@ fn report_settled(
     claimed: &Claimed,
     written: Result<SettleOutcome, StoreError>,
     observer: &dyn Observer,
+    pacing: &TargetPacing,
 ) -> bool {
     let id = &claimed.job.delivery.delivery_id;
     let plugin = claimed.job.delivery.target.plugin.as_str();
@@ -654,8 +660,8 @@ fn report_settled(
                 observer.warn(&format!(
                     "{plugin} target {} failed {} times in a row; paused for {} s",
                     short(&claimed.job.delivery.target_key),
-                    crate::store::deliveries::CIRCUIT_THRESHOLD,
-                    crate::store::deliveries::CIRCUIT_PAUSE_MS / 1000
+                    pacing.circuit_threshold,
+                    pacing.circuit_cooldown_ms / 1000
                 ));
             }
             true
@@ -746,6 +752,7 @@ pub(super) mod test_support {
             max_retry_ms: 1,
             max_retry_after_ms: 3_600_000,
             max_attempts: 3,
+            ..RetryPolicy::default()
         }
     }
 

@@ -41,17 +41,22 @@
 //! secrets (tokens live in the connector config) — and are shown as stored. The view leaves
 //! out the internal `target_key`, which is derived from the full address.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::{response, ApiRequest, ApiResponse, RequestCtx, Route};
 use crate::delivery::{self, ReplayItem};
 use crate::model::delivery::DeliveryStatus;
+use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::{now_ms, parse_when, ConnectorId};
-use crate::store::deliveries::DeliveryFilter;
+use crate::store::deliveries::{target_key, DeliveryFilter};
 use crate::store::StoreError;
 
-use crate::views::{check_plugin, DeliveryList, DeliveryView, ItemList, ItemView, QueryError};
+use crate::views::{
+    check_plugin, DeliveryList, DeliveryView, ItemList, ItemView, PausedTargetView, QueryError,
+};
 
 /// Rows a listing returns without `limit`, and dead letters a bulk replay selects without one.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -74,6 +79,7 @@ pub fn handle(ctx: &RequestCtx<'_>, route: &Route, req: &ApiRequest) -> ApiRespo
         Route::ReplayDelivery { id } => replay_one(ctx, id, req),
         Route::ResolveDelivery { id } => resolve_one(ctx, id, req),
         Route::ReplayBulk => replay_bulk(ctx, req),
+        Route::ResetBackpressure => reset_backpressure(ctx, req),
         other => Err(ApiResponse::problem(
             404,
             "not_found",
@@ -94,7 +100,11 @@ fn list(ctx: &RequestCtx<'_>, req: &ApiRequest, dead_letters: bool) -> Reply {
         ctx.store.list_deliveries(&filter)
     };
     let deliveries = found.map_err(|e| store_problem(ctx, &e))?;
-    Ok(ApiResponse::json(200, &DeliveryList::new(&deliveries)))
+    let paused = paused_map(ctx)?;
+    Ok(ApiResponse::json(
+        200,
+        &DeliveryList::with_pauses(&deliveries, &paused),
+    ))
 }
 
 fn get(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
@@ -104,7 +114,11 @@ fn get(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
         .get_delivery(id)
         .map_err(|e| store_problem(ctx, &e))?
     {
-        Some(d) => Ok(ApiResponse::json(200, &DeliveryView::new(&d))),
+        Some(d) => {
+            let paused = paused_map(ctx)?;
+            let view = DeliveryView::new(&d).with_pause(&d, &paused);
+            Ok(ApiResponse::json(200, &view))
+        }
         None => Err(not_found(id)),
     }
 }
@@ -221,6 +235,96 @@ struct BulkRequest {
     dry_run: bool,
     /// `Some(reason)` to resolve instead of replaying (the reason itself is optional).
     resolve: Option<Option<String>>,
+}
+
+/// Target key -> end of its pause, for every target paused now.
+fn paused_map(ctx: &RequestCtx<'_>) -> Result<HashMap<String, i64>, ApiResponse> {
+    let paused = ctx
+        .store
+        .paused_targets(None, None, now_ms())
+        .map_err(|e| store_problem(ctx, &e))?;
+    Ok(paused
+        .into_iter()
+        .map(|p| (p.target_key, p.paused_until_ms))
+        .collect())
+}
+
+/// `POST /v1/deliveries/backpressure/reset` body: at least one selector.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackpressureBody {
+    /// One target, as a reply target is written: `{"plugin", "address"}`.
+    target: Option<TargetSelector>,
+    /// Every paused target of this plugin.
+    plugin: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSelector {
+    plugin: String,
+    address: Value,
+}
+
+/// Clears the circuit-breaker pause of the selected targets (SPEC §11.3).
+fn reset_backpressure(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
+    known_params(&req.query, &[]).map_err(query_problem)?;
+    let body: BackpressureBody = parse_body(&req.body)?;
+    if body.target.is_none() && body.plugin.is_none() {
+        return Err(ApiResponse::problem(
+            400,
+            "delivery_backpressure_selector_required",
+            "name the paused targets to reset: `target` ({\"plugin\", \"address\"}) and/or `plugin`",
+        ));
+    }
+    let plugin = match &body.plugin {
+        Some(p) => Some(check_plugin(p).map_err(|e| invalid(format!("`plugin`: {e}")))?),
+        None => None,
+    };
+    let target_key = match &body.target {
+        Some(t) => {
+            let plugin = ReplyPlugin::parse(t.plugin.trim())
+                .map_err(|e| invalid(format!("`target.plugin`: {e}")))?;
+            let address = match &t.address {
+                Value::String(s) => s.clone(),
+                obj @ Value::Object(_) => obj.to_string(),
+                _ => {
+                    return Err(invalid(
+                        "`target.address` must be a string or a JSON object",
+                    ))
+                }
+            };
+            // The key of the target as stored; an address that no longer validates can still
+            // name a paused target, so it is not re-validated here.
+            Some(target_key(&ReplyTarget { plugin, address }))
+        }
+        None => None,
+    };
+    let reset = ctx
+        .store
+        .reset_backpressure(
+            plugin.as_deref(),
+            target_key.as_deref(),
+            body.dry_run,
+            now_ms(),
+        )
+        .map_err(|e| store_problem(ctx, &e))?;
+    if !body.dry_run && !reset.is_empty() {
+        // Unpaused targets may be due now.
+        ctx.app.deliveries_queued.notify_all();
+    }
+    let targets: Vec<PausedTargetView> = reset.iter().map(PausedTargetView::new).collect();
+    Ok(ApiResponse::json(
+        200,
+        &json!({
+            "dry_run": body.dry_run,
+            "matched": reset.len(),
+            "removed": if body.dry_run { 0 } else { reset.len() },
+            "targets": targets,
+        }),
+    ))
 }
 
 fn replay_bulk(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {

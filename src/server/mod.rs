@@ -515,7 +515,8 @@ fn dispatch(app: &Arc<App>, store: &Store, route: &Route, req: &ApiRequest, repl
         | Route::GetDelivery { .. }
         | Route::ReplayDelivery { .. }
         | Route::ResolveDelivery { .. }
-        | Route::ReplayBulk => deliveries::handle(&ctx, route, req),
+        | Route::ReplayBulk
+        | Route::ResetBackpressure => deliveries::handle(&ctx, route, req),
         Route::Ingress { kind, name } => {
             return ingress::handle(
                 app,

@@ -71,6 +71,8 @@ pub enum Route {
     },
     /// `POST /v1/deliveries/replay-bulk`
     ReplayBulk,
+    /// `POST /v1/deliveries/backpressure/reset`
+    ResetBackpressure,
 }
 
 impl Route {
@@ -101,6 +103,7 @@ impl Route {
             Route::ReplayDelivery { .. } => "/v1/deliveries/{id}/replay",
             Route::ResolveDelivery { .. } => "/v1/deliveries/{id}/resolve",
             Route::ReplayBulk => "/v1/deliveries/replay-bulk",
+            Route::ResetBackpressure => "/v1/deliveries/backpressure/reset",
         }
     }
 
@@ -196,6 +199,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ["v1", "deliveries"] => one("GET", "GET", Route::ListDeliveries),
         ["v1", "deliveries", "dead-letter"] => one("GET", "GET", Route::DeadLetters),
         ["v1", "deliveries", "replay-bulk"] => one("POST", "POST", Route::ReplayBulk),
+        ["v1", "deliveries", "backpressure", "reset"] => {
+            one("POST", "POST", Route::ResetBackpressure)
+        }
         ["v1", "deliveries", id] if nonempty(id) => {
             one("GET", "GET", Route::GetDelivery { id: id.to_string() })
         }
@@ -299,6 +305,11 @@ mod tests {
         check("GET", "/v1/sessions/%zz", Err(NoRoute::NotFound));
         check("GET", "/v1/deliveries/dead-letter", Ok(Route::DeadLetters));
         check("POST", "/v1/deliveries/replay-bulk", Ok(Route::ReplayBulk));
+        check(
+            "POST",
+            "/v1/deliveries/backpressure/reset",
+            Ok(Route::ResetBackpressure),
+        );
         check(
             "POST",
             "/v1/deliveries/dlv_1/replay",

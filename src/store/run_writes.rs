@@ -12,7 +12,7 @@
 
 use std::sync::mpsc;
 
-use super::deliveries::{ClaimFilter, Claimed, Enqueued, SettleOutcome, Settlement};
+use super::deliveries::{ClaimFilter, Claimed, Enqueued, SettleOutcome, Settlement, TargetPacing};
 use super::ingress::{GroupWriter, WriteJob};
 use super::runs::{NewRunOutput, RunError};
 use super::{Store, StoreError};
@@ -224,6 +224,7 @@ struct RoundJob {
     lease_ms: i64,
     now_ms: i64,
     filter: ClaimFilter,
+    pacing: TargetPacing,
     outcome: Option<Round>,
     reply: mpsc::SyncSender<Result<Round, StoreError>>,
 }
@@ -237,6 +238,7 @@ impl WriteJob for RoundJob {
             self.lease_ms,
             self.now_ms,
             &self.filter,
+            &self.pacing,
         )?;
         self.outcome = Some(round);
         Ok(())
@@ -260,6 +262,7 @@ impl GroupWriter {
     /// `Store::settle_all_and_claim` as a job of the writer's next batch: settles every
     /// `(claimed, settlement)` and claims up to `claim` more due deliveries for `owner`,
     /// durably, sharing the batch's fsync with accepted events and run settlements.
+    #[allow(clippy::too_many_arguments)]
     pub fn settle_and_claim(
         &self,
         owner: &str,
@@ -268,6 +271,7 @@ impl GroupWriter {
         lease_ms: i64,
         now_ms: i64,
         filter: &ClaimFilter,
+        pacing: &TargetPacing,
     ) -> Result<Round, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(Box::new(RoundJob {
@@ -277,6 +281,7 @@ impl GroupWriter {
             lease_ms,
             now_ms,
             filter: filter.clone(),
+            pacing: *pacing,
             outcome: None,
             reply,
         }));

@@ -1062,3 +1062,105 @@ fn metrics_report_the_queue_and_the_daemons_attempts() {
     assert_eq!(ok.count(), 1);
     assert_eq!(refusing.count(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pacing knobs and the backpressure reset (SPEC §11.3)
+
+#[test]
+fn a_paused_target_shows_in_views_and_the_reset_route_clears_it() {
+    let receiver = Receiver::start();
+    receiver.set_default(Answer::Status(503));
+    let gw = Gateway::start_with(
+        &[receiver.address("/sink")],
+        &["--delivery-workers", "2"],
+        &[
+            ("KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD", "2"),
+            ("KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS", "600000"),
+        ],
+    );
+    let id = gw.ingest_delivery_id("hello", "k1");
+    // Two failures in a row pause the target for ten minutes.
+    let paused = wait_until("the target to be paused", DEADLINE, || {
+        let d = gw.delivery(&id);
+        if d["paused_until_ms"].is_i64() {
+            Ok(d)
+        } else {
+            Err(d.to_string())
+        }
+    });
+    assert!(paused["paused_until"].is_string(), "{paused}");
+    assert_eq!(paused["attempts"], 2, "{paused}");
+    let metrics = gw.daemon.admin("GET", "/metrics", None).text();
+    assert_eq!(
+        metric_sample(&metrics, "kheish_delivery_circuits_open"),
+        Some(1.0)
+    );
+
+    let reset = |body: Value| {
+        gw.daemon
+            .admin("POST", "/v1/deliveries/backpressure/reset", Some(&body))
+    };
+    assert_problem(
+        &reset(json!({})),
+        400,
+        "delivery_backpressure_selector_required",
+    );
+    assert_problem(&reset(json!({"plugin": "smtp"})), 400, "invalid_request");
+    let dry = reset(json!({"plugin": "http", "dry_run": true}));
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    let dry = dry.json();
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["removed"].as_u64()),
+        (Some(1), Some(0)),
+        "{dry}"
+    );
+    assert_eq!(dry["targets"][0]["target"]["plugin"], "http", "{dry}");
+    assert!(
+        gw.delivery(&id)["paused_until_ms"].is_i64(),
+        "dry run changes nothing"
+    );
+    // Another target's selector matches nothing.
+    let other = reset(json!({"target": {"plugin": "http", "address": "https://example.com/x"}}));
+    assert_eq!(other.json()["matched"], 0, "{}", other.text());
+
+    // The target selector names it as written; the reset unpauses it and sending resumes.
+    receiver.set_default(Answer::Status(200));
+    let done = reset(json!({"target": {"plugin": "http", "address": receiver.address("/sink")}}));
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(
+        (
+            done.json()["matched"].as_u64(),
+            done.json()["removed"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    wait_until("the delivery after the reset", DEADLINE, || {
+        let d = gw.delivery(&id);
+        if d["status"] == "delivered" {
+            Ok(())
+        } else {
+            Err(d.to_string())
+        }
+    });
+    assert!(gw.delivery(&id)["paused_until_ms"].is_null());
+}
+
+#[test]
+fn invalid_pacing_knobs_stop_the_start() {
+    for (var, value) in [
+        ("KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD", "many"),
+        ("KHEISH_DELIVERY_CIRCUIT_COOLDOWN_MS", "0"),
+        ("KHEISH_DELIVERY_TARGET_MIN_INTERVAL_MS", "-5"),
+    ] {
+        let sandbox = Sandbox::new();
+        let res = Daemon::builder(&sandbox)
+            .config(&config(&[]))
+            .env(var, value)
+            .try_start();
+        let Err((code, stderr)) = res else {
+            panic!("{var}={value} started the daemon");
+        };
+        assert_eq!(code, Some(4), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}

@@ -3,11 +3,12 @@
 //!
 //! Read-only: nothing here opens a write transaction or changes a row.
 
-use rusqlite::{params_from_iter, OptionalExtension};
+use rusqlite::{params, params_from_iter, OptionalExtension};
 use serde::Serialize;
 
 use super::{delivery_from_row, COLUMNS};
 use crate::model::delivery::{Delivery, DeliveryStatus};
+use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::ConnectorKind;
 use crate::store::{Store, StoreError};
 
@@ -199,6 +200,93 @@ impl Store {
         stats.circuits_open = open.max(0) as u64;
         stats.oldest_due_age_ms = oldest.map_or(0, |at| (now_ms - at).max(0));
         Ok(stats)
+    }
+}
+
+/// A target paused by its circuit breaker: its identity, the address of its head delivery
+/// (the target as stored) and when the pause ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PausedTarget {
+    pub target_key: String,
+    pub target: ReplyTarget,
+    pub paused_until_ms: i64,
+}
+
+impl Store {
+    /// Targets paused at `now_ms` (circuit open), optionally only those of `plugin` and/or the
+    /// one with `target_key`, oldest pause end first.
+    pub fn paused_targets(
+        &self,
+        plugin: Option<&str>,
+        target_key: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<PausedTarget>, StoreError> {
+        let op = "listing paused targets";
+        let mut stmt = self
+            .conn()
+            .prepare_cached(
+                "SELECT t.target_key, t.plugin, d.address, t.paused_until_ms
+                 FROM delivery_targets t JOIN deliveries d ON d.seq = t.head_seq
+                 WHERE t.paused_until_ms > ?1
+                   AND (?2 IS NULL OR t.plugin = ?2)
+                   AND (?3 IS NULL OR t.target_key = ?3)
+                 ORDER BY t.paused_until_ms, t.target_key",
+            )
+            .map_err(|e| self.err(op, e))?;
+        let rows = stmt
+            .query_map(params![now_ms, plugin, target_key], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(op, e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (target_key, plugin, address, paused_until_ms) =
+                row.map_err(|e| self.err(op, e))?;
+            // A plugin name the model no longer knows cannot come from this binary's writes;
+            // such a row is left out rather than failing the listing.
+            let Ok(plugin) = ReplyPlugin::parse(&plugin) else {
+                continue;
+            };
+            out.push(PausedTarget {
+                target_key,
+                target: ReplyTarget { plugin, address },
+                paused_until_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Clears the pause (and the failure count) of the paused targets `paused_targets` selects
+    /// with the same arguments, in one transaction; returns them as they were. With `dry_run`
+    /// nothing is written.
+    pub fn reset_backpressure(
+        &self,
+        plugin: Option<&str>,
+        target_key: Option<&str>,
+        dry_run: bool,
+        now_ms: i64,
+    ) -> Result<Vec<PausedTarget>, StoreError> {
+        if dry_run {
+            return self.paused_targets(plugin, target_key, now_ms);
+        }
+        let op = "resetting paused targets";
+        let tx = self.write_tx(op)?;
+        let paused = self.paused_targets(plugin, target_key, now_ms)?;
+        for p in &paused {
+            tx.prepare_cached(
+                "UPDATE delivery_targets SET paused_until_ms = 0, consecutive_failures = 0
+                 WHERE target_key = ?1",
+            )
+            .and_then(|mut st| st.execute([&p.target_key]))
+            .map_err(|e| self.err(op, e))?;
+        }
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(paused)
     }
 }
 

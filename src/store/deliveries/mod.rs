@@ -53,12 +53,14 @@ mod queue;
 
 pub use dead_letters::DeadLetterAction;
 pub use enqueue::{Enqueued, INVALID_TARGET_CODE};
-pub use listing::{DeliveryFilter, DeliveryStats, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+pub use listing::{
+    DeliveryFilter, DeliveryStats, PausedTarget, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
+};
 pub use prune::{
     DeliveryPruneReport, DEAD_LETTER_RETENTION_MS, DELIVERED_RETENTION_MS, PRUNE_BATCH,
 };
 pub use queue::{
-    ClaimFilter, Claimed, OpenCounts, SettleOutcome, Settlement, CIRCUIT_PAUSE_MS,
+    ClaimFilter, Claimed, OpenCounts, SettleOutcome, Settlement, TargetPacing, CIRCUIT_PAUSE_MS,
     CIRCUIT_THRESHOLD,
 };
 
@@ -372,7 +374,10 @@ mod test_support {
         s: Settlement,
         now: i64,
     ) -> Delivery {
-        match store.settle(owner, c, s, now).unwrap() {
+        match store
+            .settle(owner, c, s, now, &TargetPacing::default())
+            .unwrap()
+        {
             SettleOutcome::Settled { delivery, .. } => *delivery,
             other => panic!("not settled: {other:?}"),
         }

@@ -17,10 +17,32 @@ use crate::model::delivery::{Delivery, DeliveryJob, DeliveryStatus};
 use crate::model::ConnectorKind;
 use crate::store::{Store, StoreError};
 
-/// Retryable failures in a row that open a target's circuit (SPEC §11.3).
+/// Retryable failures in a row that open a target's circuit by default (SPEC §11.3).
 pub const CIRCUIT_THRESHOLD: i64 = 3;
-/// How long an open circuit pauses its target (SPEC §11.3).
+/// How long an open circuit pauses its target by default (SPEC §11.3).
 pub const CIRCUIT_PAUSE_MS: i64 = 60_000;
+
+/// How a target is paced (SPEC §11.3, the `KHEISH_DELIVERY_CIRCUIT_*` and
+/// `KHEISH_DELIVERY_TARGET_MIN_INTERVAL_MS` knobs): settling applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetPacing {
+    /// Retryable failures in a row that pause the target; 0 never pauses.
+    pub circuit_threshold: i64,
+    /// How long a pause lasts (ms).
+    pub circuit_cooldown_ms: i64,
+    /// The least time between two sends to one target (ms); 0 for none.
+    pub min_interval_ms: i64,
+}
+
+impl Default for TargetPacing {
+    fn default() -> TargetPacing {
+        TargetPacing {
+            circuit_threshold: CIRCUIT_THRESHOLD,
+            circuit_cooldown_ms: CIRCUIT_PAUSE_MS,
+            min_interval_ms: 0,
+        }
+    }
+}
 
 /// Which targets a worker may claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -163,7 +185,7 @@ impl Store {
                 .optional()
                 .map_err(|e| self.err(op, e))?;
             let Some((seq, delivery)) = leased else {
-                self.advance_head(tx, &key, false)?;
+                self.advance_head(tx, &key, false, 0)?;
                 continue;
             };
             cached_exec(
@@ -213,10 +235,11 @@ impl Store {
         claimed: &Claimed,
         settlement: Settlement,
         now_ms: i64,
+        pacing: &TargetPacing,
     ) -> Result<SettleOutcome, StoreError> {
         let op = "settling a delivery";
         let tx = self.begin(op)?;
-        let outcome = self.settle_in(&tx, owner, claimed, settlement, now_ms)?;
+        let outcome = self.settle_in(&tx, owner, claimed, settlement, now_ms, pacing)?;
         tx.commit().map_err(|e| self.err(op, e))?;
         Ok(outcome)
     }
@@ -256,6 +279,7 @@ impl Store {
     /// for a whole round of finished sends and the claims that refill its senders. The claims
     /// see the settlements (a delivered head makes its target's next delivery claimable at
     /// once). An error rolls everything back; nothing is half-written.
+    #[allow(clippy::too_many_arguments)]
     pub fn settle_all_and_claim(
         &self,
         owner: &str,
@@ -264,17 +288,19 @@ impl Store {
         lease_ms: i64,
         now_ms: i64,
         filter: &ClaimFilter,
+        pacing: &TargetPacing,
     ) -> Result<(Vec<SettleOutcome>, Vec<Claimed>), StoreError> {
         let op = "settling deliveries and claiming more";
         let tx = self.begin(op)?;
         let round =
-            self.settle_all_and_claim_in(owner, settled, claim, lease_ms, now_ms, filter)?;
+            self.settle_all_and_claim_in(owner, settled, claim, lease_ms, now_ms, filter, pacing)?;
         tx.commit().map_err(|e| self.err(op, e))?;
         Ok(round)
     }
 
     /// [`Store::settle_all_and_claim`] inside a transaction the caller holds (the group-commit
     /// writer's, when `serve`'s dispatcher rounds ride in its batches).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn settle_all_and_claim_in(
         &self,
         owner: &str,
@@ -283,11 +309,19 @@ impl Store {
         lease_ms: i64,
         now_ms: i64,
         filter: &ClaimFilter,
+        pacing: &TargetPacing,
     ) -> Result<(Vec<SettleOutcome>, Vec<Claimed>), StoreError> {
         let tx = self.conn();
         let mut outcomes = Vec::with_capacity(settled.len());
         for (claimed, settlement) in settled {
-            outcomes.push(self.settle_in(tx, owner, claimed, settlement.clone(), now_ms)?);
+            outcomes.push(self.settle_in(
+                tx,
+                owner,
+                claimed,
+                settlement.clone(),
+                now_ms,
+                pacing,
+            )?);
         }
         let mut claims = Vec::with_capacity(claim);
         while claims.len() < claim {
@@ -307,6 +341,7 @@ impl Store {
         claimed: &Claimed,
         settlement: Settlement,
         now_ms: i64,
+        pacing: &TargetPacing,
     ) -> Result<SettleOutcome, StoreError> {
         let op = "settling a delivery";
         let current: Option<(Option<String>, String)> = tx
@@ -360,13 +395,19 @@ impl Store {
                 return (failures, false);
             }
             let n = failures + 1;
-            if n >= CIRCUIT_THRESHOLD {
+            if pacing.circuit_threshold > 0 && n >= pacing.circuit_threshold {
                 (0, true)
             } else {
                 (n, false)
             }
         };
-        let pause_until = now_ms.saturating_add(CIRCUIT_PAUSE_MS);
+        let pause_until = now_ms.saturating_add(pacing.circuit_cooldown_ms);
+        // The next send to this target not before this (0: no minimum interval).
+        let not_before = if pacing.min_interval_ms > 0 {
+            now_ms.saturating_add(pacing.min_interval_ms)
+        } else {
+            0
+        };
         let (delivery, circuit_opened) = match settlement {
             Settlement::Delivered { http_status } => {
                 let delivery = set_delivery(
@@ -381,7 +422,7 @@ impl Store {
                     )
                     .map_err(|e| self.err(op, e))?;
                 }
-                self.advance_head(tx, key, true)?;
+                self.advance_head(tx, key, true, not_before)?;
                 (delivery, false)
             }
             Settlement::Retry {
@@ -398,11 +439,11 @@ impl Store {
                 let (failures, opened) = bump(true);
                 cached_exec(
                     tx,
-                    "UPDATE delivery_targets SET next_attempt_at_ms = ?2, lease_owner = NULL,
+                    "UPDATE delivery_targets SET next_attempt_at_ms = MAX(?2, ?6), lease_owner = NULL,
                          lease_expires_at_ms = NULL, consecutive_failures = ?3,
                          paused_until_ms = CASE WHEN ?4 THEN ?5 ELSE paused_until_ms END
                      WHERE target_key = ?1",
-                    params![key, at_ms, failures, opened, pause_until],
+                    params![key, at_ms, failures, opened, pause_until, not_before],
                 )
                 .map_err(|e| self.err(op, e))?;
                 (delivery, opened)
@@ -427,7 +468,7 @@ impl Store {
                     params![key, failures, opened, pause_until],
                 )
                 .map_err(|e| self.err(op, e))?;
-                self.advance_head(tx, key, true)?;
+                self.advance_head(tx, key, true, not_before)?;
                 (delivery, opened)
             }
         };
@@ -445,6 +486,7 @@ impl Store {
         conn: &Connection,
         key: &str,
         closed_one: bool,
+        not_before: i64,
     ) -> Result<(), StoreError> {
         let op = "advancing a target's queue";
         // The condition matches `deliveries_open_by_target`'s, so this walks that index.
@@ -461,11 +503,11 @@ impl Store {
         match next {
             Some((seq, due)) => cached_exec(
                 conn,
-                "UPDATE delivery_targets SET head_seq = ?2, next_attempt_at_ms = ?3,
+                "UPDATE delivery_targets SET head_seq = ?2, next_attempt_at_ms = MAX(?3, ?5),
                      lease_owner = NULL, lease_expires_at_ms = NULL,
                      open_count = MAX(open_count - ?4, 1)
                  WHERE target_key = ?1",
-                params![key, seq, due, i64::from(closed_one)],
+                params![key, seq, due, i64::from(closed_one), not_before],
             ),
             None => cached_exec(
                 conn,
@@ -576,6 +618,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    const PACING: TargetPacing = TargetPacing {
+        circuit_threshold: CIRCUIT_THRESHOLD,
+        circuit_cooldown_ms: CIRCUIT_PAUSE_MS,
+        min_interval_ms: 0,
+    };
     use super::*;
     use crate::store::deliveries::fixture::*;
     use crate::store::deliveries::test_support::*;
@@ -589,7 +636,7 @@ mod tests {
         queue(&store, "run_b", std::slice::from_ref(&b), &["b1", "b2"]);
         let none = ClaimFilter::default();
         let (outcomes, first) = store
-            .settle_all_and_claim("pool", &[], 8, LEASE, T0, &none)
+            .settle_all_and_claim("pool", &[], 8, LEASE, T0, &none, &PACING)
             .unwrap();
         assert!(outcomes.is_empty());
         let mut texts: Vec<&str> = first.iter().map(text_of).collect();
@@ -614,7 +661,7 @@ mod tests {
             })
             .collect();
         let (outcomes, next) = store
-            .settle_all_and_claim("pool", &settled, 8, LEASE, T0 + 1, &none)
+            .settle_all_and_claim("pool", &settled, 8, LEASE, T0 + 1, &none, &PACING)
             .unwrap();
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes
@@ -632,6 +679,7 @@ mod tests {
                 LEASE,
                 T0 + 2,
                 &none,
+                &PACING,
             )
             .unwrap();
         assert!(matches!(outcomes[0], SettleOutcome::LeaseLost { .. }));
@@ -743,7 +791,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(text_of(&c), "a1");
-            match store.settle("w", &c, retry(now + 1), now).unwrap() {
+            match store.settle("w", &c, retry(now + 1), now, &PACING).unwrap() {
                 SettleOutcome::Settled { circuit_opened, .. } => assert_eq!(circuit_opened, n == 3),
                 other => panic!("{other:?}"),
             }
@@ -765,7 +813,7 @@ mod tests {
         assert_eq!((text_of(&a), a.job.attempt), ("a1", 4));
         // The counter restarted at the pause: one more failure does not pause again.
         match store
-            .settle("w", &a, retry(paused_until + 1), paused_until)
+            .settle("w", &a, retry(paused_until + 1), paused_until, &PACING)
             .unwrap()
         {
             SettleOutcome::Settled { circuit_opened, .. } => assert!(!circuit_opened),
@@ -815,7 +863,10 @@ mod tests {
         assert!(store
             .save_progress(&ids[0], "w2", &serde_json::json!({"step": 1}), T0)
             .unwrap());
-        match store.settle("w1", &first, DELIVERED, T0 + 1_002).unwrap() {
+        match store
+            .settle("w1", &first, DELIVERED, T0 + 1_002, &PACING)
+            .unwrap()
+        {
             SettleOutcome::LeaseLost {
                 current_owner,
                 status,
@@ -830,7 +881,9 @@ mod tests {
         assert_eq!(d.progress, Some(serde_json::json!({"step": 1})));
         // Settled already: a second settlement is refused too.
         assert!(matches!(
-            store.settle("w2", &second, DELIVERED, T0 + 1_004).unwrap(),
+            store
+                .settle("w2", &second, DELIVERED, T0 + 1_004, &PACING)
+                .unwrap(),
             SettleOutcome::LeaseLost {
                 status: DeliveryStatus::Delivered,
                 ..
@@ -898,5 +951,57 @@ mod tests {
             store.count_open(&ignore, T0 + 6).unwrap(),
             OpenCounts { due: 2, pending: 2 }
         );
+    }
+
+    #[test]
+    fn pacing_knobs_disable_the_circuit_and_space_sends() {
+        let (_tmp, store) = store();
+        queue(
+            &store,
+            "run_a",
+            &[http("https://a.example/")],
+            &["a1", "a2"],
+        );
+        let off = TargetPacing {
+            circuit_threshold: 0,
+            circuit_cooldown_ms: CIRCUIT_PAUSE_MS,
+            min_interval_ms: 0,
+        };
+        // Threshold 0: failures never pause the target.
+        let mut now = T0;
+        for _ in 0..5 {
+            let c = claim(&store, "w", now).unwrap();
+            match store.settle("w", &c, retry(now + 1), now, &off).unwrap() {
+                SettleOutcome::Settled { circuit_opened, .. } => assert!(!circuit_opened),
+                other => panic!("{other:?}"),
+            }
+            now += 1;
+        }
+        assert_eq!(store.delivery_stats(now).unwrap().circuits_open, 0);
+
+        // A minimum interval: after a send, the target's next head waits that long, even when
+        // it is due already; a short cooldown ends a pause early.
+        let spaced = TargetPacing {
+            circuit_threshold: 1,
+            circuit_cooldown_ms: 500,
+            min_interval_ms: 2_000,
+        };
+        let c = claim(&store, "w", now).unwrap();
+        store.settle("w", &c, DELIVERED, now, &spaced).unwrap();
+        assert!(
+            claim(&store, "w", now + 1_999).is_none(),
+            "a2 waits the interval"
+        );
+        let c = claim(&store, "w", now + 2_000).unwrap();
+        assert_eq!(text_of(&c), "a2");
+        // One failure opens the circuit (threshold 1) for the 500 ms cooldown; the retry time
+        // (+1 ms) is later pushed out by the interval (2 s), which is the longer wait here.
+        let at = now + 2_000;
+        match store.settle("w", &c, retry(at + 1), at, &spaced).unwrap() {
+            SettleOutcome::Settled { circuit_opened, .. } => assert!(circuit_opened),
+            other => panic!("{other:?}"),
+        }
+        assert!(claim(&store, "w", at + 1_999).is_none());
+        assert_eq!(text_of(&claim(&store, "w", at + 2_000).unwrap()), "a2");
     }
 }
