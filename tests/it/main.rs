@@ -24,6 +24,7 @@ mod serve_ingress_sessions;
 mod serve_lifecycle;
 /// `inspect-receipts`, `GET /v1/receipts`, `/metrics`, retention.
 mod serve_observe;
+mod serve_pipeline;
 /// Runs: claim/output/complete/fail, echo and exec handlers, sessions on the control plane.
 mod serve_runs;
 /// `serve` on a full disk: 503 + Retry-After, readiness, honest and rate-limited logs, recovery.

@@ -71,6 +71,30 @@ impl StateDb {
         }
     }
 
+    /// Every run's status: run id -> status.
+    pub fn run_statuses(&self) -> HashMap<String, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT run_id, status FROM runs")
+            .unwrap_or_else(|e| panic!("reading runs in {}: {e}", self.path.display()));
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap_or_else(|e| panic!("reading runs in {}: {e}", self.path.display()));
+        rows.map(|r| r.expect("a runs row")).collect()
+    }
+
+    /// Deliveries by status: status -> count.
+    pub fn delivery_states(&self) -> HashMap<String, i64> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, count(*) FROM deliveries GROUP BY status")
+            .unwrap_or_else(|e| panic!("reading deliveries in {}: {e}", self.path.display()));
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap_or_else(|e| panic!("reading deliveries in {}: {e}", self.path.display()));
+        rows.map(|r| r.expect("a deliveries row")).collect()
+    }
+
     /// The receipts of one connector: stored receipt key → run id.
     pub fn receipt_runs(
         &self,
