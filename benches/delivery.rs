@@ -20,6 +20,10 @@
 //! — the same call `POST /v1/runs/{id}/output` makes — each output naming all 256 targets, so
 //! one transaction enqueues 256 deliveries exactly as the daemon would.
 //!
+//! (d) Constant cost at depth: for each depth of `BENCH_DEPTHS` (default `10000,200000`), serve's
+//!     pool and then `drain-deliveries` empty that many queued deliveries over 64 targets with 16
+//!     senders; rates against the same wrk baseline, and serve's VmHWM.
+//!
 //! Environment: `BENCH_DELIVERIES` (throughput run, default 20 000, rounded down to a multiple
 //! of 256), `BENCH_PENDING` (RSS run, default 100 000), `BENCH_DRAIN` (drain run, default
 //! 10 000), `BENCH_SECONDS` (wrk duration, default 5), `BENCH_RSS_SECONDS` (how long serve runs
@@ -43,6 +47,8 @@ use kheishctl::store::Store;
 
 const ADMIN: &str = "bench-admin-token";
 const TARGETS: usize = 256;
+/// Targets of the depth runs (issue 10: 64 targets, 16 senders).
+const DEPTH_TARGETS: usize = 64;
 const WORKERS: &str = "16";
 const WRK_THREADS: &str = "2";
 const WRK_CONNECTIONS: &str = "16";
@@ -107,6 +113,51 @@ fn main() -> std::process::ExitCode {
     let attempts_503 = sink.count();
     busy.stop();
 
+    // (d) constant cost at depth: serve's pool and drain-deliveries at each queue depth, 64
+    // targets, 16 senders, against the same wrk baseline.
+    let mut depth_lines = Vec::new();
+    for (idx, depth) in std::env::var("BENCH_DEPTHS")
+        .unwrap_or_else(|_| "10000,200000".into())
+        .split(',')
+        .filter_map(|d| d.trim().parse::<usize>().ok())
+        .enumerate()
+    {
+        let root = work.join(format!("state-depth-{idx}"));
+        let n = fill_queue_over(work, &root, &sink, depth, DEPTH_TARGETS);
+        sink.reset(200);
+        let before = sink.count();
+        let daemon = Daemon::start(work, &root, &["--delivery-workers", WORKERS]);
+        let t0 = Instant::now();
+        let got = sink.wait_count(before + n as u64, Duration::from_secs(1200)) - before;
+        let serve_s = t0.elapsed().as_secs_f64();
+        let hwm = daemon.vm_hwm_kib();
+        daemon.stop();
+        let root_d = work.join(format!("state-depth-drain-{idx}"));
+        fill_queue_over(work, &root_d, &sink, depth, DEPTH_TARGETS);
+        let before = sink.count();
+        let t0 = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_kheishctl"))
+            .env_clear()
+            .env("KHEISH_STATE_ROOT", &root_d)
+            .args(["-q", "drain-deliveries", "--concurrency", WORKERS])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("running drain-deliveries");
+        let drain_s = t0.elapsed().as_secs_f64();
+        let drained_d = sink.count() - before;
+        let serve_rate = got as f64 / serve_s;
+        let drain_rate = drained_d as f64 / drain_s;
+        depth_lines.push(format!(
+            "      {n:>7} queued: serve {got} in {serve_s:.2} s = {serve_rate:.0}/s ({:.2}x wrk, VmHWM {}); drain {drained_d} in {drain_s:.2} s = {drain_rate:.0}/s ({:.2}x wrk, exit {}); serve/drain {:.2}",
+            serve_rate / base_rps.max(1.0),
+            mib(hwm),
+            drain_rate / base_rps.max(1.0),
+            status.code().unwrap_or(-1),
+            serve_rate / drain_rate.max(1.0),
+        ));
+    }
+
     // (c) drain-deliveries empties 10 000 due deliveries.
     let root_c = work.join("state-c");
     let n_drain = fill_queue(work, &root_c, &sink, n_drain);
@@ -163,6 +214,12 @@ fn main() -> std::process::ExitCode {
         drain_count as f64 / drain_time.as_secs_f64(),
         out.status.code().unwrap_or(-1)
     );
+    println!(
+        "  (d) at depth, {DEPTH_TARGETS} targets, {WORKERS} senders (target: >= 0.5x wrk at every depth, serve and drain within 20% of each other, VmHWM < 64 MiB):"
+    );
+    for line in depth_lines {
+        println!("{line}");
+    }
     std::process::ExitCode::SUCCESS
 }
 
@@ -189,6 +246,11 @@ create_if_missing = true
 /// Creates a state root holding about `n` pending deliveries (a multiple of 256, rounded up)
 /// over the 256 sink targets; returns how many.
 fn fill_queue(work: &Path, root: &Path, sink: &Sink, n: usize) -> usize {
+    fill_queue_over(work, root, sink, n, TARGETS)
+}
+
+/// [`fill_queue`] over `n_targets` sink targets.
+fn fill_queue_over(work: &Path, root: &Path, sink: &Sink, n: usize, n_targets: usize) -> usize {
     // One real event makes the session and the run.
     let daemon = Daemon::start(work, root, &["--delivery-workers", "0"]);
     let body = r#"{"content":"bench","idempotency_key":"bench-1"}"#;
@@ -202,7 +264,7 @@ fn fill_queue(work: &Path, root: &Path, sink: &Sink, n: usize) -> usize {
         .claim_run("bench", 3_600_000, None, now)
         .expect("claiming the bench run")
         .expect("the bench run is queued");
-    let targets: Vec<ReplyTarget> = (0..TARGETS)
+    let targets: Vec<ReplyTarget> = (0..n_targets)
         .map(|i| {
             let address = format!(
                 r#"{{"url":"http://{}/sink/{i}","allow_private_network":true}}"#,
@@ -213,7 +275,7 @@ fn fill_queue(work: &Path, root: &Path, sink: &Sink, n: usize) -> usize {
                 .0
         })
         .collect();
-    let outputs = n.div_ceil(TARGETS);
+    let outputs = n.div_ceil(n_targets);
     for i in 0..outputs {
         let output = NewRunOutput {
             content: Some(format!("echo: order {i} shipped")),
@@ -224,7 +286,7 @@ fn fill_queue(work: &Path, root: &Path, sink: &Sink, n: usize) -> usize {
             .add_output_queued(&run.run_id, Some("bench"), &output, now)
             .expect("queueing bench output");
     }
-    outputs * TARGETS
+    outputs * n_targets
 }
 
 /// Runs wrk against `url` (POST of [`ENVELOPE`]) and returns requests/s.
