@@ -228,6 +228,24 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX delivery_targets_due ON delivery_targets (next_attempt_at_ms);
         ",
     },
+    // Version 4: indexes that every pipeline write paid for without a query needing them (issue
+    // 10, constant cost at depth). `deliveries_by_status` carried `updated_at_ms`, which every
+    // claim and settlement changes, so each lease rewrote an index entry; by status alone (rowid
+    // = creation order within a status) it serves the same listings, counts and pruning, and a
+    // lease touches no index. `runs_by_status` kept every finished run forever; the claim only
+    // looks at queued and claimed runs, so the index keeps just those and stays small however
+    // many runs have completed (a listing by a final status reads the table newest first).
+    // Before, the claim query scanned the runs table in `seq` order past every finished run
+    // (the planner found no index for its OR), so a claim cost grew with the database.
+    Migration {
+        name: "leaner pipeline indexes",
+        sql: "
+            DROP INDEX deliveries_by_status;
+            CREATE INDEX deliveries_by_status ON deliveries (status);
+            DROP INDEX runs_by_status;
+            CREATE INDEX runs_open ON runs (seq, status) WHERE status IN ('queued', 'claimed');
+        ",
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.

@@ -214,7 +214,9 @@ impl Store {
                      claim_count = claim_count + 1, updated_at_ms = ?3
                  WHERE seq IN (
                      SELECT seq FROM runs
-                     WHERE (status = 'queued'
+                     -- The first term lets the planner walk the small `runs_open` index.
+                     WHERE status IN ('queued', 'claimed')
+                       AND (status = 'queued'
                             OR (status = 'claimed' AND claim_expires_at_ms < ?3))
                        AND (?4 IS NULL OR (connector_kind = ?4 AND connector_name = ?5))
                      ORDER BY seq LIMIT ?6)
@@ -256,7 +258,7 @@ impl Store {
         self.conn()
             .query_row(
                 "SELECT MIN(claim_expires_at_ms) FROM runs
-                 WHERE status = 'claimed'
+                 WHERE status IN ('queued', 'claimed') AND status = 'claimed'
                    AND (?1 IS NULL OR (connector_kind = ?1 AND connector_name = ?2))",
                 params![kind, name],
                 |row| row.get(0),
