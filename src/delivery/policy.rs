@@ -270,16 +270,18 @@ mod tests {
         assert!(lease_from_env(&|_| Some("soon".into()), d).is_err());
     }
 
+    /// An environment holding exactly `pairs`.
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
     #[test]
     fn env_values() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         assert_eq!(
             RetryPolicy::from_env(&env(&[])).unwrap(),
             RetryPolicy::default()
@@ -303,14 +305,6 @@ mod tests {
 
     #[test]
     fn pacing_knobs() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         let d = RetryPolicy::default().pacing();
         assert_eq!(
             (
