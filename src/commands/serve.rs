@@ -8,6 +8,7 @@ use super::Context;
 use crate::cli::{HandlerKind, ServeArgs};
 use crate::daemon::{self, HandlerConfig, HandlerMode, Settings};
 use crate::exit::ExitStatus;
+use crate::server::Limits;
 
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
     let mode = match args.handler {
@@ -25,6 +26,13 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
             connectors_config: ctx.connectors_config.clone(),
             listen: args.listen,
             workers: args.workers,
+            limits: Limits {
+                max_connections: args.max_connections as usize,
+                max_connections_per_client: args.max_connections_per_client as usize,
+                header_timeout: args.header_timeout,
+                request_timeout: args.request_timeout,
+                idle_timeout: args.idle_timeout,
+            },
             handler: HandlerConfig {
                 mode,
                 concurrency: args.handler_concurrency,
