@@ -365,7 +365,8 @@ fn reject(shared: &Arc<Shared>, mut stream: TcpStream) {
 async fn linger(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut sink = [0u8; 8192];
+        // On the heap: a buffer in the future would make every connection's task this big.
+        let mut sink = vec![0u8; 8192];
         let mut total = 0;
         while total < LINGER_BYTES {
             match stream.read(&mut sink).await {
@@ -385,22 +386,39 @@ enum End {
     TimedOut(&'static str),
 }
 
+/// One admitted connection: waits for its first byte (a connection that has sent nothing holds
+/// no HTTP state), then serves it with hyper.
 async fn serve_connection(
     shared: &Arc<Shared>,
     stream: TcpStream,
     peer: IpAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let clock = Arc::new(Clock::new(shared.limits, Instant::now()));
-    // Nothing is allocated for a connection that has not sent its first byte.
+    let accepted = Instant::now();
+    // `peek` (not `readable`, which may resolve at once for a new socket) waits for a byte or
+    // the end of the stream without consuming anything.
+    let mut first = [0u8; 1];
     let first_byte = tokio::select! {
         _ = stop.wait_for(|s| *s) => return,
-        ready = tokio::time::timeout(shared.limits.header_timeout, stream.readable()) => ready,
+        peeked = tokio::time::timeout(shared.limits.header_timeout, stream.peek(&mut first)) => peeked,
     };
-    if !matches!(first_byte, Ok(Ok(()))) {
-        return;
+    // Closed before a byte (`Ok(0)`), an error or the header timeout: nothing to serve.
+    if matches!(first_byte, Ok(Ok(n)) if n > 0) {
+        // Boxed: the HTTP state is allocated only now, not in every idle connection's task.
+        Box::pin(serve_http(shared, stream, peer, stop, accepted)).await;
     }
+}
+
+/// Serves HTTP/1.1 on a connection until hyper is done with it or a deadline passes.
+async fn serve_http(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: IpAddr,
+    stop: watch::Receiver<bool>,
+    accepted: Instant,
+) {
+    let _ = stream.set_nodelay(true);
+    let clock = Arc::new(Clock::new(shared.limits, accepted));
     let io = TokioIo::new(Watched {
         io: stream,
         clock: Arc::clone(&clock),
@@ -408,6 +426,7 @@ async fn serve_connection(
     let service = shared.service.for_connection(Arc::clone(&clock), peer);
     let mut conn = shared.http.serve_connection(io, service);
     let mut stopping = Box::pin(async move {
+        let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
     });
     let mut stopped = false;
