@@ -47,7 +47,12 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
         }
         'kheishctl;serve' {
             [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on (port 0 picks a free port; the readiness line names it)')
-            [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Request threads (default: 4 × available cores)')
+            [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Threads for the requests'' database work (the listener''s blocking pool; default: 4 × available cores). Connections and long-polls hold no thread of their own')
+            [CompletionResult]::new('--max-connections', '--max-connections', [CompletionResultType]::ParameterName, 'Open connections allowed in all; past it a new connection is answered 503 overloaded and closed')
+            [CompletionResult]::new('--max-connections-per-client', '--max-connections-per-client', [CompletionResultType]::ParameterName, 'Open connections allowed from one client address; past it that client''s new connections are answered 503 overloaded and closed')
+            [CompletionResult]::new('--header-timeout', '--header-timeout', [CompletionResultType]::ParameterName, 'A connection must send its whole request head within this (from the connection, or from the first byte of a later request); else it is closed')
+            [CompletionResult]::new('--request-timeout', '--request-timeout', [CompletionResultType]::ParameterName, 'The whole request, head and body, must arrive within this; a stalled body is answered 408 and the connection closed')
+            [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'A keep-alive connection may wait this long for its next request before it is closed')
             [CompletionResult]::new('--handler', '--handler', [CompletionResultType]::ParameterName, 'How runs are handled')
             [CompletionResult]::new('--handler-command', '--handler-command', [CompletionResultType]::ParameterName, 'With --handler exec: the program, then its arguments, one per flag (e.g. --handler-command python3 --handler-command handler.py)')
             [CompletionResult]::new('--handler-concurrency', '--handler-concurrency', [CompletionResultType]::ParameterName, 'With --handler exec or echo: runs handled at the same time')

@@ -535,7 +535,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__serve)
-            opts="-q -v -h -V --listen --workers --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --delivery-workers --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            opts="-q -v -h -V --listen --workers --max-connections --max-connections-per-client --header-timeout --request-timeout --idle-timeout --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --delivery-workers --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -546,6 +546,26 @@ _kheishctl() {
                     return 0
                     ;;
                 --workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections-per-client)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --header-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

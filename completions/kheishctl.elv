@@ -43,7 +43,12 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
         }
         &'kheishctl;serve'= {
             cand --listen 'Address to listen on (port 0 picks a free port; the readiness line names it)'
-            cand --workers 'Request threads (default: 4 × available cores)'
+            cand --workers 'Threads for the requests'' database work (the listener''s blocking pool; default: 4 × available cores). Connections and long-polls hold no thread of their own'
+            cand --max-connections 'Open connections allowed in all; past it a new connection is answered 503 overloaded and closed'
+            cand --max-connections-per-client 'Open connections allowed from one client address; past it that client''s new connections are answered 503 overloaded and closed'
+            cand --header-timeout 'A connection must send its whole request head within this (from the connection, or from the first byte of a later request); else it is closed'
+            cand --request-timeout 'The whole request, head and body, must arrive within this; a stalled body is answered 408 and the connection closed'
+            cand --idle-timeout 'A keep-alive connection may wait this long for its next request before it is closed'
             cand --handler 'How runs are handled'
             cand --handler-command 'With --handler exec: the program, then its arguments, one per flag (e.g. --handler-command python3 --handler-command handler.py)'
             cand --handler-concurrency 'With --handler exec or echo: runs handled at the same time'

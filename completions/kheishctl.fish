@@ -45,7 +45,12 @@ complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "completions" -d
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "man" -d 'Print a man page (for packagers)'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l listen -d 'Address to listen on (port 0 picks a free port; the readiness line names it)' -r
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l workers -d 'Request threads (default: 4 × available cores)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l workers -d 'Threads for the requests\' database work (the listener\'s blocking pool; default: 4 × available cores). Connections and long-polls hold no thread of their own' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l max-connections -d 'Open connections allowed in all; past it a new connection is answered 503 overloaded and closed' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l max-connections-per-client -d 'Open connections allowed from one client address; past it that client\'s new connections are answered 503 overloaded and closed' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l header-timeout -d 'A connection must send its whole request head within this (from the connection, or from the first byte of a later request); else it is closed' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l request-timeout -d 'The whole request, head and body, must arrive within this; a stalled body is answered 408 and the connection closed' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l idle-timeout -d 'A keep-alive connection may wait this long for its next request before it is closed' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler -d 'How runs are handled' -r -f -a "none\t'Runs wait for an external worker to claim them through the control plane'
 exec\t'Each run is piped as JSON to --handler-command; its stdout is the output'
 echo\t'Replies with the inbound content (a working default for trying the gateway)'"

@@ -10,6 +10,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::parse_duration;
 
+/// A listener timeout: a DURATION from 1 ms to 1 day.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > std::time::Duration::from_secs(86_400) {
+        return Err(format!("`{s}` must be between 1ms and 1d"));
+    }
+    Ok(d)
+}
+
 /// Run and operate a durable connector gateway.
 #[derive(Debug, Parser)]
 #[command(
@@ -120,9 +129,81 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:4000", value_name = "ADDR")]
     pub listen: String,
 
-    /// Request threads (default: 4 × available cores).
+    /// Threads for the requests' database work (the listener's blocking pool; default: 4 ×
+    /// available cores). Connections and long-polls hold no thread of their own.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+
+    /// Open connections allowed in all; past it a new connection is answered 503 overloaded and
+    /// closed.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        long_help = "Open connections allowed in all (1-1000000). Past it a new connection is \
+answered `503 overloaded` (problem+json, `Connection: close`) at once and closed; it is never \
+queued. Each connection holds a file descriptor, so keep this well under the open-files limit \
+(serve raises its soft limit to the hard limit at start and logs both).\n\n\
+Example: --max-connections 4096"
+    )]
+    pub max_connections: u32,
+
+    /// Open connections allowed from one client address; past it that client's new connections
+    /// are answered 503 overloaded and closed.
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        long_help = "Open connections allowed from one client IP address (1-1000000). Past it \
+that address's new connections are answered `503 overloaded` and closed, so one client cannot \
+take every connection: a flood from one address never stops others from being served. Behind a reverse proxy every client shares the proxy's address: raise it there.\n\n\
+Example: --max-connections-per-client 512"
+    )]
+    pub max_connections_per_client: u32,
+
+    /// A connection must send its whole request head within this (from the connection, or from
+    /// the first byte of a later request); else it is closed.
+    #[arg(
+        long,
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_timeout,
+        long_help = "A connection must send its whole request head (request line and headers) \
+within this long, counted from the accept or, on a keep-alive connection, from the first byte \
+of the request; else it is closed without an answer. It stops clients that send a head a byte \
+at a time.\n\n\
+Example: --header-timeout 5s"
+    )]
+    pub header_timeout: std::time::Duration,
+
+    /// The whole request, head and body, must arrive within this; a stalled body is answered 408
+    /// and the connection closed.
+    #[arg(
+        long,
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = parse_timeout,
+        long_help = "The whole request, head and body, must arrive within this long, counted \
+like --header-timeout. A body still incomplete then is answered `408 request_timeout` with \
+`Connection: close`. The daemon's own work on the answer (a commit, a claim long-poll's \
+`wait_ms`) does not count.\n\n\
+Example: --request-timeout 1m"
+    )]
+    pub request_timeout: std::time::Duration,
+
+    /// A keep-alive connection may wait this long for its next request before it is closed.
+    #[arg(
+        long,
+        default_value = "60s",
+        value_name = "DURATION",
+        value_parser = parse_timeout,
+        long_help = "A keep-alive connection may wait this long between the end of an answer \
+and the first byte of the next request; then it is closed.\n\n\
+Example: --idle-timeout 2m"
+    )]
+    pub idle_timeout: std::time::Duration,
 
     /// How runs are handled.
     #[arg(long, value_enum, default_value_t = HandlerKind::None)]

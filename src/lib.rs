@@ -18,7 +18,7 @@
 //! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
 //! - [`notify`]: generation counter + condvar for "woken or deadline" waits.
 //! - [`views`]: redacted JSON views shared by the control plane and the CLI.
-//! - [`server`]: the daemon's HTTP side (tiny_http), routes and shutdown.
+//! - [`server`]: the daemon's HTTP side (hyper on tokio): listener, routes and shutdown.
 //! - [`commands`]: one thin module per subcommand.
 
 pub mod cli;

@@ -1,6 +1,8 @@
 //! A generation counter with a condition variable: writers bump it when something became
 //! available (a run was queued), waiters block until it moves past what they saw or a deadline
-//! passes. This is how background loops wait for "next due or woken" without polling.
+//! passes. This is how background loops wait for "next due or woken" without polling. Async
+//! waiters (claim long-polls on the listener's runtime) use [`Notify::wait_past_async`], which
+//! parks no thread.
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Notify {
     generation: Mutex<u64>,
     cv: Condvar,
+    /// Wakes the async waiters; bumped together with the condvar.
+    waiters: tokio::sync::Notify,
 }
 
 impl Notify {
@@ -27,6 +31,8 @@ impl Notify {
         let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         *g = g.wrapping_add(1);
         self.cv.notify_all();
+        drop(g);
+        self.waiters.notify_waiters();
     }
 
     /// Blocks until the generation differs from `seen` or `timeout` passes; returns the
@@ -47,6 +53,21 @@ impl Notify {
         }
         *g
     }
+
+    /// [`Notify::wait_past`] for async code: resolves when the generation differs from `seen`
+    /// or `timeout` passes, without holding a thread; returns the generation observed last.
+    pub async fn wait_past_async(&self, seen: u64, timeout: Duration) -> u64 {
+        let notified = self.waiters.notified();
+        tokio::pin!(notified);
+        // Registered before the generation is read, so a bump in between still wakes us.
+        notified.as_mut().enable();
+        let g = self.generation();
+        if g != seen {
+            return g;
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+        self.generation()
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +83,25 @@ mod tests {
         let t = std::thread::spawn(move || n2.wait_past(seen, Duration::from_secs(30)));
         n.notify_all();
         assert_ne!(t.join().unwrap(), seen);
+    }
+
+    #[test]
+    fn async_wait_returns_on_notify_and_times_out() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let n = Arc::new(Notify::new());
+        let seen = n.generation();
+        assert_eq!(
+            rt.block_on(n.wait_past_async(seen, Duration::from_millis(1))),
+            seen
+        );
+        let n2 = Arc::clone(&n);
+        let t = std::thread::spawn(move || n2.notify_all());
+        let g = rt.block_on(n.wait_past_async(seen, Duration::from_secs(30)));
+        t.join().unwrap();
+        assert_ne!(g, seen);
     }
 
     #[test]

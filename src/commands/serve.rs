@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::Context;
 use crate::cli::{HandlerKind, ServeArgs};
-use crate::daemon::{self, HandlerConfig, HandlerMode, Settings};
+use crate::daemon::{self, HandlerConfig, HandlerMode, Limits, Settings};
 use crate::exit::ExitStatus;
 
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
@@ -25,6 +25,13 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
             connectors_config: ctx.connectors_config.clone(),
             listen: args.listen,
             workers: args.workers,
+            limits: Limits {
+                max_connections: args.max_connections as usize,
+                max_connections_per_client: args.max_connections_per_client as usize,
+                header_timeout: args.header_timeout,
+                request_timeout: args.request_timeout,
+                idle_timeout: args.idle_timeout,
+            },
             handler: HandlerConfig {
                 mode,
                 concurrency: args.handler_concurrency,

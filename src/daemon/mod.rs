@@ -3,9 +3,9 @@
 //!
 //! Start order: resolve the connector set (fail closed: a bad config or a missing secret is
 //! [`StartRefused`], exit 4), read the delivery policy from the environment, open and migrate
-//! the state root, resolve the admin token, start the group-commit writer, bind, then start the
-//! request threads, run handlers, delivery pool, retention timers and the secret watcher, and
-//! announce readiness.
+//! the state root, resolve the admin token, start the group-commit writer, raise the open-files
+//! limit, bind, then start the listener's runtime, run handlers, delivery pool, retention timers
+//! and the secret watcher, and announce readiness.
 //!
 //! Shutdown order (SIGTERM/SIGINT): `readyz` says draining, stop accepting and let in-flight
 //! requests finish (10 s at most), stop the handlers, then the delivery pool (in-flight sends
@@ -30,11 +30,14 @@ use crate::notify::Notify;
 use crate::output::Printer;
 use crate::server::admin::{self, AdminAuth, TokenOrigin};
 use crate::server::shutdown::{Control, Signals};
-use crate::server::{self, App, AppParts, Listener, Options, Phase};
+use crate::server::{self, App, AppParts, Listener, Phase};
 use crate::store::deliveries::ClaimFilter;
 use crate::store::ingress::GroupWriter;
 use crate::store::Store;
 
+/// The listener's connection caps and deadlines, part of [`Settings`] (commands name them here:
+/// they do not import `server`).
+pub use crate::server::Limits;
 pub use handlers::{HandlerConfig, HandlerMode};
 
 /// In-flight requests get this long to finish on shutdown (SPEC §1.3).
@@ -53,8 +56,11 @@ pub struct Settings {
     pub connectors_config: Option<PathBuf>,
     /// `--listen` address.
     pub listen: String,
-    /// Request threads (`--workers`; default 4 per core).
+    /// Threads of the listener's blocking pool, which runs the requests' database work
+    /// (`--workers`; default 4 per core).
     pub workers: Option<u16>,
+    /// Connection caps and deadlines of the listener (`--max-connections`, `--header-timeout`, …).
+    pub limits: Limits,
     pub handler: HandlerConfig,
     pub admin_token_env: Option<String>,
     pub admin_token_file: Option<PathBuf>,
@@ -98,28 +104,25 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     writer.health().observe(Box::new(move |c| {
         server::health::log_change(&health_out, c)
     }));
+    server::raise_open_files_limit(out);
     let listener = Listener::bind(&settings.listen)?;
     let addr = listener.local_addr();
     let (control_tx, control_rx) = mpsc::channel();
     let signals = Signals::install(control_tx.clone()).context("installing signal handlers")?;
 
-    let workers = settings.workers.map_or_else(
-        || 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-        usize::from,
-    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = settings.workers.map_or_else(|| 4 * cores, usize::from);
     let app = Arc::new(App::new(AppParts {
         out: out.clone(),
         state_root: settings.state_root.clone(),
-        options: Options {
-            long_poll_slots: (workers / 2).max(1),
-        },
         runs_queued,
         deliveries_queued: Arc::new(Notify::new()),
         connectors,
         writer,
         admin: AdminAuth::new(token),
     }));
-    let running = server::start(listener, Arc::clone(&app), workers);
+    let running = server::start(listener, Arc::clone(&app), settings.limits, cores, workers)
+        .context("starting the listener's runtime")?;
     let handlers = handlers::HandlerPool::spawn(Arc::clone(&app), &settings.handler)
         .context("starting run handlers")?;
     let delivery_observer: Arc<dyn Observer> = Arc::new(DaemonObserver(Arc::clone(&app)));
@@ -176,23 +179,22 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     };
     out.info(&format!("{reason}: draining"));
     app.set_phase(Phase::Draining);
-    // Wakes claim long-polls so they answer 204 now instead of holding a request thread.
+    // Wakes claim long-polls so they answer 204 now instead of waiting out their `wait_ms`.
     app.runs_queued.notify_all();
     let stuck = running.shutdown(DRAIN_GRACE);
     handlers.shutdown();
-    // After the request threads and handlers (nothing queues output any more), before the
+    // After the listener and handlers (nothing queues output any more), before the
     // writer: in-flight sends finish and their settlements are written.
     deliveries.shutdown();
     if stuck > 0 {
         out.warn(&format!(
-            "{stuck} request(s) did not finish within {DRAIN_GRACE:?}; closing them"
+            "{stuck} connection(s) were still open after {DRAIN_GRACE:?}; closed them"
         ));
     }
     watcher.stop();
     retention.shutdown();
     delivery_retention.shutdown();
     app.writer.shutdown();
-    app.responders.shutdown();
     signals.stop();
     let stats = app.writer.stats();
     out.flush_repeats();

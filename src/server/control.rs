@@ -10,19 +10,20 @@
 //! `store_unavailable` (503, the database was busy or failed; the cause goes to the daemon log).
 //! Bad input is always a 4xx.
 //!
-//! Claiming (`POST /v1/runs/claim`) is a long-poll without busy looping: read the
-//! `runs_queued` generation, try to claim, and when nothing is claimable wait until the
-//! generation moves (ingress queued a run), the earliest lease expires (an expired claim makes
-//! a run claimable again without anyone notifying), the daemon starts draining, or the wait ends.
+//! Claiming (`POST /v1/runs/claim`) is a long-poll without busy looping: [`claim_once`] reads the
+//! `runs_queued` generation and tries to claim; when nothing is claimable the server waits
+//! (asynchronously, holding no thread) until the generation moves (ingress queued a run), the
+//! earliest lease expires (an expired claim makes a run claimable again without anyone
+//! notifying), the daemon starts draining, or the wait ends, then looks again.
 //! API claimers and the `--handler echo|exec` workers may run side by side: they all claim
 //! through the same transaction and compete fairly, oldest run first.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 
-use super::{response, ApiRequest, ApiResponse, Phase, RequestCtx, Route};
+use super::{response, ApiRequest, ApiResponse, RequestCtx, Route};
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{RunOutput, RunStatus};
 use crate::model::{now_ms, parse_when, ConnectorId};
@@ -214,7 +215,33 @@ fn get_run(ctx: &RequestCtx<'_>, id: &str) -> Reply {
     Ok(ApiResponse::json(200, &view))
 }
 
-fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
+/// A parsed `POST /v1/runs/claim`: what to claim, for whom, and how long the caller may wait.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// `wait_ms`: how long the server may wait for a claimable run (0: look once).
+    pub wait: Duration,
+    lease_ms: u64,
+    connector: Option<ConnectorId>,
+    owner: String,
+    /// `max`: a batch claim answered `{"runs": [...]}` (absent: one run, the view itself).
+    max: Option<u32>,
+}
+
+/// The outcome of one look at the run queue.
+pub enum ClaimLook {
+    /// A run was claimed: the 200 answer.
+    Claimed(ApiResponse),
+    /// Nothing claimable. `seen` is the `runs_queued` generation read before looking (wait past
+    /// it); `retry_in` is when the earliest claim lease expires (which makes a run claimable
+    /// without a notification), when the request may wait.
+    Nothing {
+        seen: u64,
+        retry_in: Option<Duration>,
+    },
+}
+
+/// Parses and checks a claim request (no database access).
+pub fn claim_request(req: &ApiRequest) -> Result<ClaimRequest, ApiResponse> {
     let body: ClaimBody = parse_body(req)?;
     let wait_ms = body.wait_ms.unwrap_or(0);
     if wait_ms > MAX_WAIT_MS {
@@ -235,7 +262,6 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
         ),
         None => None,
     };
-    let connector = connector.as_ref().map(|c| (c.kind, c.name.as_str()));
     if let Some(max) = body.max {
         if !(1..=MAX_CLAIM_BATCH).contains(&max) {
             return Err(invalid(format!(
@@ -247,63 +273,72 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
         Some(ip) => format!("control-plane:{ip}"),
         None => "control-plane:unknown".to_string(),
     };
+    Ok(ClaimRequest {
+        wait: Duration::from_millis(wait_ms),
+        lease_ms,
+        connector,
+        owner,
+        max: body.max,
+    })
+}
 
-    // Each waiting long-poll holds a request thread; past the slot limit a claim looks once and
-    // answers, so long-polling workers can never starve ingress of threads.
-    let slot = if wait_ms > 0 {
-        ctx.app.long_poll_slot()
-    } else {
+/// One look at the queue: claims the oldest claimable run if there is one. The server calls it
+/// again after each wait (an async wait: no thread is held while a long-poll waits).
+pub fn claim_once(ctx: &RequestCtx<'_>, claim: &ClaimRequest) -> Result<ClaimLook, ApiResponse> {
+    // Read the generation BEFORE looking, so a run queued between the look and the wait still
+    // wakes the waiter.
+    let seen = ctx.app.runs_queued.generation();
+    let now = now_ms();
+    let connector = claim.connector.as_ref().map(|c| (c.kind, c.name.as_str()));
+    // Through the group-commit writer: the claim shares the next fsync with accepted events
+    // and handler settlements, and is durable before it is answered.
+    let claimed = ctx
+        .app
+        .writer
+        .claim_runs(
+            &claim.owner,
+            claim.lease_ms as i64,
+            claim.max.unwrap_or(1),
+            connector,
+            now,
+        )
+        .map_err(|e| store_error(ctx, &e))?;
+    if !claimed.is_empty() {
+        let views: Vec<Map<String, Value>> = claimed
+            .iter()
+            .map(|run| {
+                ctx.app
+                    .out
+                    .debug(&format!("run {} claimed by {}", run.run_id, claim.owner));
+                let mut view = run_view(run);
+                view.insert("lease_expires_at_ms".into(), json!(run.claim_expires_at_ms));
+                view
+            })
+            .collect();
+        let answer = match claim.max {
+            Some(_) => ApiResponse::json(200, &json!({ "runs": views })),
+            None => ApiResponse::json(200, &views[0]),
+        };
+        return Ok(ClaimLook::Claimed(answer));
+    }
+    let retry_in = if claim.wait.is_zero() {
         None
-    };
-    let wait_ms = if slot.is_some() { wait_ms } else { 0 };
-    let deadline = Instant::now() + Duration::from_millis(wait_ms);
-    loop {
-        // Read the generation BEFORE looking, so a run queued between the look and the wait
-        // still wakes us.
-        let seen = ctx.app.runs_queued.generation();
-        let now = now_ms();
-        // Through the group-commit writer: the claim shares the next fsync with accepted
-        // events and handler settlements.
-        let claimed = ctx
-            .app
-            .writer
-            .claim_runs(
-                &owner,
-                lease_ms as i64,
-                body.max.unwrap_or(1),
-                connector,
-                now,
-            )
-            .map_err(|e| store_error(ctx, &e))?;
-        if !claimed.is_empty() {
-            let views: Vec<Map<String, Value>> = claimed
-                .iter()
-                .map(|run| {
-                    ctx.app
-                        .out
-                        .debug(&format!("run {} claimed by {owner}", run.run_id));
-                    let mut view = run_view(run);
-                    view.insert("lease_expires_at_ms".into(), json!(run.claim_expires_at_ms));
-                    view
-                })
-                .collect();
-            return Ok(match body.max {
-                Some(_) => ApiResponse::json(200, &json!({ "runs": views })),
-                None => ApiResponse::json(200, &views[0]),
-            });
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || ctx.app.phase() == Phase::Draining {
-            return Ok(ApiResponse::empty(204));
-        }
-        // An expired lease makes a run claimable without a notification: wake for it too.
-        let until_expiry = ctx
-            .store
+    } else {
+        ctx.store
             .next_claim_expiry(connector)
             .map_err(|e| store_error(ctx, &e))?
-            .map(|at| Duration::from_millis((at - now).max(0) as u64 + 1));
-        let wait = until_expiry.map_or(remaining, |d| d.min(remaining));
-        ctx.app.runs_queued.wait_past(seen, wait);
+            .map(|at| Duration::from_millis((at - now).max(0) as u64 + 1))
+    };
+    Ok(ClaimLook::Nothing { seen, retry_in })
+}
+
+/// The claim route run synchronously: one look, no wait (the server runs the long-poll itself
+/// with [`claim_request`] and [`claim_once`]).
+fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
+    let claim = claim_request(req)?;
+    match claim_once(ctx, &claim)? {
+        ClaimLook::Claimed(answer) => Ok(answer),
+        ClaimLook::Nothing { .. } => Ok(ApiResponse::empty(204)),
     }
 }
 

@@ -38,8 +38,9 @@ pub fn served(kind: ConnectorKind) -> Option<&'static IngressKind> {
     KINDS.iter().find(|k| k.kind == kind)
 }
 
-/// Runs one ingress request; `reply` is called once with the response, on this thread for
-/// refusals and duplicates, on a responder thread after the commit for new events.
+/// Runs one ingress request on a blocking-pool thread; `reply` is called once with the
+/// response: on this thread for refusals and duplicates, on the writer thread after the commit
+/// for new events (it must not block: the server's reply fills a oneshot channel).
 pub fn handle(
     app: &Arc<App>,
     store: &Store,
@@ -69,9 +70,7 @@ pub fn handle(
         headers: &req.headers,
         body: &req.body,
     };
-    let label = id.to_string();
     let app_for_answer = Arc::clone(app);
-    let request_thread = std::thread::current().id();
     (entry.accept)(
         &ctx,
         &connectors,
@@ -79,17 +78,7 @@ pub fn handle(
         &inbound,
         Box::new(move |answer| {
             let response = render(&app_for_answer, &id, answer);
-            let connector = Some(label);
-            if std::thread::current().id() == request_thread {
-                // Answered on the request thread (refusal or duplicate): send it here.
-                reply(connector, response);
-            } else {
-                // Answered after a commit on the writer thread: hand the socket write to the
-                // responders so the writer goes straight back to the next batch.
-                app_for_answer
-                    .responders
-                    .run(Box::new(move || reply(connector, response)));
-            }
+            reply(Some(id.to_string()), response);
         }),
     );
 }

@@ -22,6 +22,8 @@ mod serve_ingress_payload;
 mod serve_ingress_sessions;
 /// `serve` lifecycle: readiness, admin auth, SIGHUP, SIGTERM, fail-closed start, rotation.
 mod serve_lifecycle;
+/// `serve`'s listener: connection caps, slow clients, accept errors, refused heads.
+mod serve_listener;
 /// `inspect-receipts`, `GET /v1/receipts`, `/metrics`, retention.
 mod serve_observe;
 mod serve_pipeline;

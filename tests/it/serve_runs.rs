@@ -800,35 +800,60 @@ fn shutdown_releases_an_exec_run_and_ends_long_polls() {
     assert_eq!(run["claim_owner"], Value::Null);
 }
 
-/// With `--workers 2` one claim may long-poll at a time; a second long-poll must not take the
-/// other request thread, so it answers 204 after one look while the first keeps waiting.
+/// Long-polls are async waits that hold no thread: with `--workers 2` (two blocking-pool
+/// threads), four claims wait at once while ingress is still answered, and each new run wakes
+/// one of them (none gives up with 204, as claims past a thread budget used to).
 #[test]
-fn long_polls_never_take_every_request_thread() {
+fn long_polls_hold_no_thread() {
     let sandbox = Sandbox::new();
     let daemon = Daemon::builder(&sandbox)
         .config(CONFIG)
         .args(&["--workers", "2"])
         .start();
-    let daemon = std::sync::Arc::new(daemon);
+    const CLAIMS: usize = 4;
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel();
-    for _ in 0..2 {
-        let daemon = std::sync::Arc::clone(&daemon);
-        let tx = tx.clone();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let request = crate::support::http::request_bytes(
+        daemon.addr,
+        "POST",
+        "/v1/runs/claim",
+        &[("Authorization", auth.as_str())],
+        br#"{"wait_ms":30000}"#,
+    );
+    for _ in 0..CLAIMS {
+        let (addr, request) = (daemon.addr, request.clone());
+        let (sent_tx, tx) = (sent_tx.clone(), tx.clone());
         std::thread::spawn(move || {
-            let resp = daemon.admin("POST", "/v1/runs/claim", Some(&json!({"wait_ms": 30000})));
-            let _ = tx.send((resp.status, Instant::now()));
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(&request).unwrap();
+            let _ = sent_tx.send(());
+            let mut reader = std::io::BufReader::new(stream);
+            let _ = tx.send(crate::support::http::read_response(&mut reader, false));
         });
     }
-    // Whichever claim did not get the slot answers at once; the other is still waiting.
-    let (first_status, _) = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("one claim answers without waiting out its wait_ms");
-    assert_eq!(first_status, 204);
-    // The waiting one still holds a thread; the other thread serves ingress meanwhile.
-    let run_id = ingest(&daemon, "wake up", "slot-1");
-    let (second_status, _) = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the waiting claim wakes for the new run");
-    assert_eq!(second_status, 200);
-    assert_eq!(get_run(&daemon, &run_id)["status"], "claimed");
+    for _ in 0..CLAIMS {
+        sent_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a claim request was sent");
+    }
+    let mut run_ids = Vec::new();
+    for i in 0..CLAIMS {
+        let started = Instant::now();
+        let run_id = ingest(&daemon, "wake up", &format!("slot-{i}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "ingress waited for the long-polls"
+        );
+        let resp = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a waiting claim wakes for the new run")
+            .expect("a claim answer");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        run_ids.push(run_id);
+    }
+    for run_id in &run_ids {
+        assert_eq!(get_run(&daemon, run_id)["status"], "claimed");
+    }
 }

@@ -25,9 +25,17 @@ pub struct DaemonBuilder<'a> {
     config: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    launcher: Vec<String>,
 }
 
 impl<'a> DaemonBuilder<'a> {
+    /// Runs the binary through a launcher that execs it in place, e.g. `prlimit --nofile=64:64`
+    /// (the binary and its arguments follow the launcher's; the pid stays the daemon's).
+    pub fn launcher(mut self, launcher: &[&str]) -> Self {
+        self.launcher = launcher.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// The connector file's TOML text (written to `<sandbox>/connectors.toml`).
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_string());
@@ -58,7 +66,14 @@ impl<'a> DaemonBuilder<'a> {
 
     /// Starts the daemon; `Err((exit code, stderr))` when it exits before becoming ready.
     pub fn try_start(self) -> Result<Daemon, (Option<i32>, String)> {
-        let mut cmd = Command::new(bin());
+        let mut cmd = match self.launcher.split_first() {
+            None => Command::new(bin()),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin());
+                cmd
+            }
+        };
         cmd.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
@@ -146,6 +161,7 @@ impl Daemon {
             config: None,
             args: Vec::new(),
             env: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 
