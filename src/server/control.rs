@@ -25,8 +25,9 @@ use serde_json::{json, Map, Value};
 
 use super::{response, ApiRequest, ApiResponse, RequestCtx, Route};
 use crate::model::reply::ReplyTarget;
-use crate::model::run::{RunOutput, RunStatus};
+use crate::model::run::{Run, RunOutput, RunStatus};
 use crate::model::{now_ms, parse_when, ConnectorId};
+use crate::store::run_writes::Finish;
 use crate::store::runs::{NewRunOutput, RunError, RunFilter, SessionChanges, MAX_LIST_LIMIT};
 use crate::store::StoreError;
 use crate::views::run_view;
@@ -345,9 +346,12 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
 fn add_output(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
     let body: OutputBody = parse_body(req)?;
     let output = new_output(body)?;
+    // Outputs, completions and failures go through the group-commit writer, sharing its fsync
+    // with accepted events and other settlements (API workers get the handlers' throughput).
     let (recorded, queued) = ctx
-        .store
-        .add_output_queued(id, None, &output, now_ms())
+        .app
+        .writer
+        .add_output(id, None, output, now_ms())
         .map_err(|e| run_error(ctx, &e))?;
     if queued.has_pending() {
         ctx.app.deliveries_queued.notify_all();
@@ -357,10 +361,7 @@ fn add_output(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
 
 fn complete_run(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
     let CompleteBody {} = parse_body(req)?;
-    let run = ctx
-        .store
-        .finish_run(id, None, RunStatus::Completed, None, now_ms())
-        .map_err(|e| run_error(ctx, &e))?;
+    let run = finish(ctx, id, RunStatus::Completed, None)?;
     Ok(ApiResponse::json(200, &run_view(&run)))
 }
 
@@ -375,11 +376,31 @@ fn fail_run(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
         Some(error) if !error.trim().is_empty() => error,
         _ => "failed through the control plane".to_string(),
     };
-    let run = ctx
-        .store
-        .finish_run(id, None, RunStatus::Failed, Some(&error), now_ms())
-        .map_err(|e| run_error(ctx, &e))?;
+    let run = finish(ctx, id, RunStatus::Failed, Some(error))?;
     Ok(ApiResponse::json(200, &run_view(&run)))
+}
+
+/// Ends a claimed run (any claim owner) through the group-commit writer.
+fn finish(
+    ctx: &RequestCtx<'_>,
+    id: &str,
+    status: RunStatus,
+    error: Option<String>,
+) -> Result<Run, ApiResponse> {
+    let item = Finish {
+        run_id: id.to_string(),
+        owner: None,
+        output: None,
+        status,
+        error,
+    };
+    let mut results = ctx.app.writer.finish_runs(vec![item], now_ms());
+    let result = results
+        .pop()
+        .unwrap_or_else(|| unreachable!("finish_runs answers once per item"));
+    result
+        .map(|(run, _, _)| run)
+        .map_err(|e| run_error(ctx, &e))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ enum RunWrite {
         connector: Option<(ConnectorKind, String)>,
     },
     Finish(Vec<Finish>),
+    Output {
+        run_id: String,
+        owner: Option<String>,
+        output: NewRunOutput,
+    },
     Release {
         run_id: String,
         owner: String,
@@ -56,6 +61,7 @@ enum RunWritten {
     /// One result per [`Finish`], in order; a refused run does not stop the others.
     Finished(Vec<Result<Finished, RunError>>),
     Released(Box<Run>),
+    Output(Box<RunOutput>, Enqueued),
 }
 
 struct RunJob {
@@ -102,6 +108,13 @@ impl RunJob {
                 }
                 Ok(RunWritten::Finished(results))
             }
+            RunWrite::Output {
+                run_id,
+                owner,
+                output,
+            } => store
+                .add_output_in(run_id, owner.as_deref(), output, self.now_ms)
+                .map(|(recorded, enqueued)| RunWritten::Output(Box::new(recorded), enqueued)),
             RunWrite::Release { run_id, owner } => store
                 .release_run_in(run_id, owner, self.now_ms)
                 .map(|run| RunWritten::Released(Box::new(run))),
@@ -197,6 +210,26 @@ impl GroupWriter {
                 .map(|_| Err(RunError::Store(e.duplicate())))
                 .collect(),
             Err(other) => unreachable!("a finish job refuses per item only: {other}"),
+        }
+    }
+
+    /// Records one more output of a claimed run and queues its deliveries (as
+    /// `Store::add_output_queued`), in the writer's next batch.
+    pub fn add_output(
+        &self,
+        run_id: &str,
+        owner: Option<&str>,
+        output: NewRunOutput,
+        now_ms: i64,
+    ) -> Result<(RunOutput, Enqueued), RunError> {
+        let write = RunWrite::Output {
+            run_id: run_id.to_string(),
+            owner: owner.map(str::to_string),
+            output,
+        };
+        match self.run_write(write, now_ms)? {
+            RunWritten::Output(recorded, enqueued) => Ok((*recorded, enqueued)),
+            _ => unreachable!("an output job answers with the recorded output"),
         }
     }
 

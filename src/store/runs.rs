@@ -292,10 +292,23 @@ impl Store {
     ) -> Result<(RunOutput, Enqueued), RunError> {
         let op = "recording run output";
         let tx = self.write_tx(op)?;
-        self.check_claimed(&tx, run_id, owner)?;
-        let recorded = self.insert_output(&tx, run_id, output, now_ms)?;
-        let enqueued = self.enqueue_output(&tx, &recorded, now_ms)?;
+        let written = self.add_output_in(run_id, owner, output, now_ms)?;
         tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(written)
+    }
+
+    /// [`Store::add_output_queued`] inside a transaction the caller holds.
+    pub(crate) fn add_output_in(
+        &self,
+        run_id: &str,
+        owner: Option<&str>,
+        output: &NewRunOutput,
+        now_ms: i64,
+    ) -> Result<(RunOutput, Enqueued), RunError> {
+        let tx = self.conn();
+        self.check_claimed(tx, run_id, owner)?;
+        let recorded = self.insert_output(tx, run_id, output, now_ms)?;
+        let enqueued = self.enqueue_output(tx, &recorded, now_ms)?;
         Ok((recorded, enqueued))
     }
 
@@ -397,13 +410,13 @@ impl Store {
         run_id: &str,
         owner: Option<&str>,
     ) -> Result<(), RunError> {
+        // Hot statements of the group-commit writer go through the statement cache.
         let found: Option<(String, Option<String>)> = tx
-            .query_row(
-                "SELECT status, claim_owner FROM runs WHERE run_id = ?1",
-                [run_id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
+            .prepare_cached("SELECT status, claim_owner FROM runs WHERE run_id = ?1")
+            .and_then(|mut st| {
+                st.query_row([run_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
             .map_err(|e| self.err("reading a run's status", e))?;
         let Some((status, claim_owner)) = found else {
             return Err(RunError::NotFound {
@@ -456,18 +469,20 @@ impl Store {
             reply_targets: output.reply_targets.clone(),
             created_at_ms: now_ms,
         };
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO run_outputs (output_id, run_id, content, parts, reply_targets, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+        )
+        .and_then(|mut st| {
+            st.execute(params![
                 recorded.output_id,
                 recorded.run_id,
                 recorded.content,
                 recorded.parts.as_ref().map(to_json),
                 recorded.reply_targets.as_ref().map(to_json),
                 recorded.created_at_ms,
-            ],
-        )
+            ])
+        })
         .map_err(|e| self.err("recording run output", e))?;
         Ok(recorded)
     }
@@ -523,15 +538,17 @@ impl Store {
             None => (None, Enqueued::default()),
         };
         let run = tx
-            .query_row(
-                &format!(
-                    "UPDATE runs SET status = ?2, error = ?3, finished_at_ms = ?4,
-                         updated_at_ms = ?4, claim_owner = NULL, claim_expires_at_ms = NULL
-                     WHERE run_id = ?1 RETURNING {RUN_COLUMNS}"
-                ),
-                params![run_id, status.as_str(), error, now_ms],
-                run_from_row,
-            )
+            .prepare_cached(&format!(
+                "UPDATE runs SET status = ?2, error = ?3, finished_at_ms = ?4,
+                     updated_at_ms = ?4, claim_owner = NULL, claim_expires_at_ms = NULL
+                 WHERE run_id = ?1 RETURNING {RUN_COLUMNS}"
+            ))
+            .and_then(|mut st| {
+                st.query_row(
+                    params![run_id, status.as_str(), error, now_ms],
+                    run_from_row,
+                )
+            })
             .map_err(|e| self.err(op, e))?;
         Ok((run, recorded, enqueued))
     }
