@@ -26,6 +26,8 @@ use load::{Daemon, NoopServer, ADMIN};
 
 const TARGET: &str = "/v1/connectors/http/bench";
 const PATHS: usize = 64;
+/// Threads one API worker settles a claimed batch with.
+const API_SETTLERS: usize = 16;
 
 fn main() -> std::process::ExitCode {
     if !load::wrk_installed() {
@@ -191,8 +193,8 @@ fn run_pipeline(
     }
 }
 
-/// A worker on the claim API: claims batches of `max` runs (long-polling 1 s), posts one
-/// output per run and completes it.
+/// A worker on the claim API: claims batches of `max` runs (long-polling 1 s), then posts one
+/// output per run and completes it, [`API_SETTLERS`] runs at a time.
 fn api_worker(addr: std::net::SocketAddr, max: u32, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         let body = format!(r#"{{"max":{max},"wait_ms":1000,"lease_ms":60000}}"#);
@@ -201,15 +203,28 @@ fn api_worker(addr: std::net::SocketAddr, max: u32, stop: &AtomicBool) {
             continue;
         }
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        for run in doc["runs"].as_array().into_iter().flatten() {
-            let id = run["run_id"].as_str().unwrap_or_default();
-            post(
-                addr,
-                &format!("/v1/runs/{id}/output"),
-                r#"{"content":"ok"}"#,
-            );
-            post(addr, &format!("/v1/runs/{id}/complete"), "{}");
-        }
+        let ids: Vec<String> = doc["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|run| run["run_id"].as_str().map(str::to_string))
+            .collect();
+        // A worker settles its batch concurrently (as a real worker pool would), so the
+        // settlements share the daemon's group commits.
+        std::thread::scope(|s| {
+            for chunk in ids.chunks(ids.len().div_ceil(API_SETTLERS).max(1)) {
+                s.spawn(move || {
+                    for id in chunk {
+                        post(
+                            addr,
+                            &format!("/v1/runs/{id}/output"),
+                            r#"{"content":"ok"}"#,
+                        );
+                        post(addr, &format!("/v1/runs/{id}/complete"), "{}");
+                    }
+                });
+            }
+        });
     }
 }
 

@@ -24,7 +24,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::listener::Limits;
+/// The listener's limits (`serve` flags; SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-connections`: open connections in all.
+    pub max_connections: usize,
+    /// `--max-connections-per-client`: open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// `--header-timeout`: the request head must arrive within this.
+    pub header_timeout: Duration,
+    /// `--request-timeout`: the whole request, head and body, must arrive within this.
+    pub request_timeout: Duration,
+    /// `--idle-timeout`: a keep-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_connections_per_client: 128,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// A body that stalls past the request deadline is answered 408 by the request; the connection
 /// itself is closed this much later if even that answer cannot be written.

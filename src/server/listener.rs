@@ -41,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::clock::{Clock, Watched};
+use super::clock::{Clock, Limits, Watched};
 use super::service::{Service, StorePool};
 use super::{ApiResponse, App, BindError};
 use crate::output::Printer;
@@ -57,33 +57,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Pauses after a resource error of `accept` grow from the first to the last.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
-
-/// The listener's limits (`serve` flags; SPEC §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// `--max-connections`: open connections in all.
-    pub max_connections: usize,
-    /// `--max-connections-per-client`: open connections from one client address.
-    pub max_connections_per_client: usize,
-    /// `--header-timeout`: the request head must arrive within this.
-    pub header_timeout: Duration,
-    /// `--request-timeout`: the whole request, head and body, must arrive within this.
-    pub request_timeout: Duration,
-    /// `--idle-timeout`: a keep-alive connection may wait this long for its next request.
-    pub idle_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: 1024,
-            max_connections_per_client: 128,
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
 
 /// A bound listening socket, before any request is served (so the caller can announce it).
 pub struct Listener {

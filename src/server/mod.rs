@@ -32,7 +32,8 @@ use crate::store::Store;
 
 use admin::{AdminAuth, AdminRefusal};
 
-pub use listener::{raise_open_files_limit, start, Limits, Listener, Running};
+pub use clock::Limits;
+pub use listener::{raise_open_files_limit, start, Listener, Running};
 pub use response::ApiResponse;
 pub use router::Route;
 

@@ -258,9 +258,13 @@ impl StoreError {
     }
 }
 
-/// Classifies a rusqlite error by its SQLite result code (never by message text), and marks
-/// the state root of `path` as failing when the fault stops commits (see [`super::health`]).
-pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreError {
+/// Classifies a rusqlite error by its SQLite result code (never by message text): the typed
+/// error and its fault. `store::health::sqlite_error` also records a fault that stops commits.
+pub(crate) fn classify(
+    path: &str,
+    op: &str,
+    err: rusqlite::Error,
+) -> (StoreError, Option<StorageFault>) {
     let fault = StorageFault::of(&err);
     let (path, op) = (path.to_string(), op.to_string());
     let extended = match &err {
@@ -291,14 +295,11 @@ pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreE
             source: Box::new(err),
         },
     };
-    if let Some(fault) = fault.filter(|f| f.blocks_commits()) {
-        super::health::record_failure(db_path_of(&error), fault, &error);
-    }
-    error
+    (error, fault)
 }
 
-/// The database path every variant built by [`sqlite_error`] carries.
-fn db_path_of(err: &StoreError) -> &str {
+/// The database path every variant built by [`classify`] carries.
+pub(crate) fn db_path_of(err: &StoreError) -> &str {
     match err {
         StoreError::Io { path, .. }
         | StoreError::CreateDir { path, .. }
@@ -327,8 +328,7 @@ mod tests {
     }
 
     fn classify(extended: i32) -> StoreError {
-        // A path no health entry watches: classification is checked alone here.
-        sqlite_error(DB, "committing accepted events", failure(extended))
+        super::classify(DB, "committing accepted events", failure(extended)).0
     }
 
     #[test]
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn non_sqlite_errors_are_not_faults() {
-        let err = sqlite_error(
+        let (err, _) = super::classify(
             DB,
             "reading a receipt",
             rusqlite::Error::QueryReturnedNoRows,

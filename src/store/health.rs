@@ -174,6 +174,16 @@ pub(crate) fn for_db(db_path: &str) -> Arc<StorageHealth> {
     health
 }
 
+/// Classifies a rusqlite error by its SQLite result code (never by message text), and marks
+/// the state root of `path` as failing when the fault stops commits.
+pub(crate) fn sqlite_error(path: &str, op: &str, err: rusqlite::Error) -> StoreError {
+    let (error, fault) = super::error::classify(path, op, err);
+    if let Some(fault) = fault.filter(|f| f.blocks_commits()) {
+        record_failure(super::error::db_path_of(&error), fault, &error);
+    }
+    error
+}
+
 /// Marks the database at `db_path` failing, when some store of it is open in this process.
 pub(crate) fn record_failure(db_path: &str, fault: StorageFault, error: &StoreError) {
     let health = registry().get(db_path).and_then(Weak::upgrade);

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-pub(crate) use error::sqlite_error;
 pub use error::{StorageFault, StoreError};
+pub(crate) use health::sqlite_error;
 use health::StorageHealth;
 
 /// The database file inside the state root.
