@@ -4,7 +4,7 @@
 
 use crate::config::SessionPolicy;
 use crate::model::run::{NewSession, PolicySnapshot, Session};
-use crate::store::ingress::IngressOps;
+use crate::store::writer::IngressOps;
 use crate::store::StoreError;
 
 /// What an event offers to find its session, in resolution order.

@@ -32,7 +32,7 @@ use crate::server::admin::{self, AdminAuth, TokenOrigin};
 use crate::server::shutdown::{Control, Signals};
 use crate::server::{self, App, AppParts, Listener, Phase};
 use crate::store::deliveries::ClaimFilter;
-use crate::store::ingress::GroupWriter;
+use crate::store::writer::GroupWriter;
 use crate::store::Store;
 
 /// The listener's connection caps and deadlines, part of [`Settings`] (commands name them here:

@@ -35,7 +35,7 @@ use crate::model::now_ms;
 use crate::model::reply::ReplyPlugin;
 use crate::notify::Notify;
 use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement, TargetPacing};
-use crate::store::ingress::GroupWriter;
+use crate::store::writer::GroupWriter;
 use crate::store::{Store, StoreError};
 
 /// Default lease: the http transport's total timeout (15 s, SPEC §11.5) plus as much again as

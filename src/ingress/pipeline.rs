@@ -22,7 +22,7 @@ use crate::model::reply::ReplyTarget;
 use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, Receipt, RunInput, Session};
 use crate::model::ConnectorId;
 use crate::sessions::{self, Resolution, SessionError, SessionRequest};
-use crate::store::ingress::{GroupWriter, IngressOps, WriteJob};
+use crate::store::writer::{GroupWriter, IngressOps, WriteJob};
 use crate::store::{Store, StoreError};
 
 /// What accepting needs besides the event: reads on this thread, the writer, the limiter, and

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::output::Printer;
 use crate::registry::{ConnectorSet, Registry};
-use crate::store::ingress::GroupWriter;
+use crate::store::writer::GroupWriter;
 use crate::store::Store;
 
 use admin::{AdminAuth, AdminRefusal};

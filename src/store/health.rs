@@ -271,7 +271,7 @@ mod tests {
         done: std::sync::mpsc::Sender<Result<(), StoreError>>,
     }
 
-    impl crate::store::ingress::WriteJob for CappedInsert {
+    impl crate::store::writer::WriteJob for CappedInsert {
         fn apply(&mut self, store: &crate::store::Store) -> Result<(), StoreError> {
             let ops = store.ingress_ops();
             let pragma = format!("PRAGMA max_page_count = {}", self.max_pages);
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn the_writer_reports_a_full_database_and_its_probe_recovers() {
-        use crate::store::ingress::GroupWriter;
+        use crate::store::writer::GroupWriter;
         use std::sync::mpsc;
         let dir = tempfile::tempdir().unwrap();
         let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();

@@ -13,13 +13,13 @@
 pub mod deliveries;
 mod error;
 pub mod health;
-pub mod ingress;
 pub mod migrations;
 pub mod receipts;
 pub mod run_writes;
 pub mod runs;
 pub mod secret_slots;
 pub mod sessions;
+pub mod writer;
 
 use std::fs;
 use std::io;

@@ -1,7 +1,7 @@
 //! Reading and pruning ingress receipts (SPEC §0, §3 retention, §6.3): the SQL behind
 //! `kheishctl inspect-receipts`, `GET /v1/receipts` and the daemon's retention task.
 //!
-//! Receipts are written only by the ingress writer (`store::ingress`), in the same transaction
+//! Receipts are written only by the ingress writer (`store::writer`), in the same transaction
 //! as their run; this module never inserts or updates one. It lists them with bound parameters
 //! only, and deletes them in bounded batches, each its own short transaction, so a large prune
 //! never holds the write lock long enough to stall ingress.

@@ -13,8 +13,8 @@
 use std::sync::mpsc;
 
 use super::deliveries::{ClaimFilter, Claimed, Enqueued, SettleOutcome, Settlement, TargetPacing};
-use super::ingress::{GroupWriter, WriteJob};
 use super::runs::{NewRunOutput, RunError};
+use super::writer::{GroupWriter, WriteJob};
 use super::{Store, StoreError};
 use crate::model::run::{Run, RunOutput, RunStatus};
 use crate::model::ConnectorKind;

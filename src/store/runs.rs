@@ -1,6 +1,6 @@
 //! Runs after their creation (SPEC §11.1): listing, the claim lease, outputs, completion and
 //! failure. Ingress creates sessions and runs in its own accepting transaction
-//! (`store::ingress`); everything that happens to a run afterwards happens here, so the
+//! (`store::writer`); everything that happens to a run afterwards happens here, so the
 //! `queued → claimed → completed | failed` rules live in one file. Control-plane session reads
 //! and writes are in `store::sessions` ([`SessionChanges`] and [`CONTROL_PLANE_CREATOR`] are
 //! re-exported here for existing callers).
@@ -637,7 +637,7 @@ pub(super) mod test_support {
         (tmp, store)
     }
 
-    /// Inserts a session the way ingress does (plain SQL; the real writer is `store::ingress`).
+    /// Inserts a session the way ingress does (plain SQL; the real writer is `store::writer`).
     pub(crate) fn insert_session(store: &Store, id: &str) {
         store
             .conn()

@@ -1,15 +1,15 @@
 //! Sessions through the control plane (SPEC §6.5): read one, the field-aware upsert of
 //! `PUT /v1/sessions/{id}`, and replacing a session's default reply targets.
 //!
-//! Ingress creates sessions inside its accepting transaction (`store::ingress`, which also owns
+//! Ingress creates sessions inside its accepting transaction (`store::writer`, which also owns
 //! the session row mapping); this module must not create sessions on the ingress path or
 //! resolve which session an event belongs to (that is `crate::sessions`).
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::{Map, Value};
 
-use super::ingress::{session_from_row, SESSION_COLUMNS};
 use super::runs::{to_json, RunError};
+use super::writer::{session_from_row, SESSION_COLUMNS};
 use super::{Store, StoreError};
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{PolicySnapshot, Session};

@@ -1,5 +1,6 @@
-//! Durable ingress writes (SPEC §3, §6): the group-commit writer and the reads and inserts that
-//! accepting an event needs.
+//! The group-commit writer (SPEC §3, §6; STYLE §4): every write of the pipeline is a job of its
+//! batches (accepted events here, run claims/settlements and delivery rounds in
+//! `store::run_writes`), plus the reads and inserts that accepting an event needs.
 //!
 //! "202 means durable": an accept is answered only after its transaction committed with
 //! `synchronous=FULL` in WAL mode. To avoid one fsync per request, ONE writer thread owns the
