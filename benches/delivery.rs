@@ -32,11 +32,13 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -45,7 +47,6 @@ use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
 use kheishctl::store::runs::NewRunOutput;
 use kheishctl::store::Store;
 
-const ADMIN: &str = "bench-admin-token";
 const TARGETS: usize = 256;
 /// Targets of the depth runs (issue 10: 64 targets, 16 senders).
 const DEPTH_TARGETS: usize = 64;
@@ -410,54 +411,24 @@ impl Sink {
     }
 }
 
-/// A release `kheishctl serve` on an ephemeral port.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    _stdout: BufReader<std::process::ChildStdout>,
-}
+/// A release `kheishctl serve` on a bench state root, with the helpers this bench reads.
+struct Daemon(load::Daemon);
 
 impl Daemon {
     fn start(work: &Path, root: &Path, extra: &[&str]) -> Daemon {
-        let config: PathBuf = work.join("connectors.toml");
-        if !config.exists() {
-            std::fs::write(&config, CONFIG).unwrap();
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kheishctl"))
-            .env_clear()
-            .env("KHEISH_STATE_ROOT", root)
-            .env("KHEISH_ADMIN", ADMIN)
-            .args(["--json", "-q", "--connectors-config"])
-            .arg(&config)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-token-env",
-                "KHEISH_ADMIN",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting kheishctl serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("serve did not become ready ({e}): {line:?}"));
-        let addr = ready["listen"].as_str().unwrap().parse().unwrap();
-        Daemon {
-            child,
-            addr,
-            _stdout: stdout,
-        }
+        Daemon(load::Daemon::start_in(
+            root,
+            work,
+            CONFIG,
+            &["-q"],
+            extra,
+            &[],
+        ))
     }
 
     /// One request on a fresh connection; the whole raw response.
     fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> String {
-        let mut s = TcpStream::connect(self.addr).unwrap();
+        let mut s = TcpStream::connect(self.0.addr).unwrap();
         let mut req = format!(
             "{method} {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
@@ -475,27 +446,23 @@ impl Daemon {
 
     /// The value of one exact series of `/metrics`, when present.
     fn metric(&self, series: &str) -> Option<f64> {
-        let auth = format!("Bearer {ADMIN}");
-        let text = self.request("GET", "/metrics", &[("Authorization", &auth)], "");
-        text.lines()
+        self.0
+            .metrics()
+            .lines()
             .find_map(|l| l.strip_prefix(series))
             .and_then(|v| v.trim().parse().ok())
     }
 
     /// `VmHWM` (peak resident set) in KiB.
     fn vm_hwm_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.pid())).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }

@@ -18,34 +18,20 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Instant;
 
-use kheishctl::ingress::auth::kheish_v1_signature;
+use load::{env_num, metric, wrk, Daemon, NoopServer, CONNECTIONS, WRK_THREADS};
 
-const TOKEN: &str = "bench-bearer-token-0123456789abcdef";
-const HMAC: &str = "bench-hmac-secret-0123456789abcdef";
-const ADMIN: &str = "bench-admin-token";
 const TARGET: &str = "/v1/connectors/http/bench";
-const WRK_THREADS: usize = 2;
-const CONNECTIONS: usize = 64;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> std::process::ExitCode {
-    if Command::new("wrk").arg("--version").output().is_err() {
+    if !load::wrk_installed() {
         eprintln!("wrk is not installed: run `benches/run.sh ingress` (installs it) or `apt-get install wrk`");
         return std::process::ExitCode::from(2);
     }
@@ -58,7 +44,7 @@ fn main() -> std::process::ExitCode {
     println!("ingress bench: {CONNECTIONS} keep-alive connections, {WRK_THREADS} wrk threads, {seconds}s per run, bearer + HMAC, unique idempotency keys");
     write_requests(work, "accept", per_thread, 0);
     write_requests(work, "dup", 500, 1);
-    let script = write_script(work);
+    let script = load::write_script(work, TARGET);
 
     // Baseline: a no-op tiny_http server answering 200, same machine, same load.
     let noop = NoopServer::start();
@@ -85,7 +71,7 @@ fn main() -> std::process::ExitCode {
     // kheishctl serve, release build.
     let serve_args = std::env::var("BENCH_SERVE_ARGS").unwrap_or_default();
     let serve_args: Vec<&str> = serve_args.split_whitespace().collect();
-    let daemon = Daemon::start(work, &bench_config(), &[], &serve_args);
+    let daemon = Daemon::start_with(work, &bench_config(), &[], &serve_args, &[]);
     let before = daemon.metrics();
     let serve = wrk(
         &script,
@@ -173,7 +159,8 @@ fn main() -> std::process::ExitCode {
     let mut samples = Vec::new();
     for _ in 0..starts {
         let started = Instant::now();
-        let d = Daemon::start_with(work, &config, &env, &["-q"], &[]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let d = Daemon::start_with(work, &config, &["-q"], &[], &env);
         samples.push(started.elapsed());
         d.stop();
     }
@@ -195,180 +182,13 @@ fn bench_config() -> String {
     )
 }
 
-/// Writes `per_thread` signed requests for each wrk thread: `signature \t timestamp \t body`.
+/// Writes `per_thread` signed requests for each wrk thread, each with a unique idempotency key.
 fn write_requests(dir: &Path, set: &str, per_thread: usize, salt: u64) {
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    for t in 0..WRK_THREADS {
-        let mut out = String::with_capacity(per_thread * 200);
-        for i in 0..per_thread {
-            let body = format!(
-                r#"{{"content":"order {i} from thread {t}","idempotency_key":"{set}-{salt}-{t}-{i}","metadata":{{"source":"bench","n":{i}}}}}"#
-            );
-            let sig = kheish_v1_signature(HMAC.as_bytes(), "POST", TARGET, ts, body.as_bytes());
-            writeln!(out, "{sig}\t{ts}\t{body}").unwrap();
-        }
-        std::fs::write(dir.join(format!("{set}-{t}.txt")), out).unwrap();
-    }
-}
-
-fn write_script(dir: &Path) -> PathBuf {
-    let script = format!(
-        r#"
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  local file = io.open(args[1] .. "/" .. args[2] .. "-" .. tid .. ".txt")
-  reqs = {{}}
-  for line in file:lines() do
-    local sig, ts, body = line:match("([^\t]*)\t([^\t]*)\t(.*)")
-    reqs[#reqs + 1] = wrk.format("POST", "{TARGET}", {{
-      ["Authorization"] = "Bearer {TOKEN}",
-      ["Content-Type"] = "application/json",
-      ["X-Kheish-Timestamp"] = ts,
-      ["X-Kheish-Signature"] = sig,
-    }}, body)
-  end
-  file:close()
-  i = 0
-end
-function request()
-  i = i + 1
-  if i > #reqs then i = 1 end
-  return reqs[i]
-end
-"#
-    );
-    let path = dir.join("signed.lua");
-    std::fs::write(&path, script).unwrap();
-    path
-}
-
-struct WrkResult {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    non_2xx: u64,
-}
-
-impl WrkResult {
-    fn print(&self, label: &str) {
-        println!(
-            "  {label:<34} {:>10.0} {:>9.2} {:>9.2} {:>8}",
-            self.rps, self.p50_ms, self.p99_ms, self.non_2xx
-        );
-    }
-}
-
-fn wrk(script: &Path, url: &str, dir: &Path, set: &str, seconds: u64) -> WrkResult {
-    let out = Command::new("wrk")
-        .args([
-            "-t",
-            &WRK_THREADS.to_string(),
-            "-c",
-            &CONNECTIONS.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .arg("--")
-        .arg(dir)
-        .arg(set)
-        .output()
-        .expect("running wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |prefix: &str| -> Option<&str> {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l[prefix.len()..].split_whitespace().next())
-    };
-    let latency_ms = |s: &str| -> f64 {
-        let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
-        let v: f64 = num.parse().unwrap_or(f64::NAN);
-        match unit {
-            "us" => v / 1000.0,
-            "ms" => v,
-            "s" => v * 1000.0,
-            _ => v,
-        }
-    };
-    let result = WrkResult {
-        rps: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        p50_ms: field("50%").map(latency_ms).unwrap_or(f64::NAN),
-        p99_ms: field("99%").map(latency_ms).unwrap_or(f64::NAN),
-        non_2xx: field("Non-2xx or 3xx responses:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    };
-    if result.rps == 0.0 {
-        eprintln!(
-            "wrk output:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    result
-}
-
-/// A tiny_http server that answers every request with 200 and a small JSON body.
-struct NoopServer {
-    addr: std::net::SocketAddr,
-    server: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl NoopServer {
-    fn start() -> NoopServer {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let addr = server.server_addr().to_ip().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (0..workers)
-            .map(|_| {
-                let server = Arc::clone(&server);
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        if let Ok(mut rq) = server.recv() {
-                            let mut sink = Vec::new();
-                            let _ = rq.as_reader().read_to_end(&mut sink);
-                            let _ = rq.respond(
-                                tiny_http::Response::from_string("{\"ok\":true}")
-                                    .with_status_code(200),
-                            );
-                        }
-                    }
-                })
-            })
-            .collect();
-        NoopServer {
-            addr,
-            server,
-            stop,
-            threads,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Release);
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
+    load::write_requests(dir, set, TARGET, per_thread, |t, i| {
+        format!(
+            r#"{{"content":"order {i} from thread {t}","idempotency_key":"{set}-{salt}-{t}-{i}","metadata":{{"source":"bench","n":{i}}}}}"#
+        )
+    });
 }
 
 /// A hyper 1 server on a multi-thread tokio runtime (one worker per core, like `serve`) that
@@ -428,7 +248,7 @@ fn idle_connections_rss(work: &Path, n: usize) {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
     let caps = (2 * n).to_string();
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with(
         work,
         &bench_config(),
         &["-q"],
@@ -442,8 +262,9 @@ fn idle_connections_rss(work: &Path, n: usize) {
             "--idle-timeout",
             "10m",
         ],
+        &[],
     );
-    let pid = daemon.child.id();
+    let pid = daemon.pid();
     // Settle the allocator and the blocking pool with a few requests first.
     for _ in 0..50 {
         daemon.metrics();
@@ -544,98 +365,6 @@ fn read_one_response(stream: &mut TcpStream) {
             }
         }
     }
-}
-
-/// A release `kheishctl serve` on an ephemeral port.
-struct Daemon {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Daemon {
-    /// `extra` are global options, `serve_extra` options of `serve`.
-    fn start(work: &Path, config: &str, extra: &[&str], serve_extra: &[&str]) -> Daemon {
-        let env = vec![
-            ("BENCH_TOKEN".to_string(), TOKEN.to_string()),
-            ("BENCH_HMAC".to_string(), HMAC.to_string()),
-        ];
-        Daemon::start_with(work, config, &env, extra, serve_extra)
-    }
-
-    fn start_with(
-        work: &Path,
-        config: &str,
-        env: &[(String, String)],
-        extra: &[&str],
-        serve_extra: &[&str],
-    ) -> Daemon {
-        let config_path = work.join(format!("connectors-{}.toml", config.len()));
-        if !config_path.exists() {
-            std::fs::write(&config_path, config).unwrap();
-        }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kheishctl"));
-        cmd.env_clear()
-            .env("KHEISH_STATE_ROOT", work.join("state"))
-            .env("KHEISH_ADMIN", ADMIN)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .arg("--json")
-            .args(extra)
-            .arg("--connectors-config")
-            .arg(&config_path)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-token-env",
-                "KHEISH_ADMIN",
-            ])
-            .args(serve_extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("starting kheishctl serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("serve did not become ready ({e}): {line:?}"));
-        let addr = ready["listen"].as_str().unwrap().parse().unwrap();
-        Daemon {
-            child,
-            addr,
-            _stdout: stdout,
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sum of the samples whose line starts with `name` (exact series including labels).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l[name.len()..].split_whitespace().next())
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum()
 }
 
 /// The 1 000-connector file of the validate bench, with every env var it names set and every

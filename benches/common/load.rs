@@ -239,16 +239,43 @@ impl Daemon {
     /// Starts serve with `config` (the bearer and HMAC env vars set) and `serve_args` after
     /// `serve`.
     pub fn start(work: &Path, config: &str, serve_args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(work, config, &[], serve_args, env)
+    }
+
+    /// [`Daemon::start`] with `global` options before the subcommand (`-q`, …).
+    pub fn start_with(
+        work: &Path,
+        config: &str,
+        global: &[&str],
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::start_in(&work.join("state"), work, config, global, serve_args, env)
+    }
+
+    /// [`Daemon::start_with`] on the state root `state_root` (config files are written in
+    /// `work`).
+    pub fn start_in(
+        state_root: &Path,
+        work: &Path,
+        config: &str,
+        global: &[&str],
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let config_path = work.join(format!("connectors-{}.toml", config.len()));
-        std::fs::write(&config_path, config).unwrap();
+        if !config_path.exists() {
+            std::fs::write(&config_path, config).unwrap();
+        }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kheishctl"));
         cmd.env_clear()
-            .env("KHEISH_STATE_ROOT", work.join("state"))
+            .env("KHEISH_STATE_ROOT", state_root)
             .env("KHEISH_ADMIN", ADMIN)
             .env("BENCH_TOKEN", TOKEN)
             .env("BENCH_HMAC", HMAC)
             .envs(env.iter().copied())
             .arg("--json")
+            .args(global)
             .arg("--connectors-config")
             .arg(&config_path)
             .args([
