@@ -168,7 +168,7 @@ pub fn reply_target(data: &[u8]) {
     }
     // Parsed values are capped later, by the retry policy; here only "no panic" must hold.
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_710_000_000);
-    let _ = crate::delivery::transport::http::parse_retry_after(&text, now);
+    let _ = crate::net::parse_retry_after(&text, now);
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use crate::config::{self, Config, HttpConnector, SecretField};
+use crate::config::{self, Config, ExternalConnector, HttpConnector, SecretField};
 use crate::model::{ConnectorId, ConnectorKind, Diagnostic};
 use crate::secrets::{self, Secret, SecretError, SecretSource, SecretStore};
 
@@ -30,6 +30,12 @@ impl Verifier {
             .filter(|(_, until)| until.is_none_or(|u| now_ms < u))
             .map(|(s, _)| s.expose().as_bytes())
             .collect()
+    }
+
+    /// The current value: the one the daemon presents when it calls out (a sidecar's
+    /// `Authorization`, a child's `KHEISH_EXTERNAL_CONNECTOR_SHARED_TOKEN`).
+    pub fn current(&self) -> &Secret {
+        &self.values[0].0
     }
 
     /// A verifier holding one value (tests, env and inline sources).
@@ -56,11 +62,22 @@ impl HttpRuntime {
     }
 }
 
+/// An external connector ready to serve (SPEC §10).
+#[derive(Debug)]
+pub struct ExternalRuntime {
+    pub id: ConnectorId,
+    pub config: ExternalConnector,
+    /// The shared token: verifies the sidecar's ingress bearer (with its grace value) and is
+    /// presented on manifest, health and deliver calls ([`Verifier::current`]).
+    pub shared_token: Option<Verifier>,
+}
+
 /// Every connector of the running daemon: one immutable snapshot.
 #[derive(Debug, Default)]
 pub struct ConnectorSet {
     pub config: Config,
     pub http: HashMap<String, Arc<HttpRuntime>>,
+    pub external: HashMap<String, Arc<ExternalRuntime>>,
     /// `(secret_ref, updated_at_ms, previous_valid_until_ms)` of every store slot seen at build
     /// time; the watcher rebuilds when the store's list differs.
     pub slot_versions: Vec<(String, i64, Option<i64>)>,
@@ -133,9 +150,22 @@ pub fn build(
         };
         http.insert(c.common.name.to_string(), Arc::new(runtime));
     }
+    let mut external = HashMap::new();
+    for c in &config.external {
+        let runtime = ExternalRuntime {
+            id: ConnectorId {
+                kind: ConnectorKind::External,
+                name: c.common.name.clone(),
+            },
+            config: c.clone(),
+            shared_token: verifier(&c.shared_token).map_err(BuildError::Secrets)?,
+        };
+        external.insert(c.common.name.to_string(), Arc::new(runtime));
+    }
     Ok(ConnectorSet {
         config,
         http,
+        external,
         slot_versions: slot_versions(&slots),
     })
 }
@@ -145,7 +175,8 @@ impl ConnectorSet {
     pub fn id(&self, kind: ConnectorKind, name: &str) -> Option<&ConnectorId> {
         match kind {
             ConnectorKind::Http => self.http.get(name).map(|rt| &rt.id),
-            ConnectorKind::Slack | ConnectorKind::Telegram | ConnectorKind::External => None,
+            ConnectorKind::External => self.external.get(name).map(|rt| &rt.id),
+            ConnectorKind::Slack | ConnectorKind::Telegram => None,
         }
     }
 }
@@ -172,6 +203,67 @@ impl Registry {
     /// Replaces the whole set (reload); readers holding the old one finish with it.
     pub fn swap(&self, set: ConnectorSet) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+}
+
+/// What the daemon knows of one external sidecar right now (SPEC §10.6): written by the
+/// supervisor (`daemon::sidecars`) for `child_process` connectors, read by ingress (the
+/// `instance_id` check), the external transport and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SidecarStatus {
+    /// The running child's `instance_id` from its manifest, once it was ready; `None` while no
+    /// child is ready (ingress then refuses events for a `child_process` connector).
+    pub instance_id: Option<String>,
+    /// Last health seen: `starting|ready|degraded|draining`, or `down` when no child runs.
+    pub health: String,
+    /// Restarts since the daemon started.
+    pub restarts: u64,
+}
+
+/// The live sidecar states by connector name. Interior mutability: one writer (the
+/// supervisor), many readers.
+#[derive(Debug, Default)]
+pub struct Sidecars {
+    states: RwLock<HashMap<String, SidecarStatus>>,
+}
+
+impl Sidecars {
+    pub fn get(&self, name: &str) -> Option<SidecarStatus> {
+        self.states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Replaces the state of `name`.
+    pub fn set(&self, name: &str, status: SidecarStatus) {
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), status);
+    }
+
+    /// Changes the state of `name` in place (a default state when there was none).
+    pub fn update(&self, name: &str, change: impl FnOnce(&mut SidecarStatus)) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        change(states.entry(name.to_string()).or_default());
+    }
+
+    /// Forgets `name` (connector removed).
+    pub fn remove(&self, name: &str) {
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Every state, sorted by connector name.
+    pub fn all(&self) -> Vec<(String, SidecarStatus)> {
+        let states = self.states.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = states.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 }
 

@@ -26,7 +26,7 @@ use crate::ingress::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::output::Printer;
-use crate::registry::{ConnectorSet, Registry};
+use crate::registry::{ConnectorSet, Registry, Sidecars};
 use crate::store::writer::GroupWriter;
 use crate::store::Store;
 
@@ -56,8 +56,10 @@ pub struct App {
     pub runs_queued: Arc<Notify>,
     /// Bumped whenever deliveries were queued (run output, replay); delivery workers wait on it.
     pub deliveries_queued: Arc<Notify>,
-    /// The connectors in force; replaced whole on reload.
-    pub registry: Registry,
+    /// The connectors in force; replaced whole on reload. Shared with the delivery transports.
+    pub registry: Arc<Registry>,
+    /// Live state of the external sidecars (the supervisor writes it).
+    pub sidecars: Arc<Sidecars>,
     /// The group-commit writer: accepted events, run claims and settlements, delivery rounds.
     pub writer: Arc<GroupWriter>,
     pub limiter: RateLimiter,
@@ -84,7 +86,8 @@ impl App {
             metrics: Metrics::new(),
             runs_queued: parts.runs_queued,
             deliveries_queued: parts.deliveries_queued,
-            registry: Registry::new(parts.connectors),
+            registry: Arc::new(Registry::new(parts.connectors)),
+            sidecars: Arc::new(Sidecars::default()),
             writer: parts.writer,
             limiter: RateLimiter::new(),
             admin: parts.admin,

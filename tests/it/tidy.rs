@@ -82,11 +82,16 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     ("config", &["model", "net", "secrets"]),
     ("registry", &["config", "model", "secrets"]),
     ("sessions", &["config", "model", "store"]),
-    ("delivery", &["model", "net", "notify", "output", "store"]),
+    (
+        "delivery",
+        &[
+            "config", "model", "net", "notify", "output", "registry", "secrets", "store",
+        ],
+    ),
     (
         "ingress",
         &[
-            "config", "model", "registry", "secrets", "sessions", "store",
+            "config", "model", "net", "registry", "secrets", "sessions", "store",
         ],
     ),
     ("views", &["delivery", "ingress", "model", "net", "store"]),
@@ -100,8 +105,8 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "config", "delivery", "metrics", "model", "notify", "output", "process", "registry",
-            "server", "store", "views",
+            "config", "delivery", "metrics", "model", "net", "notify", "output", "process",
+            "registry", "secrets", "server", "store", "views",
         ],
     ),
     ("gen", &["cli"]),
@@ -109,7 +114,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "fuzzing",
         &[
-            "config", "delivery", "ingress", "model", "registry", "secrets",
+            "config", "delivery", "ingress", "model", "net", "registry", "secrets",
         ],
     ),
     (

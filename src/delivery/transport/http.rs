@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::delivery::{AttemptOutcome, ProgressSink, Transport};
 use crate::model::delivery::DeliveryJob;
 use crate::model::reply::{HttpAddress, ReplyPlugin, TargetAddress};
-use crate::net::{self, OutboundConfig};
+use crate::net::{self, parse_retry_after, OutboundConfig};
 
 /// The header carrying the attempt number (1 for the first send).
 pub const ATTEMPT_HEADER: &str = "X-Kheish-Delivery-Attempt";
@@ -225,26 +225,6 @@ fn failure(class: net::FailureClass, target: &str) -> AttemptOutcome {
     }
 }
 
-/// The delay a `Retry-After` value asks for (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date
-/// taken relative to `now` (a date in the past means zero). Anything else gives `None`.
-/// Very large delta-seconds saturate; the retry policy clamps them.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(Duration::from_secs(
-            value.parse::<u64>().unwrap_or(u64::MAX),
-        ));
-    }
-    let date = parse_http_date(value)?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Parses an HTTP-date in the three forms RFC 9110 §5.6.7 requires recipients to accept
-/// (IMF-fixdate, RFC 850, asctime), through the `httpdate` crate.
-fn parse_http_date(value: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(value).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -258,6 +238,7 @@ mod tests {
     use super::*;
     use crate::model::delivery::{Delivery, DeliveryStatus};
     use crate::model::reply::ReplyTarget;
+    use crate::net::parse_http_date;
 
     /// Bound on every wait for the local receiver; tests finish far sooner.
     const WAIT: Duration = Duration::from_secs(10);

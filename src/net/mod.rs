@@ -11,10 +11,12 @@
 //! The address predicates are pure so that every range is unit-tested on values; no test ever
 //! connects to a non-loopback address. No other module may build a ureq agent.
 
+pub mod sidecar_api;
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
@@ -325,6 +327,26 @@ fn classify_io(err: &io::Error) -> FailureClass {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FailureClass::Timeout,
         _ => FailureClass::ConnectionFailed,
     }
+}
+
+/// The delay a `Retry-After` value asks for (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date
+/// taken relative to `now` (a date in the past means zero). Anything else gives `None`.
+/// Very large delta-seconds saturate; the retry policy clamps them.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    let date = parse_http_date(value)?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses an HTTP-date in the three forms RFC 9110 §5.6.7 requires recipients to accept
+/// (IMF-fixdate, RFC 850, asctime), through the `httpdate` crate.
+pub(crate) fn parse_http_date(value: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(value).ok()
 }
 
 /// `scheme://host[:port]` of `url`: never its path, query, userinfo or fragment. Every message
