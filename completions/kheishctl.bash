@@ -535,7 +535,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__serve)
-            opts="-q -v -h -V --listen --workers --max-connections --max-connections-per-client --header-timeout --request-timeout --idle-timeout --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --delivery-workers --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            opts="-q -v -h -V --listen --workers --max-connections --max-connections-per-client --header-timeout --request-timeout --idle-timeout --handler --handler-command --handler-concurrency --handler-timeout --admin-token-env --admin-token-file --readonly-token-env --readonly-token-file --delivery-workers --receipt-retention --receipt-max-per-connector --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -590,6 +590,25 @@ _kheishctl() {
                     return 0
                     ;;
                 --admin-token-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --readonly-token-env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --readonly-token-file)
                     local oldifs
                     if [ -n "${IFS+x}" ]; then
                         oldifs="$IFS"

@@ -58,7 +58,9 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-co
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-concurrency -d 'With --handler exec or echo: runs handled at the same time' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l handler-timeout -d 'With --handler exec: a run whose command takes longer is killed and failed' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-env -d 'Read the admin token from this environment variable' -r
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-file -d 'Read the admin token from this file (one trailing newline is stripped)' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l admin-token-file -d 'Read the admin token from this file (one trailing newline is stripped). The file is re-read when it changes, so the token rotates without a restart' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l readonly-token-env -d 'Read a read-only control-plane token from this environment variable: accepted on GET routes only (metrics scrapers, dashboards); writes with it answer 403. Must differ from the admin token' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l readonly-token-file -d 'Read the read-only token from this file (re-read when it changes)' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l delivery-workers -d 'Delivery worker threads sending queued output to reply targets (0 disables delivery in this daemon; `drain-deliveries` can still send)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l receipt-retention -d 'How long submitted ingress receipts are kept' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand serve" -l receipt-max-per-connector -d 'At most this many receipts are kept per connector (oldest pruned first)' -r

@@ -226,9 +226,20 @@ Example: --idle-timeout 2m"
     #[arg(long, value_name = "VAR", conflicts_with = "admin_token_file")]
     pub admin_token_env: Option<String>,
 
-    /// Read the admin token from this file (one trailing newline is stripped).
+    /// Read the admin token from this file (one trailing newline is stripped). The file is
+    /// re-read when it changes, so the token rotates without a restart.
     #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub admin_token_file: Option<PathBuf>,
+
+    /// Read a read-only control-plane token from this environment variable: accepted on GET
+    /// routes only (metrics scrapers, dashboards); writes with it answer 403. Must differ from
+    /// the admin token.
+    #[arg(long, value_name = "VAR", conflicts_with = "readonly_token_file")]
+    pub readonly_token_env: Option<String>,
+
+    /// Read the read-only token from this file (re-read when it changes).
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub readonly_token_file: Option<PathBuf>,
 
     /// Delivery worker threads sending queued output to reply targets (0 disables delivery in
     /// this daemon; `drain-deliveries` can still send).

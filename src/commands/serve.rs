@@ -38,6 +38,8 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<ExitStatus> {
             },
             admin_token_env: args.admin_token_env,
             admin_token_file: args.admin_token_file,
+            readonly_token_env: args.readonly_token_env,
+            readonly_token_file: args.readonly_token_file,
             delivery_workers: args.delivery_workers,
             receipt_retention: args.receipt_retention,
             receipt_max_per_connector: args.receipt_max_per_connector,

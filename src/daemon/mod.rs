@@ -15,7 +15,7 @@ pub mod handlers;
 pub mod retention;
 pub mod watcher;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -28,7 +28,8 @@ use crate::delivery::transport;
 use crate::delivery::{Observer, WorkerConfig, WorkerPool};
 use crate::notify::Notify;
 use crate::output::Printer;
-use crate::server::admin::{self, AdminAuth, TokenOrigin};
+use crate::secrets::Secret;
+use crate::server::admin::{self, AdminAuth, TokenOrigin, TokenSource};
 use crate::server::shutdown::{Control, Signals};
 use crate::server::{self, App, AppParts, Listener, Phase};
 use crate::store::deliveries::ClaimFilter;
@@ -64,6 +65,8 @@ pub struct Settings {
     pub handler: HandlerConfig,
     pub admin_token_env: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    pub readonly_token_env: Option<String>,
+    pub readonly_token_file: Option<PathBuf>,
     /// Delivery sender threads (`--delivery-workers`).
     pub delivery_workers: u16,
     pub receipt_retention: Duration,
@@ -94,6 +97,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         &env,
     )
     .context("resolving the admin token")?;
+    let admin = admin_auth(token, &origin, &settings)?;
     let runs_queued = Arc::new(Notify::new());
     let notify = Arc::clone(&runs_queued);
     let writer = Arc::new(GroupWriter::start(
@@ -119,7 +123,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         deliveries_queued: Arc::new(Notify::new()),
         connectors,
         writer,
-        admin: AdminAuth::new(token),
+        admin,
     }));
     let running = server::start(listener, Arc::clone(&app), settings.limits, cores, workers)
         .context("starting the listener's runtime")?;
@@ -204,6 +208,32 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         stats.commits.load(std::sync::atomic::Ordering::Relaxed)
     ));
     Ok(())
+}
+
+/// The control-plane tokens: the admin token and the optional read-only one (SPEC §5.2). A
+/// read-only token that is blank or equals the admin token refuses the start (exit 4).
+fn admin_auth(token: Secret, origin: &TokenOrigin, settings: &Settings) -> Result<AdminAuth> {
+    let readonly = admin::resolve_readonly_token(
+        settings.readonly_token_env.as_deref(),
+        settings.readonly_token_file.as_deref(),
+        &env,
+    )
+    .context("resolving the read-only token")?;
+    let readonly = match readonly {
+        Some((value, _)) if value.is_blank() => {
+            return Err(StartRefused("the read-only token is empty; give it a value".into()).into())
+        }
+        Some((value, ro_origin)) => Some(TokenSource {
+            value,
+            file: ro_origin.file().map(Path::to_path_buf),
+        }),
+        None => None,
+    };
+    let admin = TokenSource {
+        value: token,
+        file: origin.file().map(Path::to_path_buf),
+    };
+    AdminAuth::with_sources(admin, readonly).map_err(|why| StartRefused(why.into()).into())
 }
 
 /// Says where the admin token comes from (never its value).

@@ -175,8 +175,18 @@ fn admin_refusal(app: &App, route: &Route, req: &ApiRequest) -> Option<ApiRespon
         return None;
     }
     let auth = req.header_values("authorization");
-    match app.admin.check(req.remote, &auth, Instant::now()) {
-        Ok(()) => None,
+    let now = Instant::now();
+    for line in app.admin.refresh(now) {
+        app.out.info(&line);
+    }
+    let write = !matches!(req.method.as_str(), "GET" | "HEAD");
+    match app.admin.check(req.remote, &auth, write, now) {
+        Ok(_) => None,
+        Err(AdminRefusal::ReadOnly) => Some(ApiResponse::problem(
+            403,
+            "readonly_token",
+            "the read-only token is accepted on GET routes only; use the admin token to change state",
+        )),
         Err(AdminRefusal::Unauthorized(why)) => Some(
             ApiResponse::problem(401, "unauthorized", why)
                 .with_header("WWW-Authenticate", "Bearer"),

@@ -12,6 +12,8 @@ mod cli_validate;
 mod delivery;
 /// `completions/` and `man/` match what the clap definition renders.
 mod generated_files;
+/// The read-only control-plane token and token-file re-reads.
+mod serve_admin_tokens;
 /// The kill -9 crash test of `serve`'s HTTP ingress.
 mod serve_crash;
 /// `serve` HTTP ingress authentication: the SPEC §7.2 vector, 401s, secrets that never leak.
