@@ -9,6 +9,8 @@ use kheishctl::exit::{is_broken_pipe, status_for, ExitStatus};
 use kheishctl::{commands, output};
 
 fn main() -> ExitCode {
+    // `COMPLETE=<shell> kheishctl ...` answers the shell and exits; otherwise a no-op.
+    commands::complete::handle_env();
     let cli = Cli::parse();
     match commands::run(cli) {
         Ok(status) => status.into(),

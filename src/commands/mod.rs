@@ -1,6 +1,7 @@
 //! One module per subcommand. Each turns its clap args into calls to library functions and
 //! prints through the [`Printer`]; none contains SQL, HTTP or secret handling of its own.
 
+pub mod complete;
 mod completions;
 mod drain_deliveries;
 mod inspect_receipts;

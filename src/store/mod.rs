@@ -220,6 +220,37 @@ impl Store {
         Store::connect(root, &db).map(Some)
     }
 
+    /// Opens an existing state root for reading only (shell completion): never creates,
+    /// migrates or writes anything, and waits at most `busy` for a lock. `Ok(None)` when there
+    /// is no database, or its schema is not exactly this build's (an older one would need a
+    /// migration, which is a write).
+    pub fn open_read_only(
+        root: &Path,
+        busy: std::time::Duration,
+    ) -> Result<Option<Store>, StoreError> {
+        let db = root.join(DB_FILE);
+        if !db.is_file() {
+            return Ok(None);
+        }
+        let db_path = db.display().to_string();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&db, flags)
+            .map_err(|e| sqlite_error(&db_path, "opening read-only", e))?;
+        conn.busy_timeout(busy)
+            .map_err(|e| sqlite_error(&db_path, "setting the busy timeout", e))?;
+        if migrations::user_version(&conn, &db_path)? != migrations::SUPPORTED_VERSION {
+            return Ok(None);
+        }
+        Ok(Some(Store {
+            conn,
+            root: root.to_path_buf(),
+            health: health::for_db(&db_path),
+            db_path,
+        }))
+    }
+
     /// The state root directory.
     pub fn root(&self) -> &Path {
         &self.root

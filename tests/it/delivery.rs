@@ -57,9 +57,9 @@ create_if_missing = true
 
 /// A daemon with the echo handler and no delivery workers (unless `args` asks for some), plus
 /// its sandbox.
-struct Gateway {
-    sandbox: Sandbox,
-    daemon: Daemon,
+pub(crate) struct Gateway {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) daemon: Daemon,
 }
 
 impl Gateway {
@@ -426,7 +426,7 @@ fn a_reply_target_with_a_forbidden_header_is_refused_when_stored() {
 // Dead letters: replay and resolve
 
 /// A gateway whose receiver refuses with 400, and `n` dead letters (oldest first).
-fn dead_letters(n: usize) -> (Receiver, Gateway, Vec<String>) {
+pub(crate) fn dead_letters(n: usize) -> (Receiver, Gateway, Vec<String>) {
     let receiver = Receiver::start();
     receiver.set_default(Answer::Status(400));
     let gw = Gateway::start(&[receiver.address("/sink")]);

@@ -2,6 +2,8 @@
 
 mod support;
 
+/// Dynamic shell completion through the real shells.
+mod cli_completion;
 /// `rotate-secret`: sources, grace, generated values, nothing secret printed.
 mod cli_rotate_secret;
 /// `sign`: the fixed vectors, formats, secret sources, `--verify`.
