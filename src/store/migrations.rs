@@ -246,6 +246,23 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX runs_open ON runs (seq, status) WHERE status IN ('queued', 'claimed');
         ",
     },
+    // Version 5: the runtime connector store (SPEC §12, issue 12). One JSON document per
+    // daemon-managed connector, in the connector file's own field names (secret fields as
+    // `*_secret_ref` / `*_env`, never a value). `version` of `store_meta`
+    // `runtime_connectors_version` is bumped by every change, so a watcher compares one number.
+    Migration {
+        name: "runtime connector store",
+        sql: "
+            CREATE TABLE runtime_connectors (
+                kind          TEXT NOT NULL,
+                name          TEXT NOT NULL,
+                document      TEXT NOT NULL,
+                created_at_ms INTEGER NOT NULL,
+                updated_at_ms INTEGER NOT NULL,
+                PRIMARY KEY (kind, name)
+            ) STRICT, WITHOUT ROWID;
+        ",
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.

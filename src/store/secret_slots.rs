@@ -126,58 +126,30 @@ impl Store {
         let op = format!("rotating secret slot `{}`", write.secret_ref);
         let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
             .map_err(|e| self.err(&op, e))?;
-        // SQLite evaluates every right-hand side against the row as it was, so `nonce` below is
-        // the old current value.
-        let updated = tx
+        let outcome = write_slot_in(&tx, write).map_err(|e| self.err(&op, e))?;
+        tx.commit().map_err(|e| self.err(&op, e))?;
+        Ok(outcome)
+    }
+
+    /// Deletes a slot and its rotation history; `false` when it did not exist. Callers check
+    /// first that no connector references it (SPEC §4).
+    pub fn delete_secret_slot(&self, secret_ref: &str) -> Result<bool, StoreError> {
+        let op = format!("deleting secret slot `{secret_ref}`");
+        let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
+            .map_err(|e| self.err(&op, e))?;
+        let n = tx
             .execute(
-                "UPDATE secret_slots SET
-                    previous_nonce          = CASE WHEN ?1 IS NULL THEN NULL ELSE nonce END,
-                    previous_ciphertext     = CASE WHEN ?1 IS NULL THEN NULL ELSE ciphertext END,
-                    previous_valid_until_ms = ?1,
-                    nonce                   = ?2,
-                    ciphertext              = ?3,
-                    updated_at_ms           = ?4
-                 WHERE secret_ref = ?5",
-                params![
-                    write.keep_previous_until_ms,
-                    write.sealed.nonce,
-                    write.sealed.ciphertext,
-                    write.now_ms,
-                    write.secret_ref
-                ],
+                "DELETE FROM secret_slots WHERE secret_ref = ?1",
+                [secret_ref],
             )
             .map_err(|e| self.err(&op, e))?;
-        let created = updated == 0;
-        if created {
-            tx.execute(
-                "INSERT INTO secret_slots (secret_ref, nonce, ciphertext, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![
-                    write.secret_ref,
-                    write.sealed.nonce,
-                    write.sealed.ciphertext,
-                    write.now_ms
-                ],
-            )
-            .map_err(|e| self.err(&op, e))?;
-        }
-        let previous_kept = !created && write.keep_previous_until_ms.is_some();
         tx.execute(
-            "INSERT INTO secret_rotations (secret_ref, rotated_at_ms, grace_until_ms, source)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                write.secret_ref,
-                write.now_ms,
-                write.keep_previous_until_ms.filter(|_| previous_kept),
-                write.source
-            ],
+            "DELETE FROM secret_rotations WHERE secret_ref = ?1",
+            [secret_ref],
         )
         .map_err(|e| self.err(&op, e))?;
         tx.commit().map_err(|e| self.err(&op, e))?;
-        Ok(SlotWriteOutcome {
-            created,
-            previous_kept,
-        })
+        Ok(n > 0)
     }
 
     /// Number of recorded rotations of one slot (audit; used by tests and listings).
@@ -190,6 +162,61 @@ impl Store {
             )
             .map_err(|e| self.err("counting secret rotations", e))
     }
+}
+
+/// The rotation of [`Store::write_secret_slot`] inside a transaction the caller commits (the
+/// runtime connector store writes slots and the connector document together).
+pub(crate) fn write_slot_in(
+    tx: &rusqlite::Transaction<'_>,
+    write: &SlotWrite<'_>,
+) -> rusqlite::Result<SlotWriteOutcome> {
+    // SQLite evaluates every right-hand side against the row as it was, so `nonce` below is
+    // the old current value.
+    let updated = tx.execute(
+        "UPDATE secret_slots SET
+            previous_nonce          = CASE WHEN ?1 IS NULL THEN NULL ELSE nonce END,
+            previous_ciphertext     = CASE WHEN ?1 IS NULL THEN NULL ELSE ciphertext END,
+            previous_valid_until_ms = ?1,
+            nonce                   = ?2,
+            ciphertext              = ?3,
+            updated_at_ms           = ?4
+         WHERE secret_ref = ?5",
+        params![
+            write.keep_previous_until_ms,
+            write.sealed.nonce,
+            write.sealed.ciphertext,
+            write.now_ms,
+            write.secret_ref
+        ],
+    )?;
+    let created = updated == 0;
+    if created {
+        tx.execute(
+            "INSERT INTO secret_slots (secret_ref, nonce, ciphertext, created_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![
+                write.secret_ref,
+                write.sealed.nonce,
+                write.sealed.ciphertext,
+                write.now_ms
+            ],
+        )?;
+    }
+    let previous_kept = !created && write.keep_previous_until_ms.is_some();
+    tx.execute(
+        "INSERT INTO secret_rotations (secret_ref, rotated_at_ms, grace_until_ms, source)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            write.secret_ref,
+            write.now_ms,
+            write.keep_previous_until_ms.filter(|_| previous_kept),
+            write.source
+        ],
+    )?;
+    Ok(SlotWriteOutcome {
+        created,
+        previous_kept,
+    })
 }
 
 #[cfg(test)]
