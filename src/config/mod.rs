@@ -246,27 +246,34 @@ pub struct LoadError {
 /// Reads and validates the connector file at `path`. `Err` only when the file cannot be read;
 /// problems inside it come back as diagnostics.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = read_text(path)?;
+    Ok(validate::parse_str(&path.display().to_string(), &text))
+}
+
+/// [`load`], plus each connector of the file as a JSON document (for the runtime views of
+/// file-backed connectors, SPEC §12).
+pub fn load_with_documents(path: &Path) -> Result<(Loaded, Vec<runtime::Document>), LoadError> {
+    let text = read_text(path)?;
+    let loaded = validate::parse_str(&path.display().to_string(), &text);
+    Ok((loaded, runtime::file_documents(&text)))
+}
+
+fn read_text(path: &Path) -> Result<String, LoadError> {
     let display = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| LoadError {
         path: display.clone(),
         source,
     })?;
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            return Err(LoadError {
-                path: display,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "not UTF-8 (first bad byte at offset {})",
-                        e.utf8_error().valid_up_to()
-                    ),
-                ),
-            })
-        }
-    };
-    Ok(validate::parse_str(&display, &text))
+    String::from_utf8(bytes).map_err(|e| LoadError {
+        path: display,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 (first bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ),
+    })
 }
 
 /// A secret source that cannot be used, as found by a caller-supplied check.

@@ -19,6 +19,9 @@ use serde_json::{Map, Value};
 use crate::model::ConnectorKind;
 use crate::secrets::Secret;
 
+/// One connector as a document: kind, name, and its JSON object.
+pub type Document = (ConnectorKind, String, Value);
+
 /// The secret fields of `kind` (each with `_env` / `_secret_ref` forms in a document).
 pub fn secret_fields(kind: ConnectorKind) -> &'static [&'static str] {
     match kind {
@@ -390,7 +393,7 @@ pub fn diff(before: &Value, after: &Value) -> Vec<(String, Value, Value)> {
 /// The connectors of a connector file's text as `(kind, name, document)`: the TOML tables
 /// converted to JSON, in the file's order. Tables without a string `name` are skipped (the
 /// validator reports them).
-pub fn file_documents(text: &str) -> Vec<(ConnectorKind, String, Value)> {
+pub fn file_documents(text: &str) -> Vec<Document> {
     let Ok(table) = text.parse::<toml::Table>() else {
         return Vec::new();
     };

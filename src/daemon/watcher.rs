@@ -15,7 +15,8 @@ use crate::output::Printer;
 use crate::registry::{self, BuildError, ConnectorSet};
 use crate::server::App;
 
-/// How often the secret-store watcher looks for rotated slots (SPEC: within 2 seconds).
+/// How often the watcher looks for rotated slots and runtime-store changes (SPEC: applied
+/// within 2 seconds).
 const SECRET_POLL: Duration = Duration::from_secs(1);
 
 fn env(name: &str) -> Option<String> {
@@ -25,9 +26,9 @@ fn env(name: &str) -> Option<String> {
 /// Loads, validates and resolves the connector file (or none); prints diagnostics like
 /// `validate`, among them one warning per connector of a kind this build does not serve.
 pub fn load(out: &Printer, state_root: &Path, path: Option<&Path>) -> anyhow::Result<ConnectorSet> {
-    let (config, file) = match path {
+    let (config, documents, file) = match path {
         Some(path) => {
-            let loaded = config::load(path)?;
+            let (loaded, documents) = config::load_with_documents(path)?;
             for d in &loaded.diagnostics {
                 out.diagnostic(d);
             }
@@ -43,21 +44,25 @@ pub fn load(out: &Printer, state_root: &Path, path: Option<&Path>) -> anyhow::Re
                 ))
                 .into());
             }
-            (loaded.config, path.display().to_string())
+            (loaded.config, documents, path.display().to_string())
         }
-        None => (Config::default(), String::from("<none>")),
+        None => (Config::default(), Vec::new(), String::from("<none>")),
     };
-    build(out, state_root, config, &file)
+    build(out, state_root, config, documents, &file)
 }
 
 fn build(
     out: &Printer,
     state_root: &Path,
     config: Config,
+    documents: Vec<config::runtime::Document>,
     file: &str,
 ) -> anyhow::Result<ConnectorSet> {
-    match registry::build(config, file, state_root, &env, now_ms()) {
-        Ok(c) => Ok(c),
+    match registry::build_all(config, documents, file, state_root, &env, now_ms()) {
+        Ok(c) => {
+            print_all(out, &c.sources.left_out);
+            Ok(c)
+        }
         Err(BuildError::Diagnostics(diags)) => {
             print_all(out, &diags);
             Err(StartRefused(format!(
@@ -120,10 +125,13 @@ impl SecretWatcher {
     }
 }
 
+/// The secret-slot versions and the runtime store version a rebuild looked at.
+type Seen = (Vec<(String, i64, Option<i64>)>, i64);
+
 fn watch(app: &App, stopped: &mpsc::Receiver<()>) {
     let state_root: PathBuf = app.state_root.clone();
     // Versions a rebuild already failed on: not retried (or logged) until they change.
-    let mut failed_on: Option<Vec<(String, i64, Option<i64>)>> = None;
+    let mut failed_on: Option<Seen> = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SECRET_POLL) {
         let current = app.registry.current();
         let versions = match registry::current_slot_versions(&state_root) {
@@ -133,12 +141,28 @@ fn watch(app: &App, stopped: &mpsc::Receiver<()>) {
                 continue;
             }
         };
-        if versions == current.slot_versions || failed_on.as_ref() == Some(&versions) {
+        let runtime = match registry::current_runtime_version(&state_root) {
+            Ok(v) => v,
+            Err(e) => {
+                app.out.debug(&format!("runtime store watcher: {e}"));
+                continue;
+            }
+        };
+        let seen = (versions, runtime);
+        if (seen.0 == current.slot_versions && seen.1 == current.sources.runtime_version)
+            || failed_on.as_ref() == Some(&seen)
+        {
             continue;
         }
-        failed_on = Some(versions);
-        match registry::build(
-            current.config.clone(),
+        let what = if seen.1 != current.sources.runtime_version {
+            "runtime connector store changed: connectors reloaded"
+        } else {
+            "secret store changed: connector secrets reloaded"
+        };
+        failed_on = Some(seen);
+        match registry::build_all(
+            current.sources.file.clone(),
+            current.sources.file_documents.clone(),
             "<reload>",
             &state_root,
             &env,
@@ -146,9 +170,10 @@ fn watch(app: &App, stopped: &mpsc::Receiver<()>) {
         ) {
             Ok(next) => {
                 failed_on = None;
+                print_all(&app.out, &next.sources.left_out);
+                let n = next.config.len();
                 app.registry.swap(next);
-                app.out
-                    .info("secret store changed: connector secrets reloaded");
+                app.out.info(&format!("{what} ({n} connectors)"));
             }
             Err(BuildError::Diagnostics(d)) => {
                 print_all(&app.out, &d);

@@ -326,6 +326,44 @@ impl SecretStore {
         self.store.root()
     }
 
+    /// The database under the secret store, for writes that must commit together with slot
+    /// writes (the runtime connector store).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Seals `value` for slot `secret_ref` into a write the caller commits (with
+    /// [`Store::put_runtime_connector`]); no previous value is kept. Refuses an invalid ref or a
+    /// blank value like [`SecretStore::rotate`].
+    pub fn sealed_write<'a>(
+        &self,
+        secret_ref: &'a str,
+        value: &Secret,
+        source: &'a str,
+        now_ms: i64,
+    ) -> Result<SlotWrite<'a>, SecretError> {
+        validate_secret_ref(secret_ref)?;
+        if value.is_blank() {
+            return Err(SecretError::EmptyValue {
+                secret_ref: secret_ref.to_string(),
+            });
+        }
+        let key = self.key()?;
+        ensure_key_check(&self.store, key)?;
+        let sealed = key
+            .seal(value.expose().as_bytes(), secret_ref.as_bytes())
+            .map_err(|()| SecretError::Encrypt {
+                secret_ref: secret_ref.to_string(),
+            })?;
+        Ok(SlotWrite {
+            secret_ref,
+            sealed,
+            keep_previous_until_ms: None,
+            now_ms,
+            source,
+        })
+    }
+
     fn key(&self) -> Result<&MasterKey, SecretError> {
         self.key
             .as_ref()

@@ -80,7 +80,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     ("metrics", &["model"]),
     ("secrets", &["model", "store"]),
     ("config", &["model", "net", "secrets"]),
-    ("registry", &["config", "model", "secrets"]),
+    ("registry", &["config", "model", "secrets", "store"]),
     ("sessions", &["config", "model", "store"]),
     (
         "delivery",

@@ -7,6 +7,8 @@
 //! Ingress, delivery transports and the control plane read the set through [`Registry`];
 //! nothing here does I/O beyond resolving secrets at build time.
 
+pub mod runtime;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -81,6 +83,21 @@ pub struct ConnectorSet {
     /// `(secret_ref, updated_at_ms, previous_valid_until_ms)` of every store slot seen at build
     /// time; the watcher rebuilds when the store's list differs.
     pub slot_versions: Vec<(String, i64, Option<i64>)>,
+    /// The two sources the set was merged from (SPEC §12).
+    pub sources: Sources,
+}
+
+/// The file-backed and daemon-managed parts of a connector set.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// The connector file's connectors (validated).
+    pub file: Config,
+    /// The same, as JSON documents for the runtime views.
+    pub file_documents: Vec<crate::config::runtime::Document>,
+    /// The runtime store's version the set was built from; the watcher rebuilds on change.
+    pub runtime_version: i64,
+    /// Diagnostics of daemon-managed connectors left out of the set.
+    pub left_out: Vec<Diagnostic>,
 }
 
 /// Why the connectors could not be built.
@@ -167,7 +184,50 @@ pub fn build(
         http,
         external,
         slot_versions: slot_versions(&slots),
+        sources: Sources::default(),
     })
+}
+
+/// Builds the set from the file's connectors plus the daemon-managed ones of the state root
+/// (SPEC §12): the merge of [`runtime::merged_config`], then [`build`].
+pub fn build_all(
+    file: Config,
+    file_documents: Vec<crate::config::runtime::Document>,
+    label: &str,
+    state_root: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    now_ms: i64,
+) -> Result<ConnectorSet, BuildError> {
+    let (records, runtime_version) = match crate::store::Store::open_existing(state_root) {
+        Ok(Some(store)) => {
+            let version = store
+                .runtime_connectors_version()
+                .map_err(|e| BuildError::Secrets(e.into()))?;
+            let records = store
+                .runtime_connectors()
+                .map_err(|e| BuildError::Secrets(e.into()))?;
+            (records, version)
+        }
+        Ok(None) => (Vec::new(), 0),
+        Err(e) => return Err(BuildError::Secrets(e.into())),
+    };
+    let (merged, left_out) = runtime::merged_config(&file, &records);
+    let mut set = build(merged, label, state_root, env, now_ms)?;
+    set.sources = Sources {
+        file,
+        file_documents,
+        runtime_version,
+        left_out,
+    };
+    Ok(set)
+}
+
+/// The runtime store's version at `state_root` (0 without one), for change detection.
+pub fn current_runtime_version(state_root: &Path) -> Result<i64, crate::store::StoreError> {
+    match crate::store::Store::open_existing(state_root)? {
+        Some(store) => store.runtime_connectors_version(),
+        None => Ok(0),
+    }
 }
 
 impl ConnectorSet {
