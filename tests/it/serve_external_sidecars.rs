@@ -569,3 +569,67 @@ fn sighup_restarts_a_changed_child_and_stops_a_removed_one() {
         "credential_not_found",
     );
 }
+
+#[test]
+fn the_shipped_example_sidecar_becomes_ready_with_its_credential() {
+    let sandbox = Sandbox::new();
+    for (secret_ref, value) in [
+        ("connectors.external.echo-demo.shared_token", SHARED_TOKEN),
+        ("connectors.external.echo-demo.api_key", BOT_TOKEN),
+    ] {
+        sandbox
+            .cmd()
+            .env("KHEISH_MASTER_KEY", MASTER_KEY)
+            .args(["rotate-secret", secret_ref, "--stdin"])
+            .stdin(value)
+            .run()
+            .success();
+    }
+    let port = free_port();
+    let root = crate::support::repo_root();
+    let shipped = std::fs::read_to_string(root.join("examples/sidecar.toml")).unwrap();
+    let config = shipped
+        .replace("127.0.0.1:8787", &format!("127.0.0.1:{port}"))
+        .replace("\"python3\"", &format!("\"{}\"", python()))
+        .replace(
+            "\"examples/sidecar.py\"",
+            &format!("\"{}\"", root.join("examples/sidecar.py").display()),
+        );
+    assert_ne!(config, shipped, "examples/sidecar.toml changed shape");
+    let daemon = Daemon::builder(&sandbox)
+        .config(&config)
+        .env("KHEISH_MASTER_KEY", MASTER_KEY)
+        .args(&["--handler", "echo"])
+        .start();
+    wait_until("the example sidecar to be ready", LONG, || {
+        let text = metrics(&daemon);
+        let ready = "kheish_sidecar_health{connector=\"external/echo-demo\",status=\"ready\"}";
+        if metric_sample(&text, ready) == Some(1.0) {
+            Ok(())
+        } else {
+            Err(format!("{text}\n--- log\n{}", daemon.stderr()))
+        }
+    });
+    // It fetched its credential through a lease and says so without the value.
+    let log = daemon.wait_for_log("fetched credential DEMO_API_KEY (", LONG);
+    // Its /inject refuses a caller without the shared token.
+    let sidecar: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let res = crate::support::http::send(
+        sidecar,
+        &crate::support::http::request_bytes(
+            sidecar,
+            "POST",
+            "/inject",
+            &[("Authorization", "Bearer wrong")],
+            br#"{"text":"x"}"#,
+        ),
+    );
+    assert_eq!(res.status, 401, "{}", res.text());
+    let (code, log_after) = daemon.stop();
+    assert_eq!(code, Some(0), "{log_after}");
+    assert!(
+        log_after.contains("sidecar echo-demo stopped"),
+        "{log_after}"
+    );
+    assert_absent(&log, "the daemon log", &[BOT_TOKEN, SHARED_TOKEN]);
+}
