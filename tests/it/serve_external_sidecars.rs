@@ -633,3 +633,79 @@ fn the_shipped_example_sidecar_becomes_ready_with_its_credential() {
     );
     assert_absent(&log, "the daemon log", &[BOT_TOKEN, SHARED_TOKEN]);
 }
+
+#[test]
+fn remote_http_sidecar_health_is_polled_and_exported() {
+    use crate::support::receiver::{Answer, Receiver};
+    let sidecar = Receiver::start();
+    let health = |status: &str| Answer::Full {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: format!(r#"{{"protocol_version":1,"instance_id":"remote-1","status":"{status}"}}"#)
+            .into_bytes(),
+    };
+    sidecar.set_default(health("degraded"));
+    let sandbox = Sandbox::new();
+    let config = format!(
+        r#"
+[[external_connectors]]
+name = "chat"
+platform = "fake"
+base_url = "{}"
+allow_private_network = true
+shared_token_env = "CHAT_TOKEN"
+"#,
+        sidecar.url("")
+    );
+    let daemon = Daemon::builder(&sandbox)
+        .config(&config)
+        .env("CHAT_TOKEN", SHARED_TOKEN)
+        .env("KHEISH_SIDECAR_HEALTH_INTERVAL_MS", "100")
+        .start();
+    wait_until("the remote sidecar's health in /metrics", LONG, || {
+        let text = metrics(&daemon);
+        if health_is(&text, "degraded") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    let polls = sidecar.wait_for(1, LONG);
+    assert_eq!(polls[0].path(), "/health");
+    assert_eq!(
+        polls[0].header("authorization"),
+        Some(format!("Bearer {SHARED_TOKEN}").as_str())
+    );
+    // `draining` is reported as it is; a failing sidecar becomes `unreachable`, counted.
+    sidecar.set_default(health("draining"));
+    wait_until("draining in /metrics", LONG, || {
+        let text = metrics(&daemon);
+        if health_is(&text, "draining") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    sidecar.set_default(Answer::Status(500));
+    let text = wait_until("unreachable in /metrics", LONG, || {
+        let text = metrics(&daemon);
+        if health_is(&text, "unreachable") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    let failures = metric_sample(
+        &text,
+        "kheish_sidecar_check_failures_total{connector=\"external/chat\",check=\"health\"}",
+    );
+    assert!(failures.is_some_and(|n| n >= 1.0), "{text}");
+    assert_absent(&text, "/metrics", &[SHARED_TOKEN]);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("sidecar `chat` (remote): health check failed"),
+        "{log}"
+    );
+    assert_absent(&log, "the daemon log", &[SHARED_TOKEN]);
+}
