@@ -46,7 +46,8 @@ pub struct Timings {
     pub max_restart: Duration,
     /// `KHEISH_SIDECAR_READY_TIMEOUT_MS` (20000): how long a new child may take to be ready.
     pub ready_timeout: Duration,
-    /// Pause between two readiness probes of a starting child (250 ms; not configurable).
+    /// The longest pause between two readiness probes of a starting child (250 ms; the first
+    /// pauses are shorter; not configurable).
     pub ready_poll: Duration,
     /// `KHEISH_SIDECAR_HEALTH_INTERVAL_MS` (5000): health polls of a running sidecar.
     pub health_interval: Duration,
