@@ -12,6 +12,7 @@
 //! - [`net`]: the one outbound HTTP agent builder and the private-address guard.
 //! - [`delivery`]: the delivery queue: transports, retry policy, workers, replay.
 //! - [`registry`]: the live connector set with resolved secrets, swapped atomically on reload.
+//! - [`leases`]: credential leases of `child_process` sidecars (issued per spawn, checked per fetch).
 //! - [`ingress`]: the inbound pipeline (auth, payload rules, sessions, receipts, runs).
 //! - [`process`]: child processes: cleared env, own process group, capped capture, TERM then KILL.
 //! - [`daemon`]: the composition of `serve`: start and shutdown order, handlers, watcher, retention.
@@ -31,6 +32,7 @@ pub mod exit;
 pub mod fuzzing;
 pub mod gen;
 pub mod ingress;
+pub mod leases;
 pub mod metrics;
 pub mod model;
 pub mod net;

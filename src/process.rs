@@ -111,8 +111,9 @@ pub fn for_each_line(
     dropped
 }
 
-/// `bytes` as one log-safe line of at most `max_chars` characters.
-fn log_safe(bytes: &[u8], max_chars: usize) -> String {
+/// `bytes` as one log-safe line of at most `max_chars` characters: trailing newline removed,
+/// control characters escaped (a child cannot forge log lines or move the terminal cursor).
+pub fn log_safe(bytes: &[u8], max_chars: usize) -> String {
     String::from_utf8_lossy(bytes)
         .trim_end_matches(['\n', '\r'])
         .chars()

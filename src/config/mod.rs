@@ -143,7 +143,7 @@ pub enum ExternalMode {
 pub struct ChildProcess {
     pub command: String,
     pub args: Vec<String>,
-    /// Extra environment for the child (never a reserved `KHEISH_EXTERNAL_CONNECTOR_*` name).
+    /// Extra environment for the child (never one of the six names the daemon sets itself).
     pub env: Vec<(String, String)>,
     /// ENV_KEY → secret ref, served through credential leases (§10.7).
     pub credential_slots: Vec<(String, String)>,

@@ -4,15 +4,18 @@
 //! Start order: resolve the connector set (fail closed: a bad config or a missing secret is
 //! [`StartRefused`], exit 4), read the delivery policy from the environment, open and migrate
 //! the state root, resolve the admin token, start the group-commit writer, raise the open-files
-//! limit, bind, then start the listener's runtime, run handlers, delivery pool, retention timers
-//! and the secret watcher, and announce readiness.
+//! limit, bind, then start the listener's runtime, run handlers, delivery pool, retention timers,
+//! the sidecar supervisor (once the listener accepts) and the secret watcher, and announce
+//! readiness.
 //!
 //! Shutdown order (SIGTERM/SIGINT): `readyz` says draining, stop accepting and let in-flight
 //! requests finish (10 s at most), stop the handlers, then the delivery pool (in-flight sends
-//! settle), the watcher and the retention timers, and flush the writer last.
+//! settle), the sidecars (SIGTERM, 10 s, SIGKILL of each child's group), the watcher and the
+//! retention timers, and flush the writer last.
 
 pub mod handlers;
 pub mod retention;
+pub mod sidecars;
 pub mod watcher;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +91,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let delivery_policy = RetryPolicy::from_env(&env).map_err(|e| StartRefused(e.to_string()))?;
     let delivery_lease =
         policy::lease_from_env(&env, DEFAULT_LEASE).map_err(|e| StartRefused(e.to_string()))?;
+    let sidecar_timings =
+        sidecars::Timings::from_env(&env).map_err(|e| StartRefused(e.to_string()))?;
     // Opening here creates the state root and migrates it before any thread needs it.
     Store::open(&settings.state_root)?;
     let (token, origin) = admin::resolve_token(
@@ -144,8 +149,12 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     });
     let delivery_retention =
         DeliveryRetention::spawn(settings.state_root.clone(), delivery_observer);
-    let watcher =
-        watcher::SecretWatcher::spawn(Arc::clone(&app)).context("starting the secret watcher")?;
+    // After the listener accepts: a child reaches KHEISH_EXTERNAL_CONNECTOR_DAEMON_BASE_URL
+    // (ingress, credential leases) from its first line.
+    let sidecars = sidecars::Supervisor::spawn(Arc::clone(&app), addr, sidecar_timings)
+        .context("starting the sidecar supervisor")?;
+    let watcher = watcher::SecretWatcher::spawn(Arc::clone(&app), sidecars.reconciler())
+        .context("starting the secret watcher")?;
     let retention = retention::Retention::spawn(
         settings.state_root.clone(),
         settings.receipt_retention,
@@ -177,7 +186,10 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let reason = loop {
         match control_rx.recv() {
             Ok(Control::Shutdown(signal)) => break signal,
-            Ok(Control::Reload) => watcher::reload(&app, config_path.as_deref()),
+            Ok(Control::Reload) => {
+                watcher::reload(&app, config_path.as_deref());
+                sidecars.reconciler().request();
+            }
             Err(_) => break "signal thread ended",
         }
     };
@@ -190,6 +202,9 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     // After the listener and handlers (nothing queues output any more), before the
     // writer: in-flight sends finish and their settlements are written.
     deliveries.shutdown();
+    // After the delivery pool (in-flight sends to sidecars are settled), before the writer:
+    // every child gets SIGTERM, then SIGKILL after its stop grace.
+    sidecars.shutdown();
     if stuck > 0 {
         out.warn(&format!(
             "{stuck} connection(s) were still open after {DRAIN_GRACE:?}; closed them"

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use super::sidecars::Reconcile;
 use super::StartRefused;
 use crate::config::{self, Config};
 use crate::model::{now_ms, Diagnostic, Severity};
@@ -111,11 +112,12 @@ pub struct SecretWatcher {
 }
 
 impl SecretWatcher {
-    pub fn spawn(app: Arc<App>) -> std::io::Result<SecretWatcher> {
+    /// `sidecars` is told after every swap, so supervised children follow the new set.
+    pub fn spawn(app: Arc<App>, sidecars: Reconcile) -> std::io::Result<SecretWatcher> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("secret-watcher".into())
-            .spawn(move || watch(&app, &stopped))?;
+            .spawn(move || watch(&app, &sidecars, &stopped))?;
         Ok(SecretWatcher { stop, thread })
     }
 
@@ -128,7 +130,7 @@ impl SecretWatcher {
 /// The secret-slot versions and the runtime store version a rebuild looked at.
 type Seen = (Vec<(String, i64, Option<i64>)>, i64);
 
-fn watch(app: &App, stopped: &mpsc::Receiver<()>) {
+fn watch(app: &App, sidecars: &Reconcile, stopped: &mpsc::Receiver<()>) {
     let state_root: PathBuf = app.state_root.clone();
     // Versions a rebuild already failed on: not retried (or logged) until they change.
     let mut failed_on: Option<Seen> = None;
@@ -173,6 +175,7 @@ fn watch(app: &App, stopped: &mpsc::Receiver<()>) {
                 print_all(&app.out, &next.sources.left_out);
                 let n = next.config.len();
                 app.registry.swap(next);
+                sidecars.request();
                 app.out.info(&format!("{what} ({n} connectors)"));
             }
             Err(BuildError::Diagnostics(d)) => {

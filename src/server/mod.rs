@@ -6,6 +6,7 @@
 pub mod admin;
 mod clock;
 pub mod control;
+pub mod credentials;
 pub mod deliveries;
 pub mod health;
 pub mod ingress;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ingress::ratelimit::RateLimiter;
+use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::notify::Notify;
 use crate::output::Printer;
@@ -60,6 +62,9 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Live state of the external sidecars (the supervisor writes it).
     pub sidecars: Arc<Sidecars>,
+    /// Credential leases of `child_process` sidecars: issued by the supervisor, checked by
+    /// the credential route.
+    pub leases: Arc<Leases>,
     /// The group-commit writer: accepted events, run claims and settlements, delivery rounds.
     pub writer: Arc<GroupWriter>,
     pub limiter: RateLimiter,
@@ -88,6 +93,7 @@ impl App {
             deliveries_queued: parts.deliveries_queued,
             registry: Arc::new(Registry::new(parts.connectors)),
             sidecars: Arc::new(Sidecars::default()),
+            leases: Arc::new(Leases::new()),
             writer: parts.writer,
             limiter: RateLimiter::new(),
             admin: parts.admin,
@@ -218,6 +224,7 @@ fn probe(app: &App, route: &Route) -> Option<ApiResponse> {
 fn dispatch(ctx: &RequestCtx<'_>, route: &Route, req: &ApiRequest) -> ApiResponse {
     match route {
         Route::Metrics => observe::metrics(ctx),
+        Route::CredentialLease { name, env_key } => credentials::fetch(ctx, name, env_key, req),
         Route::ListReceipts => observe::list_receipts(ctx, req),
         Route::ListDeliveries
         | Route::DeadLetters

@@ -6,8 +6,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::ingress::{AcceptStatus, Answer, IngressError};
+use crate::leases::LeaseRefusal;
 use crate::model::error_chain;
 use crate::output::Printer;
+use crate::secrets::SecretError;
 use crate::store::health::StorageFailure;
 use crate::store::StoreError;
 
@@ -211,6 +213,31 @@ pub fn ingress_error_during(err: &IngressError, failing: Option<&StorageFailure>
         }
     };
     ApiResponse::problem_with(status, code, detail, extra)
+}
+
+/// A refused credential lease fetch (SPEC §10.7): 404 for a key the connector does not
+/// declare (or an unknown connector), 401 for a wrong, expired or revoked lease token.
+pub fn lease_refusal(err: LeaseRefusal, name: &str, env_key: &str) -> ApiResponse {
+    match err {
+        LeaseRefusal::UndeclaredKey => ApiResponse::problem(
+            404,
+            "credential_not_found",
+            format!("external connector `{name}` declares no credential slot `{env_key}`"),
+        ),
+        LeaseRefusal::Unauthorized => ApiResponse::problem(
+            401,
+            "unauthorized",
+            "the credential lease token is missing, wrong, expired or revoked",
+        )
+        .with_header("WWW-Authenticate", "Bearer"),
+    }
+}
+
+/// A declared credential whose secret cannot be read now (slot gone, store unreadable): 503
+/// `credential_unavailable`; the message names the slot, never a value.
+pub fn credential_unavailable(err: &SecretError) -> ApiResponse {
+    ApiResponse::problem(503, "credential_unavailable", err.to_string())
+        .with_header("Retry-After", "1")
 }
 
 #[cfg(test)]

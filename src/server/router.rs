@@ -19,6 +19,12 @@ pub enum Route {
         kind: ConnectorKind,
         name: String,
     },
+    /// `GET /v1/connectors/external/{name}/credentials/{env_key}`: a sidecar's credential
+    /// lease fetch (SPEC §10.7); authenticated by the lease token, not the admin token.
+    CredentialLease {
+        name: String,
+        env_key: String,
+    },
     /// `PUT /v1/sessions/{id}`
     PutSession {
         id: String,
@@ -88,6 +94,7 @@ impl Route {
                 ConnectorKind::Telegram => "/v1/connectors/telegram/{name}",
                 ConnectorKind::External => "/v1/connectors/external/{name}",
             },
+            Route::CredentialLease { .. } => "/v1/connectors/external/{name}/credentials/{env_key}",
             Route::PutSession { .. } | Route::GetSession { .. } => "/v1/sessions/{id}",
             Route::PutSessionReplyTargets { .. } => "/v1/sessions/{id}/reply-targets",
             Route::ListRuns => "/v1/runs",
@@ -109,7 +116,10 @@ impl Route {
 
     /// True for control-plane routes, which need the admin token (SPEC §5.2).
     pub fn needs_admin(&self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz | Route::Ingress { .. })
+        !matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::Ingress { .. } | Route::CredentialLease { .. }
+        )
     }
 
     /// The largest request body this route reads (SPEC §5); larger bodies answer 413.
@@ -168,6 +178,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
                 Route::Ingress {
                     kind: served,
                     name: name.to_string(),
+                },
+            )
+        }
+        ["v1", "connectors", "external", name, "credentials", key]
+            if nonempty(name) && nonempty(key) =>
+        {
+            one(
+                "GET",
+                "GET",
+                Route::CredentialLease {
+                    name: name.to_string(),
+                    env_key: key.to_string(),
                 },
             )
         }
@@ -304,6 +326,24 @@ mod tests {
         );
         check("GET", "/v1/sessions/%zz", Err(NoRoute::NotFound));
         check("GET", "/v1/deliveries/dead-letter", Ok(Route::DeadLetters));
+        check(
+            "GET",
+            "/v1/connectors/external/d%2Dm/credentials/BOT_TOKEN",
+            Ok(Route::CredentialLease {
+                name: "d-m".into(),
+                env_key: "BOT_TOKEN".into(),
+            }),
+        );
+        check(
+            "POST",
+            "/v1/connectors/external/d/credentials/BOT_TOKEN",
+            Err(NoRoute::MethodNotAllowed { allow: "GET" }),
+        );
+        check(
+            "GET",
+            "/v1/connectors/external/d/credentials/",
+            Err(NoRoute::NotFound),
+        );
         check("POST", "/v1/deliveries/replay-bulk", Ok(Route::ReplayBulk));
         check(
             "POST",

@@ -168,6 +168,19 @@ fn child_process_base_url_must_be_loopback() {
 }
 
 #[test]
+fn only_the_six_daemon_set_names_are_reserved() {
+    let run = validate("child_env_sidecar_settings.toml", &["--offline"]);
+    run.status(1);
+    has_diag(&run, "error: child_env_sidecar_settings.toml:14:1: external_connectors[discord-main].child_process.env.KHEISH_EXTERNAL_CONNECTOR_DAEMON_BASE_URL: `KHEISH_EXTERNAL_CONNECTOR_DAEMON_BASE_URL` is reserved: the daemon sets it for the sidecar itself", Some("remove it"));
+    has_diag(&run, "error: child_env_sidecar_settings.toml:17:1: external_connectors[discord-main].child_process.credential_slots.KHEISH_EXTERNAL_CONNECTOR_CREDENTIAL_TOKEN: `KHEISH_EXTERNAL_CONNECTOR_CREDENTIAL_TOKEN` is reserved: the daemon sets it for the sidecar itself", Some("remove it"));
+    // The sidecar's own settings with the same prefix are accepted: exactly two errors.
+    run.stdout_contains("invalid (2 errors,");
+    let stderr = run.stderr();
+    assert!(!stderr.contains("TEST_MODE"), "{stderr}");
+    assert!(!stderr.contains("INSTANCE_ID"), "{stderr}");
+}
+
+#[test]
 fn empty_inline_secret() {
     let run = validate("empty_inline_secret.toml", &["--offline"]);
     run.status(1);

@@ -81,6 +81,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     ("secrets", &["model", "store"]),
     ("config", &["model", "net", "secrets"]),
     ("registry", &["config", "model", "secrets", "store"]),
+    ("leases", &["model", "secrets"]),
     ("sessions", &["config", "model", "store"]),
     (
         "delivery",
@@ -98,15 +99,15 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "config", "delivery", "ingress", "metrics", "model", "net", "notify", "output",
-            "registry", "secrets", "store", "views",
+            "config", "delivery", "ingress", "leases", "metrics", "model", "net", "notify",
+            "output", "registry", "secrets", "store", "views",
         ],
     ),
     (
         "daemon",
         &[
-            "config", "delivery", "metrics", "model", "net", "notify", "output", "process",
-            "registry", "secrets", "server", "store", "views",
+            "config", "delivery", "leases", "metrics", "model", "net", "notify", "output",
+            "process", "registry", "secrets", "server", "store", "views",
         ],
     ),
     ("gen", &["cli"]),

@@ -1,6 +1,7 @@
 //! `external_connectors` (SPEC §2.4): their keys, `platform` and `mode`, the `base_url` rules
 //! per mode (loopback for a child process, public unless allowed for remote HTTP), the
-//! `child_process` block with its `env` and `credential_slots` tables (no reserved names), and
+//! `child_process` block with its `env` and `credential_slots` tables (not the six names the
+//! daemon sets itself), and
 //! the shared-token rule.
 
 use super::common::{check_secret_ref, has_any, valid_env_name, COMMON_KEYS};
@@ -23,8 +24,17 @@ const EXTERNAL_KEYS: &[&str] = &[
 ];
 const CHILD_PROCESS_KEYS: &[&str] = &["command", "args", "env", "credential_slots", "working_dir"];
 
-/// Environment names the daemon sets for sidecars itself (SPEC §10.6).
-const RESERVED_ENV_PREFIX: &str = "KHEISH_EXTERNAL_CONNECTOR_";
+/// Environment names the daemon sets for sidecars itself (SPEC §2.4, §10.6). Other
+/// `KHEISH_EXTERNAL_CONNECTOR_*` names are the sidecar's own settings (the Kheish sidecar SDK
+/// reads e.g. `KHEISH_EXTERNAL_CONNECTOR_INSTANCE_ID` and `…_TEST_MODE`) and are allowed.
+pub const RESERVED_ENV: [&str; 6] = [
+    "KHEISH_EXTERNAL_CONNECTOR_NAME",
+    "KHEISH_EXTERNAL_CONNECTOR_BASE_URL",
+    "KHEISH_EXTERNAL_CONNECTOR_DAEMON_BASE_URL",
+    "KHEISH_EXTERNAL_CONNECTOR_SHARED_TOKEN",
+    "KHEISH_EXTERNAL_CONNECTOR_CREDENTIAL_TOKEN",
+    "KHEISH_EXTERNAL_CONNECTOR_CREDENTIAL_KEYS_JSON",
+];
 
 impl Walker<'_> {
     pub(super) fn external(
@@ -258,10 +268,14 @@ impl Walker<'_> {
                 );
                 continue;
             }
-            if name.starts_with(RESERVED_ENV_PREFIX) {
-                self.err_help(ctx, &inner.key_pos(name), &field,
-                    format!("`{name}` is reserved: the daemon sets {RESERVED_ENV_PREFIX}* variables itself"),
-                    "choose another name");
+            if RESERVED_ENV.contains(&name) {
+                self.err_help(
+                    ctx,
+                    &inner.key_pos(name),
+                    &field,
+                    format!("`{name}` is reserved: the daemon sets it for the sidecar itself"),
+                    "remove it, or choose another name",
+                );
                 continue;
             }
             let Some(v) = inner.get(name) else { continue };
@@ -333,6 +347,43 @@ mod tests {
             ("error", 9, "external_connectors[d].child_process.env.KHEISH_EXTERNAL_CONNECTOR_NAME", "reserved"),
             ("error", 10, "external_connectors[d].child_process.credential_slots.KHEISH_EXTERNAL_CONNECTOR_SHARED_TOKEN", "reserved"),
         ]);
+        let head = "[[external_connectors]]\nname = \"d\"\nplatform = \"discord\"\nallow_unauthenticated_ingress = true\nmode = \"child_process\"\nbase_url = \"http://127.0.0.1:8787\"\n[external_connectors.child_process]\ncommand = \"python3\"\n";
+        for (i, name) in super::RESERVED_ENV.iter().enumerate() {
+            let table = if i % 2 == 0 {
+                "env"
+            } else {
+                "credential_slots"
+            };
+            check(
+                &format!("{head}{table} = {{ {name} = \"a.b\" }}\n"),
+                &[(
+                    "error",
+                    9,
+                    &format!("external_connectors[d].child_process.{table}.{name}"),
+                    "reserved",
+                )],
+            );
+        }
+    }
+
+    #[test]
+    fn other_kheish_external_connector_names_are_the_sidecars_own() {
+        let text = "[[external_connectors]]\nname = \"d\"\nplatform = \"discord\"\nallow_unauthenticated_ingress = true\nmode = \"child_process\"\nbase_url = \"http://127.0.0.1:8787\"\n[external_connectors.child_process]\ncommand = \"python3\"\nenv = { KHEISH_EXTERNAL_CONNECTOR_TEST_MODE = \"1\", KHEISH_EXTERNAL_CONNECTOR_INSTANCE_ID = \"i-1\", KHEISH_EXTERNAL_CONNECTOR_DELIVERY_CAPTURE_PATH = \"/tmp/c\" }\ncredential_slots = { KHEISH_EXTERNAL_CONNECTOR_API_KEY = \"a.b\" }\n";
+        let loaded = parse_str("t.toml", text);
+        assert!(
+            loaded
+                .diagnostics
+                .iter()
+                .all(crate::config::validate::tests::is_unserved),
+            "{:?}",
+            loaded.diagnostics
+        );
+        let cp = loaded.config.external[0].child_process.clone().unwrap();
+        assert_eq!(cp.env.len(), 3);
+        assert_eq!(
+            cp.credential_slots[0].0,
+            "KHEISH_EXTERNAL_CONNECTOR_API_KEY"
+        );
     }
 
     #[test]
