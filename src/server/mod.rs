@@ -14,6 +14,7 @@ pub mod listener;
 pub mod observe;
 pub mod response;
 pub mod router;
+pub mod runtime;
 mod service;
 pub mod shutdown;
 
@@ -233,6 +234,10 @@ fn dispatch(ctx: &RequestCtx<'_>, route: &Route, req: &ApiRequest) -> ApiRespons
         | Route::ResolveDelivery { .. }
         | Route::ReplayBulk
         | Route::ResetBackpressure => deliveries::handle(ctx, route, req),
+        Route::RuntimeConnectors
+        | Route::RuntimeConnector { .. }
+        | Route::RuntimeSecrets
+        | Route::RuntimeSecret { .. } => runtime::handle(ctx, route, req),
         _ => control::handle(ctx, route, req),
     }
 }

@@ -3,12 +3,14 @@
 //! codes lives here, in one table per error type.
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Map};
 
+use crate::config::runtime::PatchError;
 use crate::ingress::{AcceptStatus, Answer, IngressError};
 use crate::leases::LeaseRefusal;
 use crate::model::error_chain;
 use crate::output::Printer;
+use crate::registry::runtime::RuntimeError;
 use crate::secrets::SecretError;
 use crate::store::health::StorageFailure;
 use crate::store::StoreError;
@@ -238,6 +240,57 @@ pub fn lease_refusal(err: LeaseRefusal, name: &str, env_key: &str) -> ApiRespons
 pub fn credential_unavailable(err: &SecretError) -> ApiResponse {
     ApiResponse::problem(503, "credential_unavailable", err.to_string())
         .with_header("Retry-After", "1")
+}
+
+/// Secret-store failures of the runtime control plane.
+pub fn secret_error(out: &Printer, e: &SecretError) -> ApiResponse {
+    match e {
+        SecretError::InvalidRef { .. } | SecretError::EmptyValue { .. } => {
+            ApiResponse::problem(400, "invalid_secret", e.to_string())
+        }
+        SecretError::Store(store) => store_error(out, "writing the secret store", store),
+        _ => {
+            out.error(&format!("secret store: {e}"));
+            ApiResponse::problem(503, "secret_store_unavailable", e.to_string())
+        }
+    }
+}
+
+/// Runtime connector store refusals (SPEC §12).
+pub fn runtime_error(out: &Printer, e: &RuntimeError) -> ApiResponse {
+    match e {
+        RuntimeError::NotFound { what, .. } => {
+            let code = if *what == "connector" {
+                "connector_not_found"
+            } else {
+                "secret_not_found"
+            };
+            ApiResponse::problem(404, code, e.to_string())
+        }
+        RuntimeError::FileBacked { .. } => {
+            ApiResponse::problem(409, "connector_file_backed", e.to_string())
+        }
+        RuntimeError::Patch(PatchError::PlatformChange { .. }) => {
+            ApiResponse::problem(409, "platform_immutable", e.to_string())
+        }
+        RuntimeError::Patch(PatchError::Invalid { pointer, detail }) => {
+            let mut extra = Map::new();
+            extra.insert("pointer".into(), json!(pointer));
+            ApiResponse::problem_with(400, "invalid_connector", detail.clone(), extra)
+        }
+        RuntimeError::Invalid(diagnostics) => {
+            let mut extra = Map::new();
+            extra.insert("diagnostics".into(), json!(diagnostics));
+            ApiResponse::problem_with(400, "invalid_connector", e.to_string(), extra)
+        }
+        RuntimeError::Referenced { by, .. } => {
+            let mut extra = Map::new();
+            extra.insert("referenced_by".into(), json!(by));
+            ApiResponse::problem_with(409, "still_referenced", e.to_string(), extra)
+        }
+        RuntimeError::Secret(s) => secret_error(out, s),
+        RuntimeError::Store(s) => store_error(out, "runtime store", s),
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,19 @@ pub enum Route {
     ReplayBulk,
     /// `POST /v1/deliveries/backpressure/reset`
     ResetBackpressure,
+    /// `GET /v1/runtime/connectors`
+    RuntimeConnectors,
+    /// `GET|PUT|DELETE /v1/runtime/connectors/{kind}/{name}`
+    RuntimeConnector {
+        kind: String,
+        name: String,
+    },
+    /// `GET /v1/runtime/secrets`
+    RuntimeSecrets,
+    /// `PUT|DELETE /v1/runtime/secrets/{ref}`
+    RuntimeSecret {
+        secret_ref: String,
+    },
 }
 
 impl Route {
@@ -111,6 +124,10 @@ impl Route {
             Route::ResolveDelivery { .. } => "/v1/deliveries/{id}/resolve",
             Route::ReplayBulk => "/v1/deliveries/replay-bulk",
             Route::ResetBackpressure => "/v1/deliveries/backpressure/reset",
+            Route::RuntimeConnectors => "/v1/runtime/connectors",
+            Route::RuntimeConnector { .. } => "/v1/runtime/connectors/{kind}/{name}",
+            Route::RuntimeSecrets => "/v1/runtime/secrets",
+            Route::RuntimeSecret { .. } => "/v1/runtime/secrets/{ref}",
         }
     }
 
@@ -193,6 +210,27 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
                 },
             )
         }
+        ["v1", "runtime", "connectors"] => one("GET", "GET", Route::RuntimeConnectors),
+        ["v1", "runtime", "connectors", kind, name] if nonempty(kind) && nonempty(name) => {
+            match method {
+                "GET" | "PUT" | "DELETE" => Ok(Route::RuntimeConnector {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                }),
+                _ => Err(NoRoute::MethodNotAllowed {
+                    allow: "GET, PUT, DELETE",
+                }),
+            }
+        }
+        ["v1", "runtime", "secrets"] => one("GET", "GET", Route::RuntimeSecrets),
+        ["v1", "runtime", "secrets", r] if nonempty(r) => match method {
+            "PUT" | "DELETE" => Ok(Route::RuntimeSecret {
+                secret_ref: r.to_string(),
+            }),
+            _ => Err(NoRoute::MethodNotAllowed {
+                allow: "PUT, DELETE",
+            }),
+        },
         ["v1", "sessions", id] if nonempty(id) => match method {
             "PUT" => Ok(Route::PutSession { id: id.to_string() }),
             "GET" => Ok(Route::GetSession { id: id.to_string() }),

@@ -35,6 +35,8 @@ mod serve_observe;
 mod serve_pipeline;
 /// Runs: claim/output/complete/fail, echo and exec handlers, sessions on the control plane.
 mod serve_runs;
+/// The runtime connector store through the admin API.
+mod serve_runtime;
 /// `serve` on a full disk: 503 + Retry-After, readiness, honest and rate-limited logs, recovery.
 mod serve_storage;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.

@@ -23,7 +23,7 @@ use crate::support::problem::assert_problem;
 use crate::support::wait::wait_until;
 use crate::support::{metric_sample, Sandbox, MASTER_KEY};
 
-const SIDECAR: &str = include_str!("support/child_sidecar.py");
+pub(crate) const SIDECAR: &str = include_str!("support/child_sidecar.py");
 
 const SHARED_TOKEN: &str = "planted-shared-token-7f3a9c";
 const BOT_TOKEN: &str = "planted-bot-credential-51d2e8";
@@ -56,7 +56,7 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// The Python interpreter itself: `python3` on PATH may be a shim (pyenv) that adds variables
 /// of its own to the environment, which would blur what the daemon passed.
-fn python() -> String {
+pub(crate) fn python() -> String {
     static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PYTHON
         .get_or_init(|| {
@@ -72,7 +72,7 @@ fn python() -> String {
 }
 
 /// A free loopback port: bound, then released for the sidecar to bind.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("binding 127.0.0.1:0")
@@ -223,7 +223,7 @@ fn fetch(
 }
 
 /// True when `pid` no longer runs (absent, or a zombie nobody reaped yet).
-fn gone(pid: u64) -> bool {
+pub(crate) fn gone(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat
