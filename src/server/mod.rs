@@ -4,6 +4,7 @@
 //! [`ApiResponse`]) are the only modules that import hyper.
 
 pub mod admin;
+pub mod assets;
 mod clock;
 pub mod control;
 pub mod deliveries;
@@ -208,6 +209,7 @@ fn probe(app: &App, route: &Route) -> Option<ApiResponse> {
 fn dispatch(ctx: &RequestCtx<'_>, route: &Route, req: &ApiRequest) -> ApiResponse {
     match route {
         Route::Metrics => observe::metrics(ctx),
+        Route::ExternalAsset { .. } => assets::raw(ctx, route, req),
         Route::ListReceipts => observe::list_receipts(ctx, req),
         Route::ListDeliveries
         | Route::DeadLetters

@@ -19,6 +19,13 @@ pub enum Route {
         kind: ConnectorKind,
         name: String,
     },
+    /// `GET /v1/connectors/external/{name}/deliveries/{delivery_id}/assets/{asset_id}/raw`
+    /// (shared-token auth, not the admin token; `server::assets`).
+    ExternalAsset {
+        name: String,
+        delivery_id: String,
+        asset_id: String,
+    },
     /// `PUT /v1/sessions/{id}`
     PutSession {
         id: String,
@@ -88,6 +95,9 @@ impl Route {
                 ConnectorKind::Telegram => "/v1/connectors/telegram/{name}",
                 ConnectorKind::External => "/v1/connectors/external/{name}",
             },
+            Route::ExternalAsset { .. } => {
+                "/v1/connectors/external/{name}/deliveries/{delivery_id}/assets/{asset_id}/raw"
+            }
             Route::PutSession { .. } | Route::GetSession { .. } => "/v1/sessions/{id}",
             Route::PutSessionReplyTargets { .. } => "/v1/sessions/{id}/reply-targets",
             Route::ListRuns => "/v1/runs",
@@ -109,7 +119,10 @@ impl Route {
 
     /// True for control-plane routes, which need the admin token (SPEC §5.2).
     pub fn needs_admin(&self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz | Route::Ingress { .. })
+        !matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::Ingress { .. } | Route::ExternalAsset { .. }
+        )
     }
 
     /// The largest request body this route reads (SPEC §5); larger bodies answer 413.
@@ -168,6 +181,19 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
                 Route::Ingress {
                     kind: served,
                     name: name.to_string(),
+                },
+            )
+        }
+        ["v1", "connectors", "external", name, "deliveries", delivery_id, "assets", asset_id, "raw"]
+            if nonempty(name) && nonempty(delivery_id) && nonempty(asset_id) =>
+        {
+            one(
+                "GET",
+                "GET",
+                Route::ExternalAsset {
+                    name: name.to_string(),
+                    delivery_id: delivery_id.to_string(),
+                    asset_id: asset_id.to_string(),
                 },
             )
         }
@@ -320,6 +346,31 @@ mod tests {
             "/v1/deliveries/dlv_1",
             Ok(Route::GetDelivery { id: "dlv_1".into() }),
         );
+        check(
+            "GET",
+            "/v1/connectors/external/sc/deliveries/dlv_1/assets/asset_1/raw",
+            Ok(Route::ExternalAsset {
+                name: "sc".into(),
+                delivery_id: "dlv_1".into(),
+                asset_id: "asset_1".into(),
+            }),
+        );
+        check(
+            "POST",
+            "/v1/connectors/external/sc/deliveries/dlv_1/assets/asset_1/raw",
+            Err(NoRoute::MethodNotAllowed { allow: "GET" }),
+        );
+        check(
+            "GET",
+            "/v1/connectors/external/sc/deliveries//assets/asset_1/raw",
+            Err(NoRoute::NotFound),
+        );
+        assert!(!route(
+            "GET",
+            "/v1/connectors/external/sc/deliveries/d/assets/a/raw"
+        )
+        .unwrap()
+        .needs_admin());
         check("GET", "/nope", Err(NoRoute::NotFound));
         check("GET", "nope", Err(NoRoute::NotFound));
     }
