@@ -127,25 +127,6 @@ pub fn referenced_asset_ids(parts: &[Value]) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn referenced_assets_are_listed_once_in_order() {
-        let parts = vec![
-            serde_json::json!({"type": "text", "text": "hi"}),
-            serde_json::json!({"type": "asset_reference", "asset_id": "b"}),
-            serde_json::json!({"type": "image", "asset_id": " a "}),
-            serde_json::json!({"type": "asset_reference", "asset_id": "b"}),
-            serde_json::json!({"type": "asset_reference", "asset_id": 7}),
-            serde_json::json!({"type": "asset_reference", "asset_id": ""}),
-        ];
-        assert_eq!(referenced_asset_ids(&parts), ["b", "a"]);
-        assert!(referenced_asset_ids(&[]).is_empty());
-    }
-}
-
-#[cfg(test)]
 impl Delivery {
     /// A delivery of `run_1`'s output `out_1` (session `sess`, connector `http/orders`) to
     /// `target` in `status`, with every optional member empty and times 0: the one fixture
@@ -176,5 +157,24 @@ impl Delivery {
             resolved_at_ms: None,
             replayed_from_delivery_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referenced_assets_are_listed_once_in_order() {
+        let parts = vec![
+            serde_json::json!({"type": "text", "text": "hi"}),
+            serde_json::json!({"type": "asset_reference", "asset_id": "b"}),
+            serde_json::json!({"type": "image", "asset_id": " a "}),
+            serde_json::json!({"type": "asset_reference", "asset_id": "b"}),
+            serde_json::json!({"type": "asset_reference", "asset_id": 7}),
+            serde_json::json!({"type": "asset_reference", "asset_id": ""}),
+        ];
+        assert_eq!(referenced_asset_ids(&parts), ["b", "a"]);
+        assert!(referenced_asset_ids(&[]).is_empty());
     }
 }

@@ -108,3 +108,125 @@ impl Store {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::run::NewAsset;
+    use crate::store::deliveries::fixture::*;
+    use crate::store::deliveries::{ClaimFilter, Settlement};
+    use crate::store::runs::NewRunOutput;
+
+    fn external(connector: &str) -> ReplyTarget {
+        ReplyTarget::new(
+            ReplyPlugin::External,
+            &json!({"connector": connector, "route": "{}"}).to_string(),
+        )
+        .unwrap()
+        .0
+    }
+
+    /// Queues one output of run `run_id` whose parts reference `refs`, to `target`;
+    /// returns the delivery id.
+    fn queue_with_assets(
+        store: &Store,
+        run_id: &str,
+        refs: &[&str],
+        target: ReplyTarget,
+    ) -> String {
+        run(store, run_id, &[], &[target]);
+        let parts = refs
+            .iter()
+            .map(|id| json!({"type": "asset_reference", "asset_id": id}))
+            .collect();
+        let (_, queued) = store
+            .add_output_queued(
+                run_id,
+                None,
+                &NewRunOutput {
+                    content: None,
+                    parts: Some(parts),
+                    reply_targets: None,
+                },
+                T0,
+            )
+            .unwrap();
+        queued.pending[0].clone()
+    }
+
+    fn insert(store: &Store, id: &str, data: &[u8]) {
+        store
+            .ingress_ops()
+            .insert_asset(&NewAsset {
+                asset_id: id.into(),
+                media_type: "text/plain".into(),
+                file_name: Some("a.txt".into()),
+                sha256: "ab".into(),
+                data: data.to_vec(),
+                now_ms: T0,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn claims_describe_referenced_assets_and_open_deliveries_serve_them() {
+        let (_tmp, store) = store();
+        insert(&store, "asset_a", b"hello");
+        let id = queue_with_assets(&store, "run_a", &["asset_a", "asset_gone"], external("sc"));
+
+        let served = store.open_delivery_asset(&id, "asset_a").unwrap().unwrap();
+        assert_eq!(served.asset.data, b"hello");
+        assert_eq!(served.asset.media_type, "text/plain");
+        assert_eq!(served.target, external("sc"));
+        assert_eq!(store.open_delivery_asset(&id, "asset_gone").unwrap(), None);
+        assert_eq!(store.open_delivery_asset(&id, "asset_x").unwrap(), None);
+        assert_eq!(store.open_delivery_asset("dlv_x", "asset_a").unwrap(), None);
+
+        let claimed = store
+            .claim_next("w", 60_000, T0, &ClaimFilter::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            claimed.job.assets,
+            [AssetInfo {
+                asset_id: "asset_a".into(),
+                media_type: "text/plain".into(),
+                file_name: Some("a.txt".into()),
+                size: 5,
+                sha256: "ab".into(),
+            }],
+            "the missing asset is left out"
+        );
+        let retry = Settlement::Retry {
+            at_ms: T0 + 10,
+            code: "x".into(),
+            reason: "x".into(),
+            http_status: None,
+        };
+        store
+            .settle("w", &claimed, retry, T0, &Default::default())
+            .unwrap();
+        assert!(
+            store.open_delivery_asset(&id, "asset_a").unwrap().is_some(),
+            "retrying is still open"
+        );
+        let claimed = store
+            .claim_next("w", 60_000, T0 + 20, &ClaimFilter::default())
+            .unwrap()
+            .unwrap();
+        store
+            .settle(
+                "w",
+                &claimed,
+                Settlement::Delivered {
+                    http_status: Some(200),
+                },
+                T0 + 20,
+                &Default::default(),
+            )
+            .unwrap();
+        assert_eq!(store.open_delivery_asset(&id, "asset_a").unwrap(), None);
+    }
+}

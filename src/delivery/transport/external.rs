@@ -443,3 +443,286 @@ pub fn deliver_body(job: &DeliveryJob, address: &ExternalAddress) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::thread::JoinHandle;
+
+    use super::*;
+    use crate::model::delivery::{AssetInfo, Delivery, DeliveryStatus};
+    use crate::model::reply::ReplyTarget;
+    use crate::registry::{self, ConnectorSet};
+
+    struct NoProgress;
+
+    impl ProgressSink for NoProgress {
+        fn save(&mut self, _: &Value) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A sidecar on 127.0.0.1:0: `/manifest` answers with `attachments_out`, `/deliver`
+    /// commits; every request's path and `Authorization` are sent on `seen`.
+    struct Sidecar {
+        url: String,
+        server: Arc<tiny_http::Server>,
+        seen: mpsc::Receiver<(String, Option<String>)>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Sidecar {
+        fn start(attachments_out: bool) -> Sidecar {
+            let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+            let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+            let (tx, seen) = mpsc::channel();
+            let thread = {
+                let server = Arc::clone(&server);
+                std::thread::spawn(move || {
+                    while let Ok(mut request) = server.recv() {
+                        let mut body = String::new();
+                        let _ = request.as_reader().read_to_string(&mut body);
+                        let auth = request
+                            .headers()
+                            .iter()
+                            .find(|h| h.field.equiv("authorization"))
+                            .map(|h| h.value.to_string());
+                        let _ = tx.send((request.url().to_string(), auth));
+                        let answer = if request.url() == "/manifest" {
+                            json!({
+                                "protocol_version": 1,
+                                "instance_id": "i-1",
+                                "capabilities": {"attachments_out": attachments_out},
+                            })
+                        } else {
+                            json!({"status": "committed"})
+                        };
+                        let _ =
+                            request.respond(tiny_http::Response::from_string(answer.to_string()));
+                    }
+                })
+            };
+            Sidecar {
+                url,
+                server,
+                seen,
+                thread: Some(thread),
+            }
+        }
+
+        fn paths(&self) -> Vec<(String, Option<String>)> {
+            self.seen.try_iter().collect()
+        }
+    }
+
+    impl Drop for Sidecar {
+        fn drop(&mut self) {
+            self.server.unblock();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// The connector set of one external connector `sc` at `base_url` with token `token`.
+    fn set(base_url: &str, token: &str) -> ConnectorSet {
+        let toml = format!(
+            "[[external_connectors]]\nname = \"sc\"\nplatform = \"t\"\nbase_url = \"{base_url}\"\n\
+             allow_private_network = true\nshared_token_env = \"SC\"\n"
+        );
+        let loaded = crate::config::validate::parse_str("t.toml", &toml);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let dir = tempfile::tempdir().unwrap();
+        let token = token.to_string();
+        registry::build(
+            loaded.config,
+            "t.toml",
+            dir.path(),
+            &|_| Some(token.clone()),
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn transport(registry: Option<Arc<Registry>>) -> (ExternalTransport, Arc<SidecarStats>) {
+        let stats = Arc::new(SidecarStats::default());
+        let mut t = ExternalTransport::new(registry, Arc::clone(&stats));
+        t.control.total_timeout = Duration::from_secs(5);
+        t.delivery.total_timeout = Duration::from_secs(5);
+        (t, stats)
+    }
+
+    fn job(connector: &str, route: Value, assets: Vec<AssetInfo>) -> DeliveryJob {
+        let parts: Vec<Value> = assets
+            .iter()
+            .map(|a| json!({"type": "asset_reference", "asset_id": a.asset_id}))
+            .collect();
+        DeliveryJob {
+            delivery: Delivery::sample(
+                "dlv_1",
+                ReplyTarget {
+                    plugin: ReplyPlugin::External,
+                    address: json!({"connector": connector, "route": route}).to_string(),
+                },
+                DeliveryStatus::Pending,
+            ),
+            attempt: 2,
+            content: Some("hi".into()),
+            parts: (!parts.is_empty()).then_some(parts),
+            assets,
+        }
+    }
+
+    fn asset(id: &str) -> AssetInfo {
+        AssetInfo {
+            asset_id: id.into(),
+            media_type: "image/png".into(),
+            file_name: Some("a b.png".into()),
+            size: 3,
+            sha256: "00".into(),
+        }
+    }
+
+    fn code(outcome: &AttemptOutcome) -> Option<&str> {
+        outcome.code()
+    }
+
+    #[test]
+    fn the_body_is_the_spec_document_with_the_route_unchanged() {
+        let j = job("sc", json!("{}"), vec![asset("asset_1")]);
+        let address = parse_target(&j).unwrap();
+        let body = deliver_body(&j, &address);
+        assert_eq!(body["protocol_version"], 1);
+        assert_eq!(body["delivery_id"], "dlv_1");
+        assert_eq!(body["attempt"], 2);
+        assert_eq!(body["reply_route"], json!("{}"));
+        assert_eq!(
+            body["conversation"],
+            json!({"session_id": "sess", "thread_id": null})
+        );
+        assert_eq!(body["content"], "hi");
+        assert_eq!(body["parts"][0]["asset_id"], "asset_1");
+        assert_eq!(
+            body["artifacts"],
+            json!([{
+                "asset_id": "asset_1",
+                "media_type": "image/png",
+                "file_name": "a b.png",
+                "size": 3,
+                "sha256": "00",
+                "download_path": "/v1/connectors/external/sc/deliveries/dlv_1/assets/asset_1/raw",
+            }])
+        );
+        assert_eq!(
+            body["metadata"],
+            json!({"run_id": "run_1", "output_id": "out_1", "source_connector": "http/orders",
+                   "replayed_from_delivery_id": null})
+        );
+        let plain = job("sc", json!({"a": [1]}), Vec::new());
+        let body = deliver_body(&plain, &parse_target(&plain).unwrap());
+        assert_eq!(body["reply_route"], json!({"a": [1]}));
+        assert_eq!(body["parts"], json!([]));
+        assert_eq!(body["artifacts"], json!([]));
+        assert_eq!(
+            download_path("a/b", "d", "x y"),
+            "/v1/connectors/external/a%2Fb/deliveries/d/assets/x%20y/raw"
+        );
+    }
+
+    #[test]
+    fn unknown_connectors_and_missing_configuration() {
+        let sidecar = Sidecar::start(true);
+        let registry = Arc::new(Registry::new(set(&sidecar.url, "tok")));
+        let (t, stats) = transport(Some(registry));
+        let out = t.deliver(&job("nope", json!("{}"), Vec::new()), &mut NoProgress);
+        assert!(matches!(out, AttemptOutcome::Terminal { .. }), "{out:?}");
+        assert_eq!(code(&out), Some("invalid_target"));
+        assert!(
+            stats.deliveries().is_empty(),
+            "unknown names are not labels"
+        );
+        let (t, _) = transport(None);
+        let out = t.deliver(&job("sc", json!("{}"), Vec::new()), &mut NoProgress);
+        assert!(matches!(out, AttemptOutcome::Retryable { .. }), "{out:?}");
+        assert_eq!(code(&out), Some(CONFIG_UNAVAILABLE));
+        assert!(sidecar.paths().is_empty());
+    }
+
+    #[test]
+    fn the_manifest_is_cached_and_the_client_follows_a_rotated_token() {
+        let sidecar = Sidecar::start(true);
+        let registry = Arc::new(Registry::new(set(&sidecar.url, "tok-1")));
+        let (t, stats) = transport(Some(Arc::clone(&registry)));
+        for _ in 0..3 {
+            let out = t.deliver(&job("sc", json!("{}"), Vec::new()), &mut NoProgress);
+            assert_eq!(
+                out,
+                AttemptOutcome::Delivered {
+                    http_status: Some(200)
+                }
+            );
+        }
+        let seen = sidecar.paths();
+        let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/manifest", "/deliver", "/deliver", "/deliver"]);
+        assert!(seen
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some("Bearer tok-1")));
+        assert_eq!(
+            stats.deliveries(),
+            [
+                ("sc".to_string(), "committed", 3),
+                ("sc".to_string(), "retryable", 0),
+                ("sc".to_string(), "terminal", 0)
+            ]
+        );
+        // A rotated token: a new client, a new manifest fetch, the new bearer.
+        registry.swap(set(&sidecar.url, "tok-2"));
+        t.deliver(&job("sc", json!("{}"), Vec::new()), &mut NoProgress);
+        let seen = sidecar.paths();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some("Bearer tok-2")));
+        // An expired manifest is fetched again.
+        let (mut t, _) = transport(Some(registry));
+        t.manifest_ttl = Duration::ZERO;
+        t.deliver(&job("sc", json!("{}"), Vec::new()), &mut NoProgress);
+        t.deliver(&job("sc", json!("{}"), Vec::new()), &mut NoProgress);
+        let manifests = sidecar
+            .paths()
+            .iter()
+            .filter(|(p, _)| p == "/manifest")
+            .count();
+        assert_eq!(manifests, 2);
+    }
+
+    #[test]
+    fn artifacts_need_attachments_out_and_stored_assets() {
+        let sidecar = Sidecar::start(false);
+        let registry = Arc::new(Registry::new(set(&sidecar.url, "tok")));
+        let (t, stats) = transport(Some(registry));
+        let out = t.deliver(&job("sc", json!("{}"), vec![asset("a1")]), &mut NoProgress);
+        assert_eq!(code(&out), Some(ATTACHMENTS_NOT_SUPPORTED));
+        assert!(matches!(out, AttemptOutcome::Terminal { .. }));
+        let mut missing = job("sc", json!("{}"), vec![asset("a1")]);
+        missing.assets.clear();
+        let out = t.deliver(&missing, &mut NoProgress);
+        assert_eq!(code(&out), Some(ASSET_NOT_FOUND));
+        let paths: Vec<String> = sidecar.paths().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, ["/manifest"], "nothing was delivered");
+        assert_eq!(stats.deliveries()[2], ("sc".to_string(), "terminal", 2));
+    }
+
+    #[test]
+    fn failed_manifest_fetches_are_retryable_and_counted() {
+        // Nothing listens on the port of a dropped sidecar.
+        let url = Sidecar::start(true).url.clone();
+        let registry = Arc::new(Registry::new(set(&url, "tok")));
+        let (t, stats) = transport(Some(registry));
+        let out = t.deliver(&job("sc", json!("{}"), Vec::new()), &mut NoProgress);
+        assert_eq!(code(&out), Some(MANIFEST_UNAVAILABLE));
+        assert!(matches!(out, AttemptOutcome::Retryable { .. }));
+        assert_eq!(stats.manifest_failures(), [("sc".to_string(), 1)]);
+    }
+}
