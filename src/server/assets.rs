@@ -6,7 +6,8 @@
 //! still verifies during a rotation's grace window), compared in constant time; a connector
 //! without a shared token (`allow_unauthenticated_ingress`) serves it without one, as its
 //! ingress does. The answer is:
-//! - 404 `not_found` for a connector that is not configured (before any auth check, as ingress);
+//! - 404 `connector_not_found` for a connector that is not configured (before any auth check,
+//!   as ingress);
 //! - 401 `unauthorized` for a missing or wrong token of an existing connector;
 //! - 404 `asset_not_found` unless the delivery is open (`pending` or `retrying`), its target is
 //!   this external connector, and its output references the asset — the same answer for every
@@ -32,7 +33,7 @@ pub fn raw(ctx: &RequestCtx<'_>, route: &Route, req: &ApiRequest) -> ApiResponse
     let Some(runtime) = set.external.get(name) else {
         return ApiResponse::problem(
             404,
-            "not_found",
+            "connector_not_found",
             format!("external connector `{name}` is not configured"),
         );
     };

@@ -652,7 +652,7 @@ fn artifacts_describe_the_referenced_assets_and_the_asset_route_serves_them() {
     assert_problem(
         &gw.asset("nope", &id, &asset_id, Some(SC_TOKEN)),
         404,
-        "not_found",
+        "connector_not_found",
     );
 
     // The retrying delivery (after one 503) is still pending: still served. The artifact
