@@ -8,6 +8,11 @@
 //! `KHEISH_DELIVERY_*` variable is invalid (the same code `serve` uses for it: the retry
 //! configuration could not be parsed). A missing state root means an empty queue: the summary
 //! is all zeros and nothing is created.
+//!
+//! External deliveries need the connector file (`--connectors-config`), resolved like `serve`
+//! resolves it (exit 4 when it is invalid or a secret is missing); without one they are retried
+//! later (`connector_config_unavailable`), and `--ignore-backoff` is refused while some are
+//! open (see `docs/sidecar-delivery.md`).
 
 use std::sync::Arc;
 
