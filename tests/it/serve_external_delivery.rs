@@ -812,6 +812,11 @@ fn metrics_count_external_deliveries_and_manifest_failures() {
         "the manifest failures were retryable: {text}"
     );
     assert!(!text.contains(SC_TOKEN));
+    let log = gw.daemon.stderr();
+    assert!(
+        !log.contains(SC_TOKEN) && !log.contains(OTHER_TOKEN),
+        "a shared token reached the log"
+    );
 }
 
 #[test]

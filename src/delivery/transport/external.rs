@@ -184,7 +184,7 @@ impl ExternalTransport {
         }
     }
 
-    /// Sends one attempt; the connector the attempt was counted for, if any.
+    /// Sends one attempt, counting its result for a configured connector.
     fn attempt(&self, job: &DeliveryJob) -> AttemptOutcome {
         let address = match parse_target(job) {
             Ok(address) => address,
