@@ -8,6 +8,11 @@
 //! `KHEISH_DELIVERY_*` variable is invalid (the same code `serve` uses for it: the retry
 //! configuration could not be parsed). A missing state root means an empty queue: the summary
 //! is all zeros and nothing is created.
+//!
+//! External deliveries need the connector file (`--connectors-config`), resolved like `serve`
+//! resolves it (exit 4 when it is invalid or a secret is missing); without one they are retried
+//! later (`connector_config_unavailable`), and `--ignore-backoff` is refused while some are
+//! open (see `docs/sidecar-delivery.md`).
 
 use std::sync::Arc;
 
@@ -16,12 +21,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Context;
 use crate::cli::DrainDeliveriesArgs;
+use crate::daemon::watcher;
 use crate::delivery::policy::RetryPolicy;
 use crate::delivery::pool::DEFAULT_LEASE;
 use crate::delivery::{self, DrainConfig, DrainSummary, Observer};
 use crate::exit::{ExitStatus, StatusError};
 use crate::model::reply::ReplyPlugin;
 use crate::output::Printer;
+use crate::registry::Registry;
 use crate::store::deliveries::ClaimFilter;
 use crate::store::Store;
 
@@ -46,7 +53,8 @@ pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
         ignore_backoff: args.ignore_backoff,
     };
 
-    let summary = if Store::open_existing(&ctx.state_root)?.is_none() {
+    let existing = Store::open_existing(&ctx.state_root)?;
+    let summary = if existing.is_none() {
         ctx.out.info(&format!(
             "no state root at `{}`, so nothing to deliver",
             ctx.state_root.display()
@@ -63,7 +71,20 @@ pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
         } else {
             ProgressBar::hidden()
         };
-        let transports = crate::delivery::transport::for_this_build();
+        let connectors = match &ctx.connectors_config {
+            Some(path) => Some(Arc::new(Registry::new(watcher::load(
+                &ctx.out,
+                &ctx.state_root,
+                Some(path),
+            )?))),
+            None => {
+                if let Some(store) = &existing {
+                    check_external_without_config(ctx, store, &filter)?;
+                }
+                None
+            }
+        };
+        let transports = crate::delivery::transport::for_this_build(connectors, Arc::default());
         let observer = Arc::new(CliObserver {
             out: ctx.out.clone(),
             bar: bar.clone(),
@@ -107,6 +128,46 @@ pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
         return Ok(ExitStatus::Failure);
     }
     Ok(ExitStatus::Success)
+}
+
+/// Without a connector file, external deliveries cannot be sent (their connector's base URL
+/// and shared token are in that file): each attempt is a retryable
+/// `connector_config_unavailable`. Says so when some are open, and refuses `--ignore-backoff`
+/// then, which would spend every attempt of those deliveries at once.
+fn check_external_without_config(ctx: &Context, store: &Store, filter: &ClaimFilter) -> Result<()> {
+    if filter
+        .plugin
+        .as_deref()
+        .is_some_and(|p| p != ReplyPlugin::External.as_str())
+    {
+        return Ok(());
+    }
+    let external = ClaimFilter {
+        plugin: Some(ReplyPlugin::External.as_str().to_string()),
+        ..filter.clone()
+    };
+    let open = store.count_open(&external, crate::model::now_ms())?.pending;
+    if open == 0 {
+        return Ok(());
+    }
+    let why = format!(
+        "{open} external deliveries are open and no connector file was given \
+         (--connectors-config / KHEISH_CONNECTORS_CONFIG), so their sidecars are unknown here"
+    );
+    if filter.ignore_backoff {
+        return Err(StatusError::new(
+            ExitStatus::Unavailable,
+            format!(
+                "{why}; --ignore-backoff would spend their attempts at once: pass the connector \
+                 file, or `--plugin http` to drain the others"
+            ),
+        )
+        .into());
+    }
+    ctx.out.warn(&format!(
+        "{why}; they are retried later (`connector_config_unavailable`), not sent"
+    ));
+    Ok(())
 }
 
 fn print_summary(out: &Printer, summary: &DrainSummary) -> std::io::Result<()> {

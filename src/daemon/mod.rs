@@ -28,7 +28,9 @@ use crate::delivery::policy::{self, RetryPolicy};
 use crate::delivery::pool::DEFAULT_LEASE;
 use crate::delivery::retention::DeliveryRetention;
 use crate::delivery::transport;
+use crate::delivery::transport::external::SidecarStats;
 use crate::delivery::{Observer, WorkerConfig, WorkerPool};
+use crate::metrics::{Collector, Sample};
 use crate::notify::Notify;
 use crate::output::Printer;
 use crate::secrets::Secret;
@@ -135,12 +137,18 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let handlers = handlers::HandlerPool::spawn(Arc::clone(&app), &settings.handler)
         .context("starting run handlers")?;
     let delivery_observer: Arc<dyn Observer> = Arc::new(DaemonObserver(Arc::clone(&app)));
+    let sidecar_stats = Arc::new(SidecarStats::default());
+    app.metrics
+        .add_collector(sidecar_collector(Arc::clone(&sidecar_stats)));
     let deliveries = WorkerPool::spawn(WorkerConfig {
         state_root: settings.state_root.clone(),
         workers: usize::from(settings.delivery_workers),
         owner_prefix: "serve".into(),
         policy: delivery_policy,
-        transports: Arc::new(transport::for_this_build()),
+        transports: Arc::new(transport::for_this_build(
+            Some(Arc::clone(&app.registry)),
+            sidecar_stats,
+        )),
         notify: Arc::clone(&app.deliveries_queued),
         filter: ClaimFilter::default(),
         lease: delivery_lease,
@@ -276,4 +284,33 @@ impl Observer for DaemonObserver {
     fn warn(&self, message: &str) {
         self.0.out.warn(message);
     }
+}
+
+/// Renders the external transport's counters on `/metrics` (SPEC §13):
+/// `kheish_external_deliveries_total{connector,result}` (`committed|retryable|terminal`) and
+/// `kheish_external_manifest_fetch_failures_total{connector}`.
+fn sidecar_collector(stats: Arc<SidecarStats>) -> Collector {
+    Box::new(move |out: &mut Vec<Sample>| {
+        for (connector, result, n) in stats.deliveries() {
+            out.push(
+                Sample::counter(
+                    "kheish_external_deliveries_total",
+                    "Delivery attempts to external sidecars by connector and result.",
+                    n as f64,
+                )
+                .label("connector", format!("external/{connector}"))
+                .label("result", result),
+            );
+        }
+        for (connector, n) in stats.manifest_failures() {
+            out.push(
+                Sample::counter(
+                    "kheish_external_manifest_fetch_failures_total",
+                    "Failed fetches of an external sidecar's manifest by connector.",
+                    n as f64,
+                )
+                .label("connector", format!("external/{connector}")),
+            );
+        }
+    })
 }

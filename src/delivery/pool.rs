@@ -16,9 +16,9 @@
 //! `sleep`. Senders never touch the queue (only a multi-step transport's progress), and no
 //! SQL is written here: every queue change goes through `store::deliveries`.
 //!
-//! Plugins without a transport in [`Transports`] (slack, telegram and external until their
-//! transports land with their own issues) settle as terminal failures with code
-//! `plugin_unavailable`, so nothing waits forever for code that is not there.
+//! Plugins without a transport in [`Transports`] (slack and telegram until their transports
+//! land with their own issues) settle as terminal failures with code `plugin_unavailable`, so
+//! nothing waits forever for code that is not there.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -94,6 +94,36 @@ pub struct DeliveryJob {
     pub attempt: u32,
     pub content: Option<String>,
     pub parts: Option<Vec<Value>>,
+    /// The stored assets the parts reference ([`referenced_asset_ids`]), in order of first
+    /// reference; a referenced id without a stored asset is absent here.
+    pub assets: Vec<AssetInfo>,
+}
+
+/// What a delivery tells its target about one stored asset (never its bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssetInfo {
+    pub asset_id: String,
+    pub media_type: String,
+    pub file_name: Option<String>,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// The asset ids an output's `parts` reference, in order of first reference, each once: the
+/// `asset_id` string of every part that has one (`{"type":"asset_reference","asset_id"}` and
+/// any other part type that names a stored asset).
+pub fn referenced_asset_ids(parts: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for part in parts {
+        if let Some(id) = part.get("asset_id").and_then(Value::as_str) {
+            let id = id.trim();
+            if !id.is_empty() && !ids.iter().any(|seen| seen == id) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids
 }
 
 #[cfg(test)]
@@ -127,5 +157,24 @@ impl Delivery {
             resolved_at_ms: None,
             replayed_from_delivery_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referenced_assets_are_listed_once_in_order() {
+        let parts = vec![
+            serde_json::json!({"type": "text", "text": "hi"}),
+            serde_json::json!({"type": "asset_reference", "asset_id": "b"}),
+            serde_json::json!({"type": "image", "asset_id": " a "}),
+            serde_json::json!({"type": "asset_reference", "asset_id": "b"}),
+            serde_json::json!({"type": "asset_reference", "asset_id": 7}),
+            serde_json::json!({"type": "asset_reference", "asset_id": ""}),
+        ];
+        assert_eq!(referenced_asset_ids(&parts), ["b", "a"]);
+        assert!(referenced_asset_ids(&[]).is_empty());
     }
 }

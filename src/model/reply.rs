@@ -33,14 +33,14 @@ impl ReplyPlugin {
     /// True when this build has a delivery transport for the plugin; targets of other plugins
     /// are refused when stored (they could only dead-letter).
     pub fn served(self) -> bool {
-        matches!(self, ReplyPlugin::Http)
+        matches!(self, ReplyPlugin::Http | ReplyPlugin::External)
     }
 
     /// Why a target of an unserved plugin is refused, in the words of
     /// [`ConnectorKind::unserved_warning`](crate::model::ConnectorKind::unserved_warning).
     pub fn unserved_reason(self) -> String {
         format!(
-            "{} reply targets are not served by this build; its deliveries could not be sent (use an `http` target)",
+            "{} reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)",
             self.as_str()
         )
     }
@@ -397,7 +397,18 @@ mod tests {
         let err = ReplyTarget::from_json("slack", &slack).unwrap_err();
         assert_eq!(
             err,
-            "`plugin`: slack reply targets are not served by this build; its deliveries could not be sent (use an `http` target)"
+            "`plugin`: slack reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)"
+        );
+        let external = serde_json::json!({"connector": "sc", "route": "{}"});
+        let target = ReplyTarget::from_json("external", &external).unwrap();
+        assert_eq!(target.plugin, ReplyPlugin::External);
+        assert_eq!(
+            target.parsed().unwrap(),
+            TargetAddress::External(ExternalAddress {
+                connector: "sc".into(),
+                route: serde_json::json!("{}"),
+            }),
+            "the route is kept as sent: here the JSON string \"{{}}\""
         );
         let http = serde_json::json!({"url": "https://example.com/a"});
         assert_eq!(

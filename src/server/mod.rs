@@ -4,6 +4,7 @@
 //! [`ApiResponse`]) are the only modules that import hyper.
 
 pub mod admin;
+pub mod assets;
 mod clock;
 pub mod control;
 pub mod credentials;
@@ -226,6 +227,7 @@ fn dispatch(ctx: &RequestCtx<'_>, route: &Route, req: &ApiRequest) -> ApiRespons
     match route {
         Route::Metrics => observe::metrics(ctx),
         Route::CredentialLease { name, env_key } => credentials::fetch(ctx, name, env_key, req),
+        Route::ExternalAsset { .. } => assets::raw(ctx, route, req),
         Route::ListReceipts => observe::list_receipts(ctx, req),
         Route::ListDeliveries
         | Route::DeadLetters

@@ -25,6 +25,13 @@ pub enum Route {
         name: String,
         env_key: String,
     },
+    /// `GET /v1/connectors/external/{name}/deliveries/{delivery_id}/assets/{asset_id}/raw`
+    /// (shared-token auth, not the admin token; `server::assets`).
+    ExternalAsset {
+        name: String,
+        delivery_id: String,
+        asset_id: String,
+    },
     /// `PUT /v1/sessions/{id}`
     PutSession {
         id: String,
@@ -108,6 +115,9 @@ impl Route {
                 ConnectorKind::External => "/v1/connectors/external/{name}",
             },
             Route::CredentialLease { .. } => "/v1/connectors/external/{name}/credentials/{env_key}",
+            Route::ExternalAsset { .. } => {
+                "/v1/connectors/external/{name}/deliveries/{delivery_id}/assets/{asset_id}/raw"
+            }
             Route::PutSession { .. } | Route::GetSession { .. } => "/v1/sessions/{id}",
             Route::PutSessionReplyTargets { .. } => "/v1/sessions/{id}/reply-targets",
             Route::ListRuns => "/v1/runs",
@@ -135,7 +145,11 @@ impl Route {
     pub fn needs_admin(&self) -> bool {
         !matches!(
             self,
-            Route::Healthz | Route::Readyz | Route::Ingress { .. } | Route::CredentialLease { .. }
+            Route::Healthz
+                | Route::Readyz
+                | Route::Ingress { .. }
+                | Route::CredentialLease { .. }
+                | Route::ExternalAsset { .. }
         )
     }
 
@@ -231,6 +245,19 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
                 allow: "PUT, DELETE",
             }),
         },
+        ["v1", "connectors", "external", name, "deliveries", delivery_id, "assets", asset_id, "raw"]
+            if nonempty(name) && nonempty(delivery_id) && nonempty(asset_id) =>
+        {
+            one(
+                "GET",
+                "GET",
+                Route::ExternalAsset {
+                    name: name.to_string(),
+                    delivery_id: delivery_id.to_string(),
+                    asset_id: asset_id.to_string(),
+                },
+            )
+        }
         ["v1", "sessions", id] if nonempty(id) => match method {
             "PUT" => Ok(Route::PutSession { id: id.to_string() }),
             "GET" => Ok(Route::GetSession { id: id.to_string() }),
@@ -398,6 +425,31 @@ mod tests {
             "/v1/deliveries/dlv_1",
             Ok(Route::GetDelivery { id: "dlv_1".into() }),
         );
+        check(
+            "GET",
+            "/v1/connectors/external/sc/deliveries/dlv_1/assets/asset_1/raw",
+            Ok(Route::ExternalAsset {
+                name: "sc".into(),
+                delivery_id: "dlv_1".into(),
+                asset_id: "asset_1".into(),
+            }),
+        );
+        check(
+            "POST",
+            "/v1/connectors/external/sc/deliveries/dlv_1/assets/asset_1/raw",
+            Err(NoRoute::MethodNotAllowed { allow: "GET" }),
+        );
+        check(
+            "GET",
+            "/v1/connectors/external/sc/deliveries//assets/asset_1/raw",
+            Err(NoRoute::NotFound),
+        );
+        assert!(!route(
+            "GET",
+            "/v1/connectors/external/sc/deliveries/d/assets/a/raw"
+        )
+        .unwrap()
+        .needs_admin());
         check("GET", "/nope", Err(NoRoute::NotFound));
         check("GET", "nope", Err(NoRoute::NotFound));
     }

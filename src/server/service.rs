@@ -443,7 +443,13 @@ fn to_hyper(response: ApiResponse) -> Answer {
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
-            headers.append(name, value);
+            // A handler's own `Content-Type` (a served asset's media type) replaces the
+            // default one.
+            if name == CONTENT_TYPE {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
         }
     }
     answer

@@ -10,6 +10,7 @@
 //! create-if-absent semantics, every connection has a busy timeout, and migrations run in an
 //! `IMMEDIATE` transaction (see [`migrations`]).
 
+pub mod assets;
 pub mod connectors;
 pub mod deliveries;
 mod error;

@@ -18,6 +18,8 @@ mod generated_files;
 mod serve_admin_tokens;
 /// The kill -9 crash test of `serve`'s HTTP ingress.
 mod serve_crash;
+/// Delivery to external sidecars: the `/deliver` contract, manifest cache, asset route, crash.
+mod serve_external_delivery;
 /// `child_process` sidecars: supervision, environment, credential leases, restarts, reloads.
 mod serve_external_sidecars;
 /// `serve` HTTP ingress authentication: the SPEC §7.2 vector, 401s, secrets that never leak.

@@ -300,7 +300,7 @@ mod tests {
             unserved,
             [
                 "1:warning slack connector `support` is configured but not served by this build; its webhook answers 404",
-                "8:warning telegram reply targets are not served by this build; its deliveries could not be sent (use an `http` target)",
+                "8:warning telegram reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)",
             ],
             "{all:#?}"
         );

@@ -463,6 +463,7 @@ mod tests {
             attempt,
             content: Some("hello".to_string()),
             parts: None,
+            assets: Vec::new(),
         }
     }
 

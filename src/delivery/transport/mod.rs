@@ -4,18 +4,33 @@
 //! Adding a delivery plugin is one file here and one line in [`for_this_build`] (plus its
 //! `ReplyPlugin::served` entry, so targets of the plugin are accepted when stored).
 
+pub mod external;
 pub mod http;
 
 use std::sync::Arc;
 
 use super::Transports;
 use crate::model::reply::ReplyPlugin;
+use crate::registry::Registry;
 
 /// Every transport this build has. A plugin without one is refused when a reply target is
 /// stored ([`ReplyPlugin::served`]), and a target stored before (an older build, a direct
 /// database edit) dead-letters as `plugin_unavailable`.
-pub fn for_this_build() -> Transports {
-    Transports::new().with(ReplyPlugin::Http, Arc::new(http::HttpTransport::new()))
+///
+/// `connectors`: the live connector registry the `external` transport looks its connectors up
+/// in (`serve` passes `App.registry`, so reloads apply at once); `None` when the process has no
+/// connector configuration, which makes external attempts retryable
+/// `connector_config_unavailable`. `sidecar_stats` receives the external transport's counters.
+pub fn for_this_build(
+    connectors: Option<Arc<Registry>>,
+    sidecar_stats: Arc<external::SidecarStats>,
+) -> Transports {
+    Transports::new()
+        .with(ReplyPlugin::Http, Arc::new(http::HttpTransport::new()))
+        .with(
+            ReplyPlugin::External,
+            Arc::new(external::ExternalTransport::new(connectors, sidecar_stats)),
+        )
 }
 
 #[cfg(test)]
@@ -24,7 +39,7 @@ mod tests {
 
     #[test]
     fn every_served_plugin_has_a_transport_and_no_other() {
-        let transports = for_this_build();
+        let transports = for_this_build(None, Arc::default());
         for plugin in [
             ReplyPlugin::Http,
             ReplyPlugin::Slack,

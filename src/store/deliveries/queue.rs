@@ -13,8 +13,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{cached_exec, cached_row, delivery_from_row, CachedExt, RETURNING};
-use crate::model::delivery::{Delivery, DeliveryJob, DeliveryStatus};
+use crate::model::delivery::{referenced_asset_ids, Delivery, DeliveryJob, DeliveryStatus};
 use crate::model::ConnectorKind;
+use crate::store::assets::asset_infos;
 use crate::store::{Store, StoreError};
 
 /// Retryable failures in a row that open a target's circuit by default (SPEC §11.3).
@@ -211,12 +212,19 @@ impl Store {
                         rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e)),
                     )
                 })?;
+            let assets = match parts.as_deref().map(referenced_asset_ids) {
+                Some(ids) if !ids.is_empty() => {
+                    asset_infos(tx, &ids).map_err(|e| self.err(op, e))?
+                }
+                _ => Vec::new(),
+            };
             return Ok(Some(Claimed {
                 job: DeliveryJob {
                     attempt: delivery.attempts.saturating_add(1),
                     delivery,
                     content,
                     parts,
+                    assets,
                 },
                 lease_expires_at_ms: expires,
                 seq,

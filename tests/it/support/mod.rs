@@ -5,12 +5,13 @@
 //! The other helpers live beside it, one concern each: `daemon` (a running `serve`), `http`
 //! (the one raw HTTP client), `problem` (the problem+json assertion), `db` (reading
 //! `state.db`), `ingress` (signed ingress requests and their answers), `receiver` (the fake
-//! webhook target) and `wait` (polling with a deadline, the only pause).
+//! webhook target), `fake_sidecar` (a sidecar of the external runtime contract) and `wait` (polling with a deadline, the only pause).
 
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod db;
+pub mod fake_sidecar;
 pub mod http;
 pub mod ingress;
 pub mod problem;

@@ -104,6 +104,8 @@ struct State {
     requests: Vec<Recorded>,
     script: VecDeque<Answer>,
     default: Option<Answer>,
+    /// Fixed answers by request path, used before the script (which they do not consume).
+    fixed: Vec<(String, Answer)>,
     /// Bumped by `release`; a held request goes on once the generation passed the one it saw.
     released: u64,
     stopping: bool,
@@ -173,6 +175,36 @@ impl Receiver {
     pub fn set_default(&self, answer: Answer) -> &Receiver {
         self.shared.lock().default = Some(answer);
         self
+    }
+
+    /// Answers every request to `path` (without the query) with `answer` from now on, before
+    /// and without consuming the script (a fake sidecar's `/manifest` and `/health`).
+    pub fn fixed(&self, path: &str, answer: Answer) -> &Receiver {
+        let mut state = self.shared.lock();
+        state.fixed.retain(|(p, _)| p != path);
+        state.fixed.push((path.to_string(), answer));
+        self
+    }
+
+    /// Every request to `path` (without the query) so far, in arrival order.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        let state = self.shared.lock();
+        state
+            .requests
+            .iter()
+            .filter(|r| r.path() == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until at least `n` requests to `path` arrived; returns them.
+    pub fn wait_for_path(&self, path: &str, n: usize, deadline: Duration) -> Vec<Recorded> {
+        self.wait_until(&format!("{n} requests to {path}"), deadline, |s| {
+            s.requests.iter().filter(|r| r.path() == path).count() >= n
+        })
+        .into_iter()
+        .filter(|r| r.path() == path)
+        .collect()
     }
 
     /// Lets every request held so far go on.
@@ -306,10 +338,14 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let answer = {
             let mut state = shared.lock();
+            let fixed = state
+                .fixed
+                .iter()
+                .find(|(path, _)| path == request.path())
+                .map(|(_, answer)| answer.clone());
             state.requests.push(request);
-            let answer = state
-                .script
-                .pop_front()
+            let answer = fixed
+                .or_else(|| state.script.pop_front())
                 .or_else(|| state.default.clone())
                 .unwrap_or(Answer::Status(200));
             shared.changed.notify_all();

@@ -1,0 +1,299 @@
+//! `cargo bench --bench sidecar_delivery` (wrk must be installed: `apt-get install wrk`): the
+//! external-sidecar delivery figure of issue 11.
+//!
+//! A no-op sidecar in this process (tiny_http, keep-alive: `GET /manifest` answers protocol 1,
+//! `POST /deliver` answers `{"status":"committed"}` and is counted). A release
+//! `kheishctl serve --delivery-workers 16` drains N queued `external` deliveries spread over 256
+//! reply routes of one external connector (distinct routes are distinct targets, so per-target
+//! FIFO order still lets 16 go out at once). The queue is filled BEFORE the daemon starts
+//! (through the library's enqueue path, as `benches/delivery.rs` does); the clock runs from the
+//! daemon's readiness line until the sidecar has counted N deliveries. Baseline: wrk
+//! (`-t2 -c16 -d5s`, POST of a `/deliver`-sized JSON body with the runtime headers) against the
+//! same sidecar endpoint in the same run. Target: deliveries/s ≥ 0.5 × wrk's requests/s.
+//!
+//! Environment: `BENCH_DELIVERIES` (default 20 000, rounded down to a multiple of 256),
+//! `BENCH_SECONDS` (wrk duration, default 5).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+#[path = "common/load.rs"]
+mod load;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
+use kheishctl::store::runs::NewRunOutput;
+use kheishctl::store::Store;
+
+const ROUTES: usize = 256;
+const WORKERS: &str = "16";
+const WRK_THREADS: &str = "2";
+const WRK_CONNECTIONS: &str = "16";
+/// A body the size of a typical `/deliver` document.
+const DELIVER_BODY: &str = r#"{"protocol_version":1,"delivery_id":"dlv_0192f3a4b5c6_9f8e7d6c5b4a3928","attempt":1,"reply_route":{"r":17},"conversation":{"session_id":"http:bench:5f1d","thread_id":null},"content":"echo: order 17 shipped","parts":[],"artifacts":[],"metadata":{"run_id":"run_0192f3a4b5c6_9f8e7d6c5b4a3928","output_id":"out_0192f3a4b5c6_9f8e7d6c5b4a3928","source_connector":"http/bench","replayed_from_delivery_id":null}}"#;
+
+fn main() -> std::process::ExitCode {
+    if !load::wrk_installed() {
+        eprintln!("wrk is not installed: `apt-get install wrk` (Debian package), then run again");
+        return std::process::ExitCode::from(2);
+    }
+    let n = (load::env_num("BENCH_DELIVERIES", 20_000) as usize / ROUTES).max(1) * ROUTES;
+    let seconds = load::env_num("BENCH_SECONDS", 5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path();
+    let sidecar = Sidecar::start();
+    println!(
+        "sidecar delivery bench: {ROUTES} routes of one external connector, no-op sidecar at {}",
+        sidecar.addr
+    );
+
+    let base_rps = wrk(work, &format!("http://{}/deliver", sidecar.addr), seconds);
+
+    let root = work.join("state");
+    let config = config(&sidecar);
+    fill_queue(work, &root, &config, n);
+    let manifests_before = sidecar.manifests.load(Ordering::Acquire);
+    sidecar.deliveries.store(0, Ordering::Release);
+    let daemon = load::Daemon::start_in(
+        &root,
+        work,
+        &config,
+        &["-q"],
+        &["--delivery-workers", WORKERS],
+        &[],
+    );
+    let t0 = Instant::now();
+    let got = sidecar.wait_count(n as u64, Duration::from_secs(600));
+    let elapsed = t0.elapsed();
+    let metrics = daemon.metrics();
+    daemon.stop();
+    let rate = got as f64 / elapsed.as_secs_f64();
+    let committed = load::metric(
+        &metrics,
+        r#"kheish_external_deliveries_total{connector="external/sc",result="committed"}"#,
+    );
+    let manifests = sidecar.manifests.load(Ordering::Acquire) - manifests_before;
+    sidecar.stop();
+
+    println!();
+    println!(
+        "  wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s POST /deliver on the sidecar (baseline): {base_rps:.0} req/s"
+    );
+    println!(
+        "  serve --delivery-workers {WORKERS}: {got} of {n} delivered in {:.2} s = {rate:.0} deliveries/s (metric committed = {committed:.0}; manifest fetches {manifests})",
+        elapsed.as_secs_f64(),
+    );
+    println!(
+        "  ratio deliveries/s ÷ wrk req/s: {:.2} (target >= 0.5)",
+        rate / base_rps.max(1.0)
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+/// `http/bench` (open) and `external/sc` at the sidecar (no shared token).
+fn config(sidecar: &Sidecar) -> String {
+    format!(
+        r#"
+[[http_connectors]]
+name = "bench"
+allow_unauthenticated_ingress = true
+default_binding_keys = ["bench"]
+[http_connectors.session_policy]
+create_if_missing = true
+
+[[external_connectors]]
+name = "sc"
+platform = "bench"
+base_url = "http://{}"
+allow_private_network = true
+allow_unauthenticated_ingress = true
+"#,
+        sidecar.addr
+    )
+}
+
+/// Creates the state root with `n` pending deliveries over the [`ROUTES`] routes of `sc`.
+fn fill_queue(work: &Path, root: &Path, config: &str, n: usize) {
+    let daemon = load::Daemon::start_in(
+        root,
+        work,
+        config,
+        &["-q"],
+        &["--delivery-workers", "0"],
+        &[],
+    );
+    let resp = request(
+        daemon.addr,
+        "POST /v1/connectors/http/bench",
+        r#"{"content":"bench","idempotency_key":"bench-1"}"#,
+    );
+    assert!(resp.starts_with("HTTP/1.1 202"), "ingest failed: {resp}");
+    daemon.stop();
+
+    let store = Store::open(root).expect("opening the bench state root");
+    let now = kheishctl::model::now_ms();
+    let run = store
+        .claim_run("bench", 3_600_000, None, now)
+        .expect("claiming the bench run")
+        .expect("the bench run is queued");
+    let targets: Vec<ReplyTarget> = (0..ROUTES)
+        .map(|i| {
+            let address = format!(r#"{{"connector":"sc","route":{{"r":{i}}}}}"#);
+            ReplyTarget::new(ReplyPlugin::External, &address)
+                .expect("a valid bench target")
+                .0
+        })
+        .collect();
+    for i in 0..n / ROUTES {
+        let output = NewRunOutput {
+            content: Some(format!("echo: order {i} shipped")),
+            parts: None,
+            reply_targets: Some(targets.clone()),
+        };
+        store
+            .add_output_queued(&run.run_id, Some("bench"), &output, now)
+            .expect("queueing bench output");
+    }
+}
+
+/// One HTTP/1.1 request (`"METHOD PATH"`) with a JSON body; returns the raw answer.
+fn request(addr: SocketAddr, line: &str, body: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{line} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Runs wrk against `url` (POST of [`DELIVER_BODY`] with the runtime headers); requests/s.
+fn wrk(work: &Path, url: &str, seconds: u64) -> f64 {
+    let script = work.join("deliver.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{DELIVER_BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Idempotency-Key\"] = \"kheish:dlv_bench\"\nwrk.headers[\"X-Kheish-External-Protocol-Version\"] = \"1\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d"])
+        .arg(format!("{seconds}s"))
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    if rps == 0.0 {
+        eprintln!(
+            "wrk output:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    rps
+}
+
+/// The no-op sidecar: `/manifest` answers protocol 1, everything else `{"status":"committed"}`;
+/// counts both.
+struct Sidecar {
+    addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    deliveries: Arc<AtomicU64>,
+    manifests: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Sidecar {
+    fn start() -> Sidecar {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let addr = server.server_addr().to_ip().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let deliveries = Arc::new(AtomicU64::new(0));
+        let manifests = Arc::new(AtomicU64::new(0));
+        let threads = (0..8)
+            .map(|_| {
+                let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+                let (deliveries, manifests) = (Arc::clone(&deliveries), Arc::clone(&manifests));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let Ok(mut rq) = server.recv() else { continue };
+                        let mut body = Vec::new();
+                        let _ = rq.as_reader().read_to_end(&mut body);
+                        let answer = if rq.url() == "/manifest" {
+                            manifests.fetch_add(1, Ordering::AcqRel);
+                            r#"{"protocol_version":1,"instance_id":"bench","capabilities":{"attachments_out":true}}"#
+                        } else {
+                            deliveries.fetch_add(1, Ordering::AcqRel);
+                            r#"{"status":"committed"}"#
+                        };
+                        let _ = rq.respond(tiny_http::Response::from_string(answer));
+                    }
+                })
+            })
+            .collect();
+        Sidecar {
+            addr,
+            server,
+            stop,
+            deliveries,
+            manifests,
+            threads,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.deliveries.load(Ordering::Acquire)
+    }
+
+    /// Waits until `n` deliveries arrived, `limit` passed, or nothing arrived for 20 s.
+    fn wait_count(&self, n: u64, limit: Duration) -> u64 {
+        let end = Instant::now() + limit;
+        let (mut last, mut last_change) = (self.count(), Instant::now());
+        while self.count() < n && Instant::now() < end {
+            pace(Duration::from_millis(2));
+            let now = self.count();
+            if now != last {
+                (last, last_change) = (now, Instant::now());
+            } else if last_change.elapsed() > Duration::from_secs(20) {
+                eprintln!("no delivery reached the sidecar for 20 s; giving up at {now} of {n}");
+                break;
+            }
+        }
+        self.count()
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Blocks the bench thread for `d` without `thread::sleep` (disallowed crate-wide).
+fn pace(d: Duration) {
+    let (_tx, rx) = mpsc::channel::<()>();
+    let _ = rx.recv_timeout(d);
+}
