@@ -430,7 +430,19 @@ impl Worker {
                         &format!("handler output exceeds {MAX_STDOUT_BYTES} bytes"),
                     );
                 }
-                match parse_stdout(&stdout.bytes) {
+                let checked = parse_stdout(&stdout.bytes).and_then(|output| {
+                    let set = self.app.connectors();
+                    for (idx, t) in output
+                        .iter()
+                        .flat_map(|o| o.reply_targets.iter().flatten())
+                        .enumerate()
+                    {
+                        set.check_target(t)
+                            .map_err(|why| format!("`reply_targets[{idx}]`: {why}"))?;
+                    }
+                    Ok(output)
+                });
+                match checked {
                     Ok(output) => self.complete(run, output),
                     Err(why) => self.fail(run, &format!("handler output: {why}")),
                 }

@@ -231,6 +231,31 @@ pub fn current_runtime_version(state_root: &Path) -> Result<i64, crate::store::S
 }
 
 impl ConnectorSet {
+    /// Checks a reply target against the connectors in force (SPEC §11.2: targets are
+    /// validated when stored and again when delivered): an `external` target must name an
+    /// external connector of this set. The message names the member, never a secret.
+    pub fn check_target(&self, target: &crate::model::reply::ReplyTarget) -> Result<(), String> {
+        use crate::model::reply::ReplyPlugin;
+        if target.plugin != ReplyPlugin::External {
+            return Ok(());
+        }
+        let connector = serde_json::from_str::<serde_json::Value>(&target.address)
+            .ok()
+            .and_then(|v| {
+                v.get("connector")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            })
+            .ok_or("an external target needs `connector`")?;
+        if self.external.contains_key(&connector) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`connector`: no external connector named `{connector}` is configured"
+            ))
+        }
+    }
+
     /// The id of connector `kind`/`name` when this set serves it.
     pub fn id(&self, kind: ConnectorKind, name: &str) -> Option<&ConnectorId> {
         match kind {

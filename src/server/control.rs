@@ -120,6 +120,7 @@ fn put_session(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
         credential_scope: body.credential_scope.map(Option::unwrap_or_default),
         reply_targets: match body.reply_targets {
             Some(targets) => Some(reply_targets(
+                ctx,
                 "reply_targets",
                 &targets.unwrap_or_default(),
             )?),
@@ -147,7 +148,7 @@ fn get_session(ctx: &RequestCtx<'_>, id: &str) -> Reply {
 
 fn put_session_reply_targets(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
     let body: ReplyTargetsBody = parse_body(req)?;
-    let targets = reply_targets("reply_targets", &body.reply_targets)?;
+    let targets = reply_targets(ctx, "reply_targets", &body.reply_targets)?;
     let session = ctx
         .store
         .set_session_reply_targets(id, &targets, now_ms())
@@ -346,6 +347,9 @@ fn claim_run(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
 fn add_output(ctx: &RequestCtx<'_>, id: &str, req: &ApiRequest) -> Reply {
     let body: OutputBody = parse_body(req)?;
     let output = new_output(body)?;
+    if let Some(targets) = &output.reply_targets {
+        check_targets(ctx, "reply_targets", targets)?;
+    }
     // Outputs, completions and failures go through the group-commit writer, sharing its fsync
     // with accepted events and other settlements (API workers get the handlers' throughput).
     let (recorded, queued) = ctx
@@ -468,7 +472,40 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiResponse> {
 }
 
 /// Validates a list of reply targets sent in member `member`; the error names the index.
-fn reply_targets(member: &str, inputs: &[TargetInput]) -> Result<Vec<ReplyTarget>, ApiResponse> {
+fn reply_targets(
+    ctx: &RequestCtx<'_>,
+    member: &str,
+    inputs: &[TargetInput],
+) -> Result<Vec<ReplyTarget>, ApiResponse> {
+    let targets = parse_targets(member, inputs)?;
+    check_targets(ctx, member, &targets)?;
+    Ok(targets)
+}
+
+/// The connector check of [`ReplyTarget`]s (an external target names an external connector).
+fn check_targets(
+    ctx: &RequestCtx<'_>,
+    member: &str,
+    targets: &[ReplyTarget],
+) -> Result<(), ApiResponse> {
+    let set = ctx.app.connectors();
+    for (idx, t) in targets.iter().enumerate() {
+        if let Err(why) = set.check_target(t) {
+            let mut extra = Map::new();
+            extra.insert("path".into(), json!(format!("$.{member}[{idx}]")));
+            return Err(ApiResponse::problem_with(
+                400,
+                "invalid_reply_target",
+                format!("`{member}[{idx}]`: {why}"),
+                extra,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The address rules of each target (no connector lookup).
+fn parse_targets(member: &str, inputs: &[TargetInput]) -> Result<Vec<ReplyTarget>, ApiResponse> {
     if inputs.len() > MAX_TARGETS {
         return Err(invalid(format!(
             "`{member}` may hold at most {MAX_TARGETS} targets (got {})",
@@ -524,7 +561,7 @@ fn new_output(body: OutputBody) -> Result<NewRunOutput, ApiResponse> {
         }
     }
     let reply_targets = match &body.reply_targets {
-        Some(targets) => Some(reply_targets("reply_targets", targets)?),
+        Some(targets) => Some(parse_targets("reply_targets", targets)?),
         None => None,
     };
     Ok(NewRunOutput {
@@ -690,7 +727,7 @@ mod tests {
 
     fn targets(json_text: &str) -> Result<Vec<ReplyTarget>, ApiResponse> {
         let inputs: Vec<TargetInput> = serde_json::from_str(json_text).unwrap();
-        reply_targets("reply_targets", &inputs)
+        parse_targets("reply_targets", &inputs)
     }
 
     #[test]

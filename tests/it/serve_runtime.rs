@@ -414,3 +414,36 @@ fn a_daemon_managed_sidecar_starts_restarts_on_a_spec_change_and_stops_on_delete
     );
     daemon.stop();
 }
+
+#[test]
+fn external_reply_targets_are_checked_against_the_connectors_when_stored() {
+    let sandbox = Sandbox::new();
+    let file = format!(
+        "{FILE}\n[[external_connectors]]\nname = \"chat\"\nplatform = \"discord\"\nbase_url = \"https://sidecar.example.com\"\nallow_unauthenticated_ingress = true\n"
+    );
+    let daemon = Daemon::builder(&sandbox).config(&file).start();
+    assert_eq!(
+        daemon
+            .admin("PUT", "/v1/sessions/s1", Some(&json!({})))
+            .status,
+        201
+    );
+    let target = |connector: &str| json!({"reply_targets": [{"plugin": "external", "address": {"connector": connector, "route": "{}"}}]});
+    let resp = daemon.admin(
+        "PUT",
+        "/v1/sessions/s1/reply-targets",
+        Some(&target("nope")),
+    );
+    let problem = assert_problem(&resp, 400, "invalid_reply_target");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("nope"),
+        "{problem}"
+    );
+    let resp = daemon.admin(
+        "PUT",
+        "/v1/sessions/s1/reply-targets",
+        Some(&target("chat")),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    daemon.stop();
+}
