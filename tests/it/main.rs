@@ -14,6 +14,8 @@ mod delivery;
 mod generated_files;
 /// The kill -9 crash test of `serve`'s HTTP ingress.
 mod serve_crash;
+/// `serve` external sidecar ingress: `/events`, `/events/batch`, sessions, bad input.
+mod serve_external_ingress;
 /// `serve` HTTP ingress authentication: the SPEC §7.2 vector, 401s, secrets that never leak.
 mod serve_ingress_auth;
 /// `serve` HTTP ingress refusals: payload rules, 404/405/413, no 5xx for malformed input.
