@@ -117,23 +117,7 @@ pub fn accept_batch(
     let Some(rt) = set.external.get(name) else {
         return done(Err(not_found(name)));
     };
-    let envelope = object_body(req.body).and_then(|obj| {
-        let events = match obj.get("events") {
-            Some(Value::Array(events)) => events.clone(),
-            _ => return Err(invalid("$.events", "must be an array of event objects")),
-        };
-        if events.len() > MAX_BATCH_EVENTS {
-            return Err(invalid(
-                "$.events",
-                format!(
-                    "{} events; a batch holds at most {MAX_BATCH_EVENTS}: split it",
-                    events.len()
-                ),
-            ));
-        }
-        Ok((obj, events))
-    });
-    let (obj, events) = match envelope {
+    let (obj, events) = match batch_envelope(req.body) {
         Ok(envelope) => envelope,
         Err(refusal) => return done(Err(refusal)),
     };
@@ -202,6 +186,58 @@ pub fn authenticate(
                 .into(),
         }),
     }
+}
+
+/// A batch body: the envelope object and its events, or the 400 that says why it is not one
+/// (checked before authentication, SPEC §10.2).
+fn batch_envelope(body: &[u8]) -> Result<(Map<String, Value>, Vec<Value>), IngressError> {
+    let mut obj = object_body(body)?;
+    let events = match obj.remove("events") {
+        Some(Value::Array(events)) => events,
+        _ => return Err(invalid("$.events", "must be an array of event objects")),
+    };
+    if events.len() > MAX_BATCH_EVENTS {
+        return Err(invalid(
+            "$.events",
+            format!(
+                "{} events; a batch holds at most {MAX_BATCH_EVENTS}: split it",
+                events.len()
+            ),
+        ));
+    }
+    Ok((obj, events))
+}
+
+/// Parses a request body as [`accept_event`] (`batch = false`) or [`accept_batch`] does,
+/// without authentication or the store: the envelope's refusal, or per event its trimmed id or
+/// its rejection reason. The entry point of the `external_events` fuzz target (see
+/// `crate::fuzzing`).
+#[doc(hidden)]
+pub fn check_request(
+    rt: &ExternalRuntime,
+    batch: bool,
+    body: &[u8],
+    sidecars: &Sidecars,
+    now_ms: i64,
+) -> Result<Vec<Result<String, String>>, IngressError> {
+    let (version, events) = if batch {
+        let (obj, events) = batch_envelope(body)?;
+        (
+            Version::Envelope(obj.get("protocol_version").cloned()),
+            events,
+        )
+    } else {
+        (Version::Default, vec![Value::Object(object_body(body)?)])
+    };
+    Ok(events
+        .iter()
+        .map(|event| match event {
+            Value::Object(event) => event_with(rt, event, &version, sidecars, now_ms)
+                .map(|(id, _)| id)
+                .map_err(|r| r.reason),
+            _ => Err("not an object".to_string()),
+        })
+        .collect())
 }
 
 /// The body as a JSON object, or the 400 that says why it is not one.
