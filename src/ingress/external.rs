@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-use super::fingerprint::fingerprint;
+use super::fingerprint::fingerprint_without;
 use super::http::{check_bearer, Inbound};
 use super::payload::{self, invalid, ContentRules, Mixing};
 use super::pipeline::{self, Done, Event, IngressCtx, ReceiptKey};
@@ -446,10 +446,7 @@ pub fn natural_session_id(
 /// sidecar may resend over the other route or version). The sidecar's own `fingerprint`
 /// member is part of the payload like any other.
 pub fn event_fingerprint(obj: &Map<String, Value>) -> String {
-    let mut obj = obj.clone();
-    obj.remove("instance_id");
-    obj.remove("protocol_version");
-    fingerprint(&Value::Object(obj))
+    fingerprint_without(obj, &["instance_id", "protocol_version"])
 }
 
 /// One event object -> `(trimmed event_id, Event)`, or why it is rejected. See the module docs

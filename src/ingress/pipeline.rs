@@ -1,8 +1,9 @@
 //! The one ingress pipeline every connector kind uses (SPEC §6.1 steps after parsing):
 //! receipt lookup -> session -> rate limit -> write job -> answer.
 //!
-//! A kind's module (`http.rs`, and later `slack.rs`, `telegram.rs`, `external.rs`) parses and
-//! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest. Reads run
+//! A kind's module (`http.rs`, `external.rs`, and later `slack.rs`, `telegram.rs`) parses and
+//! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest (and
+//! [`accept_all`] for several events that should share a commit, an external batch). Reads run
 //! on the caller's thread; an event that must be written becomes one [`AcceptJob`] for the
 //! group-commit writer, which re-checks the receipt and the session inside the transaction
 //! (another request may have won a race) and writes receipt, session, bindings, assets and run

@@ -1,5 +1,5 @@
-//! Connector ingress routes: the one table of served connector kinds (path segment, body
-//! limit, the kind's `accept`), the connector lookup that precedes the body read (SPEC §6.1:
+//! Connector ingress routes: the one table of served ingress endpoints (kind and path, route
+//! template, body limit, the kind's `accept`), the connector lookup that precedes the body read (SPEC §6.1:
 //! 404 before 413), and the rendering of ingress answers with their metrics.
 //!
 //! Adding a connector kind to the daemon is one entry in [`ENDPOINTS`] per route.
