@@ -858,7 +858,11 @@ fn rate_limited_events_are_429_alone_and_rate_limited_items_in_a_batch() {
 
 #[test]
 fn a_child_process_connector_refuses_events_until_its_sidecar_is_ready() {
-    let (_sandbox, daemon) = start();
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox)
+        .config(CHILD)
+        .env("SIDE_TOKEN", TOKEN)
+        .start();
     let before = written(&daemon);
     let v = answer(&post_event(
         &daemon,

@@ -21,7 +21,6 @@ use super::http::Response;
 pub const TOKEN: &str = "side-shared-token-for-tests";
 /// `external/side`: a remote_http sidecar with a shared token, self output on, an extra http
 /// reply target; `external/slow`: one event per second; `external/open`: no token;
-/// `external/child`: a child_process sidecar that never becomes ready;
 /// `external/quiet`: `include_self_output = false` and a fixed session.
 pub const GATEWAY: &str = r#"
 [[external_connectors]]
@@ -56,17 +55,6 @@ ingress_events_per_second = 100000
 create_if_missing = true
 
 [[external_connectors]]
-name = "child"
-platform = "discord"
-mode = "child_process"
-base_url = "http://127.0.0.1:9"
-shared_token_env = "SIDE_TOKEN"
-[external_connectors.child_process]
-command = "false"
-[external_connectors.session_policy]
-create_if_missing = true
-
-[[external_connectors]]
 name = "quiet"
 platform = "discord"
 base_url = "http://127.0.0.1:9"
@@ -75,6 +63,21 @@ shared_token_env = "SIDE_TOKEN"
 include_self_output = false
 fixed_session_id = "ops-room"
 ingress_events_per_second = 100000
+[external_connectors.session_policy]
+create_if_missing = true
+"#;
+
+/// `external/child`: a `child_process` connector whose command exits at once, so its sidecar
+/// never becomes ready (kept out of [`GATEWAY`], so the other tests start no child).
+pub const CHILD: &str = r#"
+[[external_connectors]]
+name = "child"
+platform = "discord"
+mode = "child_process"
+base_url = "http://127.0.0.1:9"
+shared_token_env = "SIDE_TOKEN"
+[external_connectors.child_process]
+command = "false"
 [external_connectors.session_policy]
 create_if_missing = true
 "#;
