@@ -15,7 +15,7 @@ use crate::ingress::http::{authenticate, check_payload, Inbound};
 use crate::ingress::IngressError;
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::{ConnectorId, ConnectorKind};
-use crate::registry::{HttpRuntime, Verifier};
+use crate::registry::{ExternalRuntime, HttpRuntime, SidecarStatus, Sidecars, Verifier};
 use crate::secrets::Secret;
 
 /// The clock the fuzzed requests are judged against.
@@ -60,6 +60,74 @@ fn runtimes() -> &'static [HttpRuntime; 2] {
             runtime("[[http_connectors]]\nname = \"open\"\nallow_unauthenticated_ingress = true\n"),
         ]
     })
+}
+
+/// A remote_http external connector and a child_process one whose sidecar runs instance
+/// `fuzz-1` (so both branches of the `instance_id` check are reachable).
+fn external_runtimes() -> &'static ([ExternalRuntime; 2], Sidecars) {
+    static RUNTIMES: OnceLock<([ExternalRuntime; 2], Sidecars)> = OnceLock::new();
+    RUNTIMES.get_or_init(|| {
+        let runtime = |toml: &str| {
+            let loaded = parse_str("fuzz.toml", toml);
+            assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+            let config = loaded.config.external[0].clone();
+            ExternalRuntime {
+                id: ConnectorId {
+                    kind: ConnectorKind::External,
+                    name: config.common.name.clone(),
+                },
+                shared_token: Some(Verifier::single(Secret::new("fuzz-shared".into()))),
+                config,
+            }
+        };
+        let sidecars = Sidecars::default();
+        sidecars.set(
+            "child",
+            SidecarStatus {
+                instance_id: Some("fuzz-1".into()),
+                health: "ready".into(),
+                restarts: 0,
+            },
+        );
+        (
+            [
+                runtime(
+                    "[[external_connectors]]\nname = \"side\"\nplatform = \"discord\"\n\
+                     base_url = \"https://sidecar.example.com\"\nshared_token_env = \"T\"\n",
+                ),
+                runtime(
+                    "[[external_connectors]]\nname = \"child\"\nplatform = \"discord\"\n\
+                     mode = \"child_process\"\nbase_url = \"http://127.0.0.1:8787\"\n\
+                     shared_token_env = \"T\"\n[external_connectors.child_process]\ncommand = \"x\"\n",
+                ),
+            ],
+            sidecars,
+        )
+    })
+}
+
+/// External sidecar ingress (§10.2) on arbitrary bytes, as one event and as a batch, for both
+/// modes. Whatever the body: a typed refusal of the envelope, or one answer per event (at most
+/// 64); an accepted event has a non-blank, trimmed id; a rejection has a reason.
+pub fn external_events(data: &[u8]) {
+    let (runtimes, sidecars) = external_runtimes();
+    for rt in runtimes {
+        for batch in [false, true] {
+            let Ok(results) =
+                crate::ingress::external::check_request(rt, batch, data, sidecars, NOW_MS)
+            else {
+                continue;
+            };
+            assert!(results.len() <= crate::ingress::external::MAX_BATCH_EVENTS);
+            assert!(batch || results.len() == 1);
+            for result in results {
+                match result {
+                    Ok(id) => assert!(!id.is_empty() && id.trim() == id, "{id:?}"),
+                    Err(reason) => assert!(!reason.is_empty()),
+                }
+            }
+        }
+    }
 }
 
 /// The ingress payload rules (§6.7, §7.1) on arbitrary bytes, for both connectors. Whatever
@@ -222,6 +290,26 @@ mod tests {
     #[test]
     fn ingress_payload_holds_on_seeds_and_mutations() {
         exercise("ingress_payload", ingress_payload);
+    }
+
+    #[test]
+    fn external_events_hold_on_seeds_and_mutations() {
+        exercise("external_events", external_events);
+        // The seeds reach acceptance and rejection.
+        let (runtimes, sidecars) = external_runtimes();
+        let outcomes: Vec<bool> = seeds("external_events")
+            .iter()
+            .filter_map(|s| {
+                crate::ingress::external::check_request(&runtimes[0], false, s, sidecars, NOW_MS)
+                    .ok()
+            })
+            .flatten()
+            .map(|r| r.is_ok())
+            .collect();
+        assert!(
+            outcomes.contains(&true) && outcomes.contains(&false),
+            "{outcomes:?}"
+        );
     }
 
     #[test]

@@ -62,6 +62,11 @@ impl IngressOutcome {
     }
 }
 
+/// The protocol statuses of an external event (SPEC §10.2), each rendered for every external
+/// connector seen, zeros included.
+pub const EXTERNAL_EVENT_STATUSES: [&str; 5] =
+    ["accepted", "duplicate", "rejected", "rate_limited", "error"];
+
 /// Upper bounds (seconds) of the request-latency histogram buckets; `+Inf` is implied.
 pub const LATENCY_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -212,6 +217,8 @@ pub struct Metrics {
     latency: RwLock<BTreeMap<&'static str, Histogram>>,
     /// `kheish_delivery_attempts_total{plugin, outcome}`.
     delivery_attempts: CounterFamily<(String, String)>,
+    /// `kheish_external_ingress_events_total{connector, status}`.
+    external_events: CounterFamily<(String, &'static str)>,
     /// Scrape-time reporters registered by other parts of the daemon.
     collectors: RwLock<Vec<Collector>>,
 }
@@ -235,6 +242,7 @@ impl Metrics {
             requests: CounterFamily::new(),
             latency: RwLock::new(BTreeMap::new()),
             delivery_attempts: CounterFamily::new(),
+            external_events: CounterFamily::new(),
             collectors: RwLock::new(Vec::new()),
         }
     }
@@ -243,6 +251,14 @@ impl Metrics {
     /// connectors (never a name taken from an unknown route), so label values stay bounded.
     pub fn ingress(&self, connector: &ConnectorId, outcome: IngressOutcome) {
         self.ingress.add(&(connector.to_string(), outcome), 1);
+    }
+
+    /// Counts one external sidecar event (one per `/events` request, one per item of an
+    /// `/events/batch` request) of `connector` by its protocol status: `accepted`,
+    /// `duplicate`, `rejected`, `rate_limited` or `error` (SPEC §10.2).
+    pub fn external_event(&self, connector: &ConnectorId, status: &'static str) {
+        self.external_events
+            .add(&(connector.to_string(), status), 1);
     }
 
     /// Records one HTTP request's latency under its route template and status.
@@ -370,6 +386,30 @@ impl Metrics {
                 &[("plugin", &plugin), ("outcome", &outcome)],
                 &value.to_string(),
             );
+        }
+
+        family_header(
+            &mut out,
+            "kheish_external_ingress_events_total",
+            "External sidecar events by connector and protocol status (accepted, duplicate, rejected, rate_limited, error).",
+            "counter",
+        );
+        let external = self.external_events.snapshot();
+        let mut connectors: Vec<&str> = external.iter().map(|((c, _), _)| c.as_str()).collect();
+        connectors.dedup();
+        for connector in connectors {
+            for status in EXTERNAL_EVENT_STATUSES {
+                let value = external
+                    .iter()
+                    .find(|((c, s), _)| c == connector && *s == status)
+                    .map_or(0, |(_, v)| *v);
+                write_series(
+                    &mut out,
+                    "kheish_external_ingress_events_total",
+                    &[("connector", connector), ("status", status)],
+                    &value.to_string(),
+                );
+            }
         }
 
         let mut samples: Vec<Sample> = Vec::new();
@@ -528,7 +568,28 @@ mod tests {
              # HELP kheish_http_request_duration_seconds HTTP request latency by route template, from request read to response written.\n\
              # TYPE kheish_http_request_duration_seconds histogram\n\
              # HELP kheish_delivery_attempts_total Delivery attempts by plugin and outcome.\n\
-             # TYPE kheish_delivery_attempts_total counter\n"
+             # TYPE kheish_delivery_attempts_total counter\n\
+             # HELP kheish_external_ingress_events_total External sidecar events by connector and protocol status (accepted, duplicate, rejected, rate_limited, error).\n\
+             # TYPE kheish_external_ingress_events_total counter\n"
+        );
+    }
+
+    #[test]
+    fn external_events_count_every_status_of_seen_connectors() {
+        let m = Metrics::new();
+        m.external_event(&id("external/d"), "accepted");
+        m.external_event(&id("external/d"), "accepted");
+        m.external_event(&id("external/d"), "rate_limited");
+        let text = m.render(&[]);
+        assert_eq!(
+            lines(&text, "kheish_external_ingress_events_total{"),
+            [
+                r#"kheish_external_ingress_events_total{connector="external/d",status="accepted"} 2"#,
+                r#"kheish_external_ingress_events_total{connector="external/d",status="duplicate"} 0"#,
+                r#"kheish_external_ingress_events_total{connector="external/d",status="rejected"} 0"#,
+                r#"kheish_external_ingress_events_total{connector="external/d",status="rate_limited"} 1"#,
+                r#"kheish_external_ingress_events_total{connector="external/d",status="error"} 0"#,
+            ]
         );
     }
 

@@ -431,15 +431,10 @@ impl Worker {
                     );
                 }
                 let checked = parse_stdout(&stdout.bytes).and_then(|output| {
-                    let set = self.app.connectors();
-                    for (idx, t) in output
-                        .iter()
-                        .flat_map(|o| o.reply_targets.iter().flatten())
-                        .enumerate()
-                    {
-                        set.check_target(t)
-                            .map_err(|why| format!("`reply_targets[{idx}]`: {why}"))?;
-                    }
+                    let targets = output.iter().flat_map(|o| o.reply_targets.iter().flatten());
+                    self.app
+                        .connectors()
+                        .check_targets(&targets.cloned().collect::<Vec<_>>())?;
                     Ok(output)
                 });
                 match checked {

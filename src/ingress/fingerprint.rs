@@ -16,24 +16,21 @@ pub fn fingerprint(value: &Value) -> String {
     super::sha256_hex(canonical_json(value).as_bytes())
 }
 
+/// The fingerprint of the object `members` without the top-level members named in `skip`
+/// (external events leave out `instance_id` and `protocol_version`), computed without
+/// copying the object.
+pub fn fingerprint_without(members: &serde_json::Map<String, Value>, skip: &[&str]) -> String {
+    let mut out = String::new();
+    write_object(
+        members.iter().filter(|(k, _)| !skip.contains(&k.as_str())),
+        &mut out,
+    );
+    super::sha256_hex(out.as_bytes())
+}
+
 fn write_canonical(value: &Value, out: &mut String) {
     match value {
-        Value::Object(map) => {
-            // Sorted explicitly: serde_json's map order depends on a cargo feature.
-            let mut members: Vec<(&String, &Value)> =
-                map.iter().filter(|(_, v)| !v.is_null()).collect();
-            members.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (k, v)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(v, out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(map.iter(), out),
         Value::Array(items) => {
             out.push('[');
             for (i, v) in items.iter().enumerate() {
@@ -46,6 +43,23 @@ fn write_canonical(value: &Value, out: &mut String) {
         }
         scalar => out.push_str(&scalar.to_string()),
     }
+}
+
+/// An object's members in canonical form: sorted by key (explicitly: serde_json's map order
+/// depends on a cargo feature), `null` members left out.
+fn write_object<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>, out: &mut String) {
+    let mut members: Vec<(&String, &Value)> = members.filter(|(_, v)| !v.is_null()).collect();
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(k.clone()).to_string());
+        out.push(':');
+        write_canonical(v, out);
+    }
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -67,6 +81,16 @@ mod tests {
         assert_eq!(
             canonical_json(&v),
             r#"{"a":{"c":[1,{"z":2}]},"b":1,"e":"x\n"}"#
+        );
+    }
+
+    #[test]
+    fn skipped_members_are_as_if_absent() {
+        let full: Value = serde_json::from_str(r#"{"b":1,"skip":2,"a":{"skip":3}}"#).unwrap();
+        let without: Value = serde_json::from_str(r#"{"a":{"skip":3},"b":1}"#).unwrap();
+        assert_eq!(
+            fingerprint_without(full.as_object().unwrap(), &["skip"]),
+            fingerprint(&without)
         );
     }
 

@@ -5,17 +5,17 @@
 //! lookup, session resolution, rate limit and the durable write are the shared
 //! [`pipeline`](super::pipeline).
 
-use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::auth::{self, AuthError};
 use super::fingerprint::fingerprint;
+use super::payload::{self, array_member, invalid, string_member, ContentRules, Mixing};
 use super::pipeline::{self, Done, Event, IngressCtx, ReceiptKey};
 use super::{receipt_key, sha256_hex, IngressError};
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
-use crate::model::run::{new_id, NewAsset, RunInput};
+use crate::model::run::{NewAsset, RunInput};
 use crate::model::ConnectorKind;
-use crate::registry::{ConnectorSet, HttpRuntime};
+use crate::registry::{ConnectorSet, HttpRuntime, Verifier};
 use crate::secrets::constant_time_eq;
 use crate::sessions::SessionRequest;
 
@@ -37,19 +37,6 @@ const MEMBERS: [&str; 11] = [
     "idempotency_key",
 ];
 
-/// Run-metadata keys (and prefixes) that only the daemon writes (SPEC §6.3, §10.2).
-const RESERVED_METADATA_PREFIXES: [&str; 6] = [
-    "connector_ingress_",
-    "http_ingress_",
-    "slack_ingress_",
-    "telegram_ingress_",
-    "external_",
-    "kheish_",
-];
-
-const MAX_ITEMS: usize = 64;
-const MAX_ATTACHMENTS: usize = 10;
-const MAX_ASSET_BYTES: usize = 1024 * 1024;
 const MAX_BINDING_KEYS: usize = 64;
 const MAX_KEY_LEN: usize = 512;
 
@@ -73,33 +60,39 @@ impl Inbound<'_> {
     }
 }
 
-fn invalid(path: impl Into<String>, detail: impl Into<String>) -> IngressError {
-    IngressError::InvalidPayload {
-        path: path.into(),
-        detail: detail.into(),
+/// Checks `Authorization: Bearer <token>` against the values `verifier` accepts at `now_ms`
+/// (the current one and a rotated one within its grace window), in constant time. The header
+/// must appear exactly once. Shared by every kind that takes a bearer token (http, external).
+pub fn check_bearer(
+    verifier: &Verifier,
+    req: &Inbound<'_>,
+    now_ms: i64,
+) -> Result<(), IngressError> {
+    let unauthorized = |detail: String| IngressError::Unauthorized { detail };
+    let values = req.header_values("authorization");
+    let value =
+        auth::single_header("Authorization", &values).map_err(|e| unauthorized(e.to_string()))?;
+    let token = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or_else(|| unauthorized("`Authorization` is not a `Bearer` token".into()))?;
+    // Compare against every candidate, so timing does not tell which one matched.
+    let mut matched = false;
+    for candidate in verifier.candidates(now_ms) {
+        matched |= constant_time_eq(candidate, token.as_bytes());
     }
+    if !matched {
+        return Err(unauthorized("bearer token does not match".into()));
+    }
+    Ok(())
 }
 
 /// Checks the bearer token and/or the HMAC signature the connector requires.
 pub fn authenticate(rt: &HttpRuntime, req: &Inbound<'_>, now_ms: i64) -> Result<(), IngressError> {
     let unauthorized = |detail: String| IngressError::Unauthorized { detail };
     if let Some(bearer) = &rt.bearer {
-        let values = req.header_values("authorization");
-        let value = auth::single_header("Authorization", &values)
-            .map_err(|e| unauthorized(e.to_string()))?;
-        let token = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .ok_or_else(|| unauthorized("`Authorization` is not a `Bearer` token".into()))?;
-        // Compare against every candidate, so timing does not tell which one matched.
-        let mut matched = false;
-        for candidate in bearer.candidates(now_ms) {
-            matched |= constant_time_eq(candidate, token.as_bytes());
-        }
-        if !matched {
-            return Err(unauthorized("bearer token does not match".into()));
-        }
+        check_bearer(bearer, req, now_ms)?;
     }
     if rt.config.require_hmac_signature {
         let Some(hmac) = &rt.hmac else {
@@ -136,117 +129,6 @@ struct Parsed {
     referenced_assets: Vec<String>,
     metadata: Map<String, Value>,
     reply_targets: Option<Vec<ReplyTarget>>,
-}
-
-fn string_member(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, IngressError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(format!("$.{key}"), "must be a string")),
-    }
-}
-
-fn array_member<'v>(
-    obj: &'v Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'v Vec<Value>>, IngressError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a)),
-        Some(_) => Err(invalid(format!("$.{key}"), "must be an array")),
-    }
-}
-
-/// Parses an asset item (`inline_asset` / `asset_reference`) into its stored form.
-fn asset_item(
-    item: &Map<String, Value>,
-    path: &str,
-    now_ms: i64,
-    assets: &mut Vec<NewAsset>,
-    refs: &mut Vec<String>,
-) -> Result<Value, IngressError> {
-    let ty = item.get("type").and_then(Value::as_str).unwrap_or_default();
-    let only = |allowed: &[&str]| match item.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(invalid(format!("{path}.{k}"), "unknown member")),
-        None => Ok(()),
-    };
-    match ty {
-        "inline_asset" => {
-            only(&["type", "media_type", "data_base64", "file_name"])?;
-            let media_type = match item.get("media_type") {
-                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-                _ => {
-                    return Err(invalid(
-                        format!("{path}.media_type"),
-                        "must be a non-empty string",
-                    ))
-                }
-            };
-            let data = item
-                .get("data_base64")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(format!("{path}.data_base64"), "must be a base64 string"))?;
-            if data.len() > MAX_ASSET_BYTES / 3 * 4 + 4 {
-                return Err(invalid(
-                    format!("{path}.data_base64"),
-                    "decoded asset exceeds 1 MiB",
-                ));
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .map_err(|_| invalid(format!("{path}.data_base64"), "is not valid base64"))?;
-            if bytes.len() > MAX_ASSET_BYTES {
-                return Err(invalid(
-                    format!("{path}.data_base64"),
-                    "decoded asset exceeds 1 MiB",
-                ));
-            }
-            let file_name = match item.get("file_name") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => return Err(invalid(format!("{path}.file_name"), "must be a string")),
-            };
-            let asset_id = new_id("asset", now_ms);
-            let mut out = Map::new();
-            out.insert("type".into(), "asset_reference".into());
-            out.insert("asset_id".into(), asset_id.clone().into());
-            out.insert("media_type".into(), media_type.clone().into());
-            if let Some(name) = &file_name {
-                out.insert("file_name".into(), name.clone().into());
-            }
-            out.insert("size".into(), bytes.len().into());
-            assets.push(NewAsset {
-                asset_id,
-                media_type,
-                file_name,
-                sha256: sha256_hex(&bytes),
-                data: bytes,
-                now_ms,
-            });
-            Ok(Value::Object(out))
-        }
-        "asset_reference" => {
-            only(&["type", "asset_id"])?;
-            let id = match item.get("asset_id") {
-                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-                _ => {
-                    return Err(invalid(
-                        format!("{path}.asset_id"),
-                        "must be a non-empty string",
-                    ))
-                }
-            };
-            refs.push(id.clone());
-            let mut out = Map::new();
-            out.insert("type".into(), "asset_reference".into());
-            out.insert("asset_id".into(), id.into());
-            Ok(Value::Object(out))
-        }
-        _ => Err(invalid(
-            format!("{path}.type"),
-            "must be `inline_asset` or `asset_reference`",
-        )),
-    }
 }
 
 /// Applies the payload rules to `body` exactly as [`accept`] does, without the store: the
@@ -343,110 +225,17 @@ fn parse_payload(rt: &HttpRuntime, body: &[u8], now_ms: i64) -> Result<Parsed, I
         other => other,
     };
 
-    // Content (§6.7).
-    let content = string_member(obj, "content")?;
-    let items = array_member(obj, "input_items")?;
-    let attachments = array_member(obj, "attachments")?;
-    if items.is_some() && (content.is_some() || attachments.is_some()) {
-        return Err(IngressError::MixedContent);
-    }
-    let mut assets = Vec::new();
-    let mut referenced_assets = Vec::new();
-    let mut input = RunInput {
-        content: content.clone(),
-        ..RunInput::default()
-    };
-    if let Some(items) = items {
-        if items.len() > MAX_ITEMS {
-            return Err(invalid(
-                "$.input_items",
-                format!("at most {MAX_ITEMS} items"),
-            ));
-        }
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("$.input_items[{i}]");
-            let Value::Object(item) = item else {
-                return Err(invalid(path, "must be an object"));
-            };
-            match item.get("type").and_then(Value::as_str) {
-                Some("text") => {
-                    if let Some(k) = item.keys().find(|k| !matches!(k.as_str(), "type" | "text")) {
-                        return Err(invalid(format!("{path}.{k}"), "unknown member"));
-                    }
-                    let text = item
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| invalid(format!("{path}.text"), "must be a string"))?;
-                    out.push(serde_json::json!({"type": "text", "text": text}));
-                }
-                Some("inline_asset" | "asset_reference") => {
-                    refuse_unauth(&format!("input_items[{i}]"))?;
-                    out.push(asset_item(
-                        item,
-                        &path,
-                        now_ms,
-                        &mut assets,
-                        &mut referenced_assets,
-                    )?);
-                }
-                _ => {
-                    return Err(invalid(
-                        format!("{path}.type"),
-                        "must be `text`, `inline_asset` or `asset_reference`",
-                    ))
-                }
-            }
-        }
-        input.input_items = Some(out);
-    }
-    if let Some(list) = attachments {
-        refuse_unauth("attachments")?;
-        if list.len() > MAX_ATTACHMENTS {
-            return Err(invalid(
-                "$.attachments",
-                format!("at most {MAX_ATTACHMENTS} attachments"),
-            ));
-        }
-        let mut out = Vec::with_capacity(list.len());
-        for (i, item) in list.iter().enumerate() {
-            let path = format!("$.attachments[{i}]");
-            let Value::Object(item) = item else {
-                return Err(invalid(path, "must be an object"));
-            };
-            out.push(asset_item(
-                item,
-                &path,
-                now_ms,
-                &mut assets,
-                &mut referenced_assets,
-            )?);
-        }
-        input.attachments = Some(out);
-    }
-    let has_text = content.as_deref().is_some_and(|c| !c.trim().is_empty());
-    let has_items = input.input_items.as_ref().is_some_and(|i| !i.is_empty());
-    let has_attachments = input.attachments.as_ref().is_some_and(|a| !a.is_empty());
-    if !has_text && !has_items && !has_attachments {
-        return Err(IngressError::MissingContent);
-    }
-
-    // Metadata: any JSON; a non-object is kept as {"payload": value}.
-    let metadata = match obj.get("metadata") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(other) => {
-            let mut m = Map::new();
-            m.insert("payload".into(), other.clone());
-            m
-        }
-    };
-    if let Some(key) = metadata
-        .keys()
-        .find(|k| RESERVED_METADATA_PREFIXES.iter().any(|p| k.starts_with(p)))
-    {
-        return Err(IngressError::ReservedMetadataKey { key: key.clone() });
-    }
+    // Content (§6.7) and metadata.
+    let content = payload::content(
+        obj,
+        ContentRules {
+            assets_allowed: authenticated,
+            mixing: Mixing::Present,
+            content_base64_alias: false,
+        },
+        now_ms,
+    )?;
+    let metadata = payload::metadata(obj)?;
 
     // Reply overrides (authentication AND allow_payload_reply_targets).
     let reply_targets = parse_reply_overrides(rt, obj, authenticated)?;
@@ -457,9 +246,9 @@ fn parse_payload(rt: &HttpRuntime, body: &[u8], now_ms: i64) -> Result<Parsed, I
         session_id,
         binding_keys,
         actor_id,
-        input,
-        assets,
-        referenced_assets,
+        input: content.input,
+        assets: content.assets,
+        referenced_assets: content.referenced_assets,
         metadata,
         reply_targets,
     })
@@ -652,7 +441,6 @@ fn event(rt: &HttpRuntime, req: &Inbound<'_>, now_ms: i64) -> Result<Event, Ingr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Verifier;
     use crate::secrets::Secret;
 
     fn runtime(toml: &str) -> HttpRuntime {

@@ -6,8 +6,10 @@
 //! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
+pub mod external;
 pub mod fingerprint;
 pub mod http;
+pub mod payload;
 pub mod pipeline;
 pub mod ratelimit;
 
@@ -41,6 +43,39 @@ pub enum Answer {
     /// form Slack's `url_verification` challenge, a skipped Telegram update or a batch's
     /// per-item results take.
     Protocol(serde_json::Value),
+    /// The answer of an external sidecar request (SPEC §10.2): 200 with `body` whatever the
+    /// events' statuses, and one outcome per event (one for `/events`, one per item of
+    /// `/events/batch`, in order) for the metrics.
+    Events {
+        body: serde_json::Value,
+        outcomes: Vec<EventOutcome>,
+    },
+}
+
+/// What became of one external event, as counted in the metrics. The wire status is
+/// [`EventOutcome::status`]; a reused `event_id` with another payload is `rejected` on the
+/// wire and counted as a conflict, like the 409 of the other kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Accepted,
+    Duplicate,
+    Conflict,
+    Rejected,
+    RateLimited,
+    Error,
+}
+
+impl EventOutcome {
+    /// The protocol's status word (`accepted|duplicate|rejected|rate_limited|error`).
+    pub fn status(self) -> &'static str {
+        match self {
+            EventOutcome::Accepted => "accepted",
+            EventOutcome::Duplicate => "duplicate",
+            EventOutcome::Conflict | EventOutcome::Rejected => "rejected",
+            EventOutcome::RateLimited => "rate_limited",
+            EventOutcome::Error => "error",
+        }
+    }
 }
 
 /// Why an event was refused. Messages name the member or check that failed, never a secret.

@@ -1,8 +1,9 @@
 //! The one ingress pipeline every connector kind uses (SPEC §6.1 steps after parsing):
 //! receipt lookup -> session -> rate limit -> write job -> answer.
 //!
-//! A kind's module (`http.rs`, and later `slack.rs`, `telegram.rs`, `external.rs`) parses and
-//! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest. Reads run
+//! A kind's module (`http.rs`, `external.rs`, and later `slack.rs`, `telegram.rs`) parses and
+//! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest (and
+//! [`accept_all`] for several events that should share a commit, an external batch). Reads run
 //! on the caller's thread; an event that must be written becomes one [`AcceptJob`] for the
 //! group-commit writer, which re-checks the receipt and the session inside the transaction
 //! (another request may have won a race) and writes receipt, session, bindings, assets and run
@@ -21,16 +22,19 @@ use super::{AcceptStatus, Accepted, Answer, IngressError};
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, Receipt, RunInput, Session};
 use crate::model::ConnectorId;
+use crate::registry::Sidecars;
 use crate::sessions::{self, Resolution, SessionError, SessionRequest};
 use crate::store::writer::{GroupWriter, IngressOps, WriteJob};
 use crate::store::{Store, StoreError};
 
-/// What accepting needs besides the event: reads on this thread, the writer, the limiter, and
-/// the clock (given, so tests control it).
+/// What accepting needs besides the event: reads on this thread, the writer, the limiter, the
+/// live sidecar states (external `child_process` connectors check the event's `instance_id`
+/// against them), and the clock (given, so tests control it).
 pub struct IngressCtx<'a> {
     pub ops: IngressOps<'a>,
     pub writer: &'a GroupWriter,
     pub limiter: &'a RateLimiter,
+    pub sidecars: &'a Sidecars,
     pub now_ms: i64,
     pub now: Instant,
 }
@@ -83,6 +87,27 @@ pub fn accept(ctx: &IngressCtx<'_>, event: Event, done: Done) {
             ctx.writer.submit(job);
         }
     }
+}
+
+/// Runs several events through the pipeline in order (an external `/events/batch` request):
+/// each is prepared as [`accept`] does, so rate-limit tokens go to the earlier events first,
+/// and every event that must be written goes to the writer in ONE message, so the whole batch
+/// shares a commit. Each `done` is called exactly once, in any order: refusals and duplicates
+/// at once, new events after the commit. Two events of one batch that share an event id or a
+/// new session are sorted out inside the transaction, where the later one sees the earlier.
+pub fn accept_all(ctx: &IngressCtx<'_>, events: Vec<(Event, Done)>) {
+    let mut jobs: Vec<Box<dyn WriteJob>> = Vec::with_capacity(events.len());
+    for (event, done) in events {
+        match prepare(ctx, event) {
+            Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
+            Err(refusal) => done(Err(refusal)),
+            Ok(Prepared::Job(mut job)) => {
+                job.done = Some(done);
+                jobs.push(job);
+            }
+        }
+    }
+    ctx.writer.submit_all(jobs);
 }
 
 /// Either an answer known without writing (duplicate), or the job that writes the event.

@@ -256,6 +256,18 @@ impl ConnectorSet {
         }
     }
 
+    /// [`ConnectorSet::check_target`] of each of `targets`; the error names `reply_targets[i]`.
+    pub fn check_targets(
+        &self,
+        targets: &[crate::model::reply::ReplyTarget],
+    ) -> Result<(), String> {
+        for (idx, t) in targets.iter().enumerate() {
+            self.check_target(t)
+                .map_err(|why| format!("`reply_targets[{idx}]`: {why}"))?;
+        }
+        Ok(())
+    }
+
     /// The id of connector `kind`/`name` when this set serves it.
     pub fn id(&self, kind: ConnectorKind, name: &str) -> Option<&ConnectorId> {
         match kind {

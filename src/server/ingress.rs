@@ -1,24 +1,28 @@
-//! Connector ingress routes: the one table of served connector kinds (path segment, body
-//! limit, the kind's `accept`), the connector lookup that precedes the body read (SPEC §6.1:
+//! Connector ingress routes: the one table of served ingress endpoints (kind and path, route
+//! template, body limit, the kind's `accept`), the connector lookup that precedes the body read (SPEC §6.1:
 //! 404 before 413), and the rendering of ingress answers with their metrics.
 //!
-//! Adding a connector kind to the daemon is one line in [`KINDS`].
+//! Adding a connector kind to the daemon is one entry in [`ENDPOINTS`] per route.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::router::IngressPath;
 use super::{response, ApiRequest, ApiResponse, App};
 use crate::ingress::http::{self, Inbound};
 use crate::ingress::pipeline::{Done, IngressCtx};
-use crate::ingress::{AcceptStatus, Answer, IngressError};
+use crate::ingress::{external, AcceptStatus, Answer, EventOutcome, IngressError};
 use crate::metrics::IngressOutcome;
 use crate::model::{now_ms, ConnectorId, ConnectorKind};
 use crate::registry::ConnectorSet;
 use crate::store::Store;
 
-/// One served connector kind.
-pub struct IngressKind {
+/// One served ingress endpoint: a connector kind and a path under its connectors.
+pub struct IngressEndpoint {
     pub kind: ConnectorKind,
+    pub path: IngressPath,
+    /// The route template for access logs and metrics labels.
+    pub template: &'static str,
     /// Request bodies above this many bytes answer 413 without being read further.
     pub body_limit: usize,
     /// Authenticates and parses a request for connector `name` of this kind and runs it through
@@ -26,16 +30,39 @@ pub struct IngressKind {
     pub accept: fn(&IngressCtx<'_>, &ConnectorSet, &str, &Inbound<'_>, Done),
 }
 
-/// Every connector kind this build serves, by its `/v1/connectors/{kind}/{name}` segment.
-pub const KINDS: &[IngressKind] = &[IngressKind {
-    kind: ConnectorKind::Http,
-    body_limit: http::BODY_LIMIT,
-    accept: http::accept_named,
-}];
+/// Every ingress endpoint this build serves. A kind is served when it has at least one.
+pub const ENDPOINTS: &[IngressEndpoint] = &[
+    IngressEndpoint {
+        kind: ConnectorKind::Http,
+        path: IngressPath::Webhook,
+        template: "/v1/connectors/http/{name}",
+        body_limit: http::BODY_LIMIT,
+        accept: http::accept_named,
+    },
+    IngressEndpoint {
+        kind: ConnectorKind::External,
+        path: IngressPath::Events,
+        template: "/v1/connectors/external/{name}/events",
+        body_limit: external::BODY_LIMIT,
+        accept: external::accept_event,
+    },
+    IngressEndpoint {
+        kind: ConnectorKind::External,
+        path: IngressPath::EventsBatch,
+        template: "/v1/connectors/external/{name}/events/batch",
+        body_limit: external::BODY_LIMIT,
+        accept: external::accept_batch,
+    },
+];
 
-/// The table entry of `kind`, when this build serves it.
-pub fn served(kind: ConnectorKind) -> Option<&'static IngressKind> {
-    KINDS.iter().find(|k| k.kind == kind)
+/// True when this build has an ingress endpoint for `kind`.
+pub fn served(kind: ConnectorKind) -> bool {
+    ENDPOINTS.iter().any(|e| e.kind == kind)
+}
+
+/// The table entry of `kind` at `path`, when this build serves it.
+pub fn endpoint(kind: ConnectorKind, path: IngressPath) -> Option<&'static IngressEndpoint> {
+    ENDPOINTS.iter().find(|e| e.kind == kind && e.path == path)
 }
 
 /// Runs one ingress request on a blocking-pool thread; `reply` is called once with the
@@ -46,11 +73,12 @@ pub fn handle(
     store: &Store,
     kind: ConnectorKind,
     name: &str,
+    path: IngressPath,
     req: &ApiRequest,
     reply: Box<dyn FnOnce(Option<String>, ApiResponse) + Send>,
 ) {
     let connectors = app.connectors();
-    let (Some(entry), Some(id)) = (served(kind), connectors.id(kind, name).cloned()) else {
+    let (Some(entry), Some(id)) = (endpoint(kind, path), connectors.id(kind, name).cloned()) else {
         let err = IngressError::ConnectorNotFound {
             kind,
             name: name.to_string(),
@@ -61,6 +89,7 @@ pub fn handle(
         ops: store.ingress_ops(),
         writer: &app.writer,
         limiter: &app.limiter,
+        sidecars: &app.sidecars,
         now_ms: now_ms(),
         now: Instant::now(),
     };
@@ -83,20 +112,41 @@ pub fn handle(
     );
 }
 
-/// Maps an ingress answer to its response and counts its outcome.
+/// Maps an ingress answer to its response and counts its outcome: once per request, except
+/// for external answers, which count each event (each item of a batch) in both families.
 fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> ApiResponse {
-    let outcome = match &answer {
-        Ok(Answer::Event(accepted)) => match accepted.status {
-            AcceptStatus::Accepted => IngressOutcome::Accepted,
-            AcceptStatus::Duplicate => IngressOutcome::Duplicate,
-        },
-        Ok(Answer::Protocol(_)) => IngressOutcome::Ignored,
-        Err(IngressError::Unauthorized { .. }) => IngressOutcome::Unauthorized,
-        Err(IngressError::RateLimited { .. }) => IngressOutcome::RateLimited,
-        Err(IngressError::IdempotencyConflict { .. }) => IngressOutcome::Conflict,
-        Err(_) => IngressOutcome::Rejected,
-    };
-    app.metrics.ingress(id, outcome);
+    match &answer {
+        Ok(Answer::Events { outcomes, .. }) => {
+            for outcome in outcomes {
+                app.metrics.ingress(id, event_outcome(*outcome));
+                app.metrics.external_event(id, outcome.status());
+            }
+        }
+        Ok(Answer::Event(accepted)) => app.metrics.ingress(
+            id,
+            match accepted.status {
+                AcceptStatus::Accepted => IngressOutcome::Accepted,
+                AcceptStatus::Duplicate => IngressOutcome::Duplicate,
+            },
+        ),
+        Ok(Answer::Protocol(_)) => app.metrics.ingress(id, IngressOutcome::Ignored),
+        Err(err) => {
+            app.metrics.ingress(id, error_outcome(err));
+            // A single external event refused by its rate limit or the store is an event
+            // status too (`rate_limited`, `error`) even though it is answered 429/503.
+            if id.kind == ConnectorKind::External {
+                match err {
+                    IngressError::RateLimited { .. } => app
+                        .metrics
+                        .external_event(id, EventOutcome::RateLimited.status()),
+                    IngressError::Unavailable { .. } => {
+                        app.metrics.external_event(id, EventOutcome::Error.status())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
     match answer {
         Ok(answer) => response::answer(&answer),
         Err(err) => {
@@ -110,6 +160,27 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
     }
 }
 
+/// The request-level outcome of a refusal.
+fn error_outcome(err: &IngressError) -> IngressOutcome {
+    match err {
+        IngressError::Unauthorized { .. } => IngressOutcome::Unauthorized,
+        IngressError::RateLimited { .. } => IngressOutcome::RateLimited,
+        IngressError::IdempotencyConflict { .. } => IngressOutcome::Conflict,
+        _ => IngressOutcome::Rejected,
+    }
+}
+
+/// The generic outcome of one external event.
+fn event_outcome(outcome: EventOutcome) -> IngressOutcome {
+    match outcome {
+        EventOutcome::Accepted => IngressOutcome::Accepted,
+        EventOutcome::Duplicate => IngressOutcome::Duplicate,
+        EventOutcome::Conflict => IngressOutcome::Conflict,
+        EventOutcome::Rejected | EventOutcome::Error => IngressOutcome::Rejected,
+        EventOutcome::RateLimited => IngressOutcome::RateLimited,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,10 +189,13 @@ mod tests {
     fn the_route_table_serves_exactly_the_served_kinds() {
         for kind in ConnectorKind::ALL {
             assert_eq!(
-                served(kind).is_some(),
+                served(kind),
                 kind.served(),
-                "{kind}: server::ingress::KINDS and ConnectorKind::served disagree"
+                "{kind}: server::ingress::ENDPOINTS and ConnectorKind::served disagree"
             );
         }
+        // External connectors are served on their event routes only, never as a webhook.
+        assert!(endpoint(ConnectorKind::External, IngressPath::Webhook).is_none());
+        assert!(endpoint(ConnectorKind::External, IngressPath::EventsBatch).is_some());
     }
 }

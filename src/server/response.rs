@@ -150,7 +150,7 @@ pub fn answer(answer: &Answer) -> ApiResponse {
             AcceptStatus::Accepted => ApiResponse::json(202, accepted),
             AcceptStatus::Duplicate => ApiResponse::json(200, accepted),
         },
-        Answer::Protocol(body) => ApiResponse::json(200, body),
+        Answer::Protocol(body) | Answer::Events { body, .. } => ApiResponse::json(200, body),
     }
 }
 

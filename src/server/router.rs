@@ -7,17 +7,42 @@ use crate::model::ConnectorKind;
 /// Body cap of control-plane requests.
 pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
 
+/// Which ingress endpoint of a connector a request is for: the path segments after
+/// `/v1/connectors/{kind}/{name}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressPath {
+    /// `/v1/connectors/{kind}/{name}`: the webhook of http, slack and telegram connectors.
+    Webhook,
+    /// `/v1/connectors/external/{name}/events`: one sidecar event.
+    Events,
+    /// `/v1/connectors/external/{name}/events/batch`: up to 64 sidecar events.
+    EventsBatch,
+}
+
+impl IngressPath {
+    /// The path from the segments after the connector name.
+    fn parse(rest: &[&str]) -> Option<IngressPath> {
+        match rest {
+            [] => Some(IngressPath::Webhook),
+            ["events"] => Some(IngressPath::Events),
+            ["events", "batch"] => Some(IngressPath::EventsBatch),
+            _ => None,
+        }
+    }
+}
+
 /// Every route the daemon serves (SPEC §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Healthz,
     Readyz,
     Metrics,
-    /// `POST /v1/connectors/{kind}/{name}` for a kind in the ingress table
-    /// ([`super::ingress::KINDS`]).
+    /// `POST /v1/connectors/{kind}/{name}[/...]` for an endpoint in the ingress table
+    /// ([`super::ingress::ENDPOINTS`]).
     Ingress {
         kind: ConnectorKind,
         name: String,
+        path: IngressPath,
     },
     /// `GET /v1/connectors/external/{name}/credentials/{env_key}`: a sidecar's credential
     /// lease fetch (SPEC §10.7); authenticated by the lease token, not the admin token.
@@ -108,12 +133,9 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
-            Route::Ingress { kind, .. } => match kind {
-                ConnectorKind::Http => "/v1/connectors/http/{name}",
-                ConnectorKind::Slack => "/v1/connectors/slack/{name}",
-                ConnectorKind::Telegram => "/v1/connectors/telegram/{name}",
-                ConnectorKind::External => "/v1/connectors/external/{name}",
-            },
+            Route::Ingress { kind, path, .. } => {
+                super::ingress::endpoint(*kind, *path).map_or("(unmatched)", |e| e.template)
+            }
             Route::CredentialLease { .. } => "/v1/connectors/external/{name}/credentials/{env_key}",
             Route::ExternalAsset { .. } => {
                 "/v1/connectors/external/{name}/deliveries/{delivery_id}/assets/{asset_id}/raw"
@@ -156,8 +178,8 @@ impl Route {
     /// The largest request body this route reads (SPEC §5); larger bodies answer 413.
     pub fn body_limit(&self) -> usize {
         match self {
-            Route::Ingress { kind, .. } => {
-                super::ingress::served(*kind).map_or(CONTROL_BODY_LIMIT, |k| k.body_limit)
+            Route::Ingress { kind, path, .. } => {
+                super::ingress::endpoint(*kind, *path).map_or(CONTROL_BODY_LIMIT, |e| e.body_limit)
             }
             _ => CONTROL_BODY_LIMIT,
         }
@@ -197,21 +219,6 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
         ["healthz"] => one("GET", "GET", Route::Healthz),
         ["readyz"] => one("GET", "GET", Route::Readyz),
         ["metrics"] => one("GET", "GET", Route::Metrics),
-        ["v1", "connectors", kind, name] if nonempty(name) => {
-            let served = kind
-                .parse::<ConnectorKind>()
-                .ok()
-                .filter(|k| super::ingress::served(*k).is_some())
-                .ok_or(NoRoute::NotFound)?;
-            one(
-                "POST",
-                "POST",
-                Route::Ingress {
-                    kind: served,
-                    name: name.to_string(),
-                },
-            )
-        }
         ["v1", "connectors", "external", name, "credentials", key]
             if nonempty(name) && nonempty(key) =>
         {
@@ -255,6 +262,23 @@ pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
                     name: name.to_string(),
                     delivery_id: delivery_id.to_string(),
                     asset_id: asset_id.to_string(),
+                },
+            )
+        }
+        ["v1", "connectors", kind, name, rest @ ..] if nonempty(name) => {
+            let kind = kind
+                .parse::<ConnectorKind>()
+                .map_err(|_| NoRoute::NotFound)?;
+            let path = IngressPath::parse(rest)
+                .filter(|path| super::ingress::endpoint(kind, *path).is_some())
+                .ok_or(NoRoute::NotFound)?;
+            one(
+                "POST",
+                "POST",
+                Route::Ingress {
+                    kind,
+                    name: name.to_string(),
+                    path,
                 },
             )
         }
@@ -355,7 +379,43 @@ mod tests {
             Ok(Route::Ingress {
                 kind: ConnectorKind::Http,
                 name: "orders".into(),
+                path: IngressPath::Webhook,
             }),
+        );
+        check(
+            "POST",
+            "/v1/connectors/external/d/events",
+            Ok(Route::Ingress {
+                kind: ConnectorKind::External,
+                name: "d".into(),
+                path: IngressPath::Events,
+            }),
+        );
+        check(
+            "POST",
+            "/v1/connectors/external/d/events/batch",
+            Ok(Route::Ingress {
+                kind: ConnectorKind::External,
+                name: "d".into(),
+                path: IngressPath::EventsBatch,
+            }),
+        );
+        check(
+            "GET",
+            "/v1/connectors/external/d/events",
+            Err(NoRoute::MethodNotAllowed { allow: "POST" }),
+        );
+        // External connectors have no webhook; http connectors no event routes.
+        check("POST", "/v1/connectors/external/d", Err(NoRoute::NotFound));
+        check(
+            "POST",
+            "/v1/connectors/external/d/other",
+            Err(NoRoute::NotFound),
+        );
+        check(
+            "POST",
+            "/v1/connectors/http/orders/events",
+            Err(NoRoute::NotFound),
         );
         // Kinds this build does not serve yet have no route.
         check("POST", "/v1/connectors/slack/x", Err(NoRoute::NotFound));

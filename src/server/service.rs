@@ -186,7 +186,7 @@ impl Service {
             }
         };
         // SPEC §6.1: the connector lookup (404) comes before the body-size check (413).
-        if let Ok(Route::Ingress { kind, name }) = &routed {
+        if let Ok(Route::Ingress { kind, name, .. }) = &routed {
             if self.app.connectors().id(*kind, name).is_none() {
                 clock.body_done();
                 let err = IngressError::ConnectorNotFound {
@@ -256,7 +256,7 @@ impl Service {
             return (answer, None);
         }
         match route {
-            Route::Ingress { kind, name } => self.ingress(kind, name, req).await,
+            Route::Ingress { kind, name, path } => self.ingress(kind, name, path, req).await,
             Route::ClaimRun => (self.claim(req).await, None),
             route => {
                 let answer = self
@@ -310,6 +310,7 @@ impl Service {
         &self,
         kind: crate::model::ConnectorKind,
         name: String,
+        path: router::IngressPath,
         req: ApiRequest,
     ) -> (ApiResponse, Option<String>) {
         let (tx, rx) = oneshot::channel();
@@ -318,7 +319,7 @@ impl Service {
                 let reply = move |connector: Option<String>, response: ApiResponse| {
                     let _ = tx.send((response, connector));
                 };
-                super::ingress::handle(app, store, kind, &name, &req, Box::new(reply));
+                super::ingress::handle(app, store, kind, &name, path, &req, Box::new(reply));
             })
             .await;
         if let Err(problem) = submitted {

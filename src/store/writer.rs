@@ -345,7 +345,13 @@ pub trait WriteJob: Send {
 
 enum Msg {
     Job(Box<dyn WriteJob>),
-    DuplicateHit { receipt_key: String, at_ms: i64 },
+    /// Jobs that must land in the same batch (an external `/events/batch` request): the
+    /// writer takes them together, so they share one commit.
+    Jobs(Vec<Box<dyn WriteJob>>),
+    DuplicateHit {
+        receipt_key: String,
+        at_ms: i64,
+    },
 }
 
 /// Counters of the writer, for `/metrics` and the benchmark's commits-per-event figure.
@@ -416,19 +422,40 @@ impl GroupWriter {
     }
 
     fn submit_dyn(&self, job: Box<dyn WriteJob>) {
+        self.send_jobs(Msg::Job(job));
+    }
+
+    /// Queues several jobs as one message, so they are committed in the same batch (one
+    /// fsync for all of them). Each is still applied and finished on its own.
+    pub fn submit_all(&self, jobs: Vec<Box<dyn WriteJob>>) {
+        match jobs.len() {
+            0 => {}
+            1 => self.send_jobs(Msg::Job(jobs.into_iter().next().expect("one job"))),
+            _ => self.send_jobs(Msg::Jobs(jobs)),
+        }
+    }
+
+    /// Sends a job message; when the writer has stopped, its jobs are finished at once with
+    /// an error.
+    fn send_jobs(&self, msg: Msg) {
         let sender = self
             .sender
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let rejected = match sender {
-            Some(s) => s.send(Msg::Job(job)).err().map(|e| match e.0 {
-                Msg::Job(job) => job,
-                Msg::DuplicateHit { .. } => unreachable!("sent a job"),
-            }),
-            None => Some(job),
+        let unsent = match sender {
+            Some(s) => match s.send(msg) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => msg,
         };
-        if let Some(job) = rejected {
+        let jobs = match unsent {
+            Msg::Job(job) => vec![job],
+            Msg::Jobs(jobs) => jobs,
+            Msg::DuplicateHit { .. } => Vec::new(),
+        };
+        for job in jobs {
             job.finish(Err(StoreError::Busy {
                 path: self.db_path.clone(),
                 op: "accepting an event".into(),
@@ -501,6 +528,7 @@ fn writer_loop(
         let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut take = |msg: Msg, jobs: &mut Vec<Box<dyn WriteJob>>| match msg {
             Msg::Job(job) => jobs.push(job),
+            Msg::Jobs(batch) => jobs.extend(batch),
             Msg::DuplicateHit { receipt_key, at_ms } => {
                 pending_since.get_or_insert_with(Instant::now);
                 let entry = duplicates.entry(receipt_key).or_insert((0, at_ms));

@@ -20,6 +20,10 @@ mod serve_admin_tokens;
 mod serve_crash;
 /// Delivery to external sidecars: the `/deliver` contract, manifest cache, asset route, crash.
 mod serve_external_delivery;
+/// The README's external-sidecar walk-through (needs external ingress and delivery).
+mod serve_external_example;
+/// `serve` external sidecar ingress: `/events`, `/events/batch`, sessions, bad input.
+mod serve_external_ingress;
 /// `child_process` sidecars: supervision, environment, credential leases, restarts, reloads.
 mod serve_external_sidecars;
 /// `serve` HTTP ingress authentication: the SPEC §7.2 vector, 401s, secrets that never leak.

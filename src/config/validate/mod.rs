@@ -273,7 +273,7 @@ mod tests {
     use crate::model::Diagnostic;
 
     /// True for the build-capability warnings (unserved kinds and reply plugins), which every
-    /// slack/telegram/external fixture carries; the rule tests below look past them, and
+    /// slack/telegram fixture carries (external connectors are served, so they draw none); the rule tests below look past them, and
     /// `unserved_kinds_and_plugins_are_warned` checks them.
     pub(super) fn is_unserved(d: &Diagnostic) -> bool {
         d.message.contains("not served by this build")
@@ -289,7 +289,8 @@ mod tests {
     fn unserved_kinds_and_plugins_are_warned() {
         let text = "[[slack_connectors]]\nname = \"support\"\nsigning_secret_env = \"S\"\nbot_token_env = \"B\"\n\
                     [[http_connectors]]\nname = \"orders\"\nbearer_token_env = \"T\"\n\
-                    default_reply_targets = [{ plugin = \"telegram\", address = \"{\\\"connector\\\":\\\"a\\\",\\\"chat_id\\\":1}\" }]\n";
+                    default_reply_targets = [{ plugin = \"telegram\", address = \"{\\\"connector\\\":\\\"a\\\",\\\"chat_id\\\":1}\" }]\n\
+                    [[external_connectors]]\nname = \"side\"\nplatform = \"discord\"\nbase_url = \"https://sidecar.example.com\"\nshared_token_env = \"T\"\n";
         let all = parse_str("t.toml", text).diagnostics;
         let unserved: Vec<String> = all
             .iter()

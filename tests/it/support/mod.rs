@@ -11,6 +11,7 @@
 
 pub mod daemon;
 pub mod db;
+pub mod external;
 pub mod fake_sidecar;
 pub mod http;
 pub mod ingress;
