@@ -84,7 +84,8 @@ pub fn source_label(kind: ConnectorKind, name: &str) -> String {
     format!("daemon:{kind}/{name}")
 }
 
-fn in_file(file: &Config, kind: ConnectorKind, name: &str) -> bool {
+/// True when the file-backed config has connector `kind`/`name`.
+pub fn in_file(file: &Config, kind: ConnectorKind, name: &str) -> bool {
     let names: Vec<&str> = match kind {
         ConnectorKind::Http => file.http.iter().map(|c| c.common.name.as_str()).collect(),
         ConnectorKind::Slack => file.slack.iter().map(|c| c.common.name.as_str()).collect(),
@@ -114,6 +115,23 @@ fn append(into: &mut Config, from: Config) {
 pub fn merged_config(
     file: &Config,
     records: &[RuntimeConnectorRecord],
+) -> (Config, Vec<Diagnostic>) {
+    merge(file, records, false)
+}
+
+/// [`merged_config`] for `validate`: also the warnings of the daemon-managed connectors that
+/// were merged (each naming `daemon:KIND/NAME` and its JSON pointer).
+pub fn merged_config_with_warnings(
+    file: &Config,
+    records: &[RuntimeConnectorRecord],
+) -> (Config, Vec<Diagnostic>) {
+    merge(file, records, true)
+}
+
+fn merge(
+    file: &Config,
+    records: &[RuntimeConnectorRecord],
+    keep_warnings: bool,
 ) -> (Config, Vec<Diagnostic>) {
     let mut merged = file.clone();
     let mut diags = Vec::new();
@@ -157,6 +175,9 @@ pub fn merged_config(
                     diags.extend(loaded.diagnostics);
                 }
             } else {
+                if keep_warnings {
+                    diags.extend(loaded.diagnostics);
+                }
                 append(&mut merged, loaded.config);
             }
         }
@@ -223,6 +244,17 @@ pub struct PutRequest<'a> {
 /// this request count as present), then writes the document and its secret slots in one
 /// transaction — or, with `dry_run`, writes nothing.
 pub fn put(req: &PutRequest<'_>) -> Result<PutOutcome, RuntimeError> {
+    put_with_grace(req, None).map(|(outcome, _)| outcome)
+}
+
+/// [`put`] where every secret slot the patch writes keeps its previous value for `grace`,
+/// for inbound verification only (`rotate-secret --connector … --grace`): the rotation and
+/// the re-binding of the connector commit together. Also returns what each slot write did
+/// (empty for a dry run).
+pub fn put_with_grace(
+    req: &PutRequest<'_>,
+    grace: Option<std::time::Duration>,
+) -> Result<(PutOutcome, Vec<secrets::Rotation>), RuntimeError> {
     let (kind, name) = (req.kind, req.name);
     if in_file(req.file, kind, name) {
         return Err(RuntimeError::FileBacked {
@@ -297,20 +329,34 @@ pub fn put(req: &PutRequest<'_>) -> Result<PutOutcome, RuntimeError> {
         updated_at_ms: req.now_ms,
     };
     let created = existing.is_none();
+    let mut rotations = Vec::new();
     if !req.dry_run {
         let secret_store = secret_store.expect("opened for writing above");
         let writes = upserted
             .secrets
             .iter()
-            .map(|s| secret_store.sealed_write(&s.secret_ref, &s.value, req.origin, req.now_ms))
+            .map(|s| {
+                secret_store.sealed_rotation(&s.secret_ref, &s.value, grace, req.origin, req.now_ms)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        secret_store.store().put_runtime_connector(
+        let written = secret_store.store().put_runtime_connector_with_slots(
             kind,
             name,
             &upserted.document,
             &writes,
             req.now_ms,
         )?;
+        rotations = writes
+            .iter()
+            .zip(written.slots)
+            .map(|(w, out)| secrets::Rotation {
+                secret_ref: w.secret_ref.to_string(),
+                rotated_at_ms: req.now_ms,
+                grace_until_ms: w.keep_previous_until_ms.filter(|_| out.previous_kept),
+                previous_kept: out.previous_kept,
+                created: out.created,
+            })
+            .collect();
     } else {
         record.updated_at_ms = existing.map_or(req.now_ms, |r| r.updated_at_ms);
     }
@@ -319,14 +365,15 @@ pub fn put(req: &PutRequest<'_>) -> Result<PutOutcome, RuntimeError> {
         .into_iter()
         .filter(|d| d.severity != Severity::Error)
         .collect();
-    Ok(PutOutcome {
+    let outcome = PutOutcome {
         created,
         dry_run: req.dry_run,
         view: daemon_view(&record),
         changes,
         secrets_written,
         warnings,
-    })
+    };
+    Ok((outcome, rotations))
 }
 
 /// One daemon-managed connector's view.
