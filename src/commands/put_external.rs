@@ -93,13 +93,14 @@ fn build_patch(args: &PutExternalArgs) -> Result<Value> {
     } else if let Some(r) = &args.shared_token_secret_ref {
         set("shared_token", json!({ "secret_ref": r }));
     } else if args.shared_token_stdin {
-        let value = secrets::read_value(std::io::stdin().lock(), "standard input").map_err(|e| {
-            let status = crate::exit::secret_status(&e);
-            StatusError::new(
-                status,
-                format!("cannot read the shared token: {:#}", anyhow::Error::new(e)),
-            )
-        })?;
+        let value =
+            secrets::read_value(std::io::stdin().lock(), "standard input").map_err(|e| {
+                let status = crate::exit::secret_status(&e);
+                StatusError::new(
+                    status,
+                    format!("cannot read the shared token: {:#}", anyhow::Error::new(e)),
+                )
+            })?;
         // Stored under the default ref `connectors.external.NAME.shared_token` by the upsert.
         set("shared_token", json!({ "value": value.expose() }));
     }
@@ -236,7 +237,11 @@ pub(super) fn file_connectors(ctx: &Context) -> Result<Config> {
     };
     let loaded = config::load(path)?;
     if loaded.has_errors() {
-        for d in loaded.diagnostics.iter().filter(|d| d.severity == crate::model::Severity::Error) {
+        for d in loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == crate::model::Severity::Error)
+        {
             ctx.out.diagnostic(d);
         }
         return Err(refused(format!(
@@ -284,9 +289,7 @@ fn print_diagnostics(ctx: &Context, diags: &[Diagnostic]) {
     }
     if ctx.out.json_mode() {
         // Best effort: the exit status carries the failure either way.
-        let _ = ctx
-            .out
-            .json(&json!({"valid": false, "diagnostics": diags}));
+        let _ = ctx.out.json(&json!({"valid": false, "diagnostics": diags}));
     }
 }
 

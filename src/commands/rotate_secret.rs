@@ -26,7 +26,11 @@ pub fn run(ctx: &Context, args: RotateSecretArgs) -> Result<ExitStatus> {
         (None, Some((kind, name, field))) => docs::default_ref(*kind, name, field),
         // clap requires REF unless --connector is given (and --connector requires --field).
         (None, None) => {
-            return Err(StatusError::new(ExitStatus::Usage, "give REF or --connector KIND/NAME --field FIELD").into())
+            return Err(StatusError::new(
+                ExitStatus::Usage,
+                "give REF or --connector KIND/NAME --field FIELD",
+            )
+            .into())
         }
     };
     let secret_ref = secret_ref.as_str();
@@ -43,7 +47,8 @@ pub fn run(ctx: &Context, args: RotateSecretArgs) -> Result<ExitStatus> {
     let now_ms = now_ms()?;
     let rotation = match (&target, &file) {
         (Some((kind, name, field)), Some(file)) => {
-            let patch = json!({ field.as_str(): { "value": value.expose(), "secret_ref": secret_ref } });
+            let patch =
+                json!({ field.as_str(): { "value": value.expose(), "secret_ref": secret_ref } });
             let (_, rotations) = runtime::put_with_grace(
                 &PutRequest {
                     state_root: &ctx.state_root,
@@ -65,11 +70,12 @@ pub fn run(ctx: &Context, args: RotateSecretArgs) -> Result<ExitStatus> {
             rotations
                 .into_iter()
                 .find(|r| r.secret_ref == secret_ref)
-                .ok_or_else(|| anyhow::anyhow!("internal: the rotation of `{secret_ref}` was not reported"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("internal: the rotation of `{secret_ref}` was not reported")
+                })?
         }
         _ => {
-            let store =
-                SecretStore::open_or_create(&ctx.state_root).map_err(failed(secret_ref))?;
+            let store = SecretStore::open_or_create(&ctx.state_root).map_err(failed(secret_ref))?;
             store
                 .rotate(secret_ref, value.clone(), args.grace, source, now_ms)
                 .map_err(failed(secret_ref))?
@@ -161,7 +167,10 @@ fn check_rebindable(ctx: &Context, kind: ConnectorKind, name: &str) -> Result<Co
     let records = runtime::records(&ctx.state_root).map_err(|e| {
         StatusError::new(
             ExitStatus::Unavailable,
-            format!("cannot read the runtime connector store: {:#}", anyhow::Error::new(e)),
+            format!(
+                "cannot read the runtime connector store: {:#}",
+                anyhow::Error::new(e)
+            ),
         )
     })?;
     if !records.iter().any(|r| r.kind == kind && r.name == name) {

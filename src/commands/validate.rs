@@ -52,10 +52,9 @@ pub fn run(ctx: &Context, args: ValidateArgs) -> Result<ExitStatus> {
             diagnostics.sort_by_key(|d| (d.line, d.column));
         }
         if let Some(store) = &store {
-            let (checked, problems) =
-                daemon_managed(&loaded.config, store, &|source| {
-                    source_problem(source, Some(store), &env, ctx)
-                })?;
+            let (checked, problems) = daemon_managed(&loaded.config, store, &|source| {
+                source_problem(source, Some(store), &env, ctx)
+            })?;
             daemon = checked;
             diagnostics.extend(problems);
         }
@@ -80,9 +79,14 @@ pub fn run(ctx: &Context, args: ValidateArgs) -> Result<ExitStatus> {
             None => format!("daemon-managed connectors of {}", ctx.state_root.display()),
         };
         let counts = plural(n_errors, "error") + ", " + &plural(n_warnings, "warning");
-        let summary = if valid {
+        let summary = if valid && path.is_none() {
+            format!(
+                "{what}: valid ({}; {counts})",
+                plural(daemon.len(), "connector")
+            )
+        } else if valid {
             let c = &loaded.config;
-            let daemon_count = if daemon.len() > 0 {
+            let daemon_count = if !daemon.is_empty() {
                 format!("; {} daemon-managed", daemon.len())
             } else {
                 String::new()
@@ -95,7 +99,7 @@ pub fn run(ctx: &Context, args: ValidateArgs) -> Result<ExitStatus> {
                 c.telegram.len(),
                 c.external.len(),
                 if args.offline {
-                    "; secrets and daemon-managed connectors not checked (--offline)"
+                    "; secrets not checked (--offline)"
                 } else {
                     ""
                 },
