@@ -571,3 +571,89 @@ pub fn delete_secret(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    use crate::secrets::Secret;
+
+    fn request<'a>(
+        root: &'a Path,
+        file: &'a Config,
+        patch: &'a Value,
+        now_ms: i64,
+    ) -> PutRequest<'a> {
+        PutRequest {
+            state_root: root,
+            file,
+            kind: ConnectorKind::External,
+            name: "d",
+            patch,
+            dry_run: false,
+            env: None,
+            origin: "test",
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_put_with_grace_rotates_and_rebinds_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Config::default();
+        let create = json!({"platform": "p", "base_url": "https://s.example.com",
+            "shared_token": {"value": "old-value"}});
+        let (out, rotations) =
+            put_with_grace(&request(dir.path(), &file, &create, 1_000), None).unwrap();
+        assert!(out.created);
+        assert_eq!(rotations.len(), 1);
+        assert!(rotations[0].created && !rotations[0].previous_kept);
+
+        let rotate = json!({"shared_token": {"value": "new-value", "secret_ref": "connectors.external.d.shared_token"}});
+        let grace = Some(std::time::Duration::from_secs(60));
+        let (out, rotations) =
+            put_with_grace(&request(dir.path(), &file, &rotate, 2_000), grace).unwrap();
+        assert!(!out.created);
+        assert_eq!(
+            (rotations[0].previous_kept, rotations[0].grace_until_ms),
+            (true, Some(62_000))
+        );
+        let store = SecretStore::open_existing(dir.path()).unwrap().unwrap();
+        let values = store
+            .verification_values("connectors.external.d.shared_token", 2_001)
+            .unwrap();
+        let exposed: Vec<&str> = values.iter().map(Secret::expose).collect();
+        assert_eq!(exposed, ["new-value", "old-value"]);
+
+        // A dry run reports and writes nothing.
+        let mut dry = request(dir.path(), &file, &rotate, 3_000);
+        dry.dry_run = true;
+        let (out, rotations) = put_with_grace(&dry, grace).unwrap();
+        assert!(out.dry_run && rotations.is_empty());
+        assert_eq!(
+            store.list().unwrap()[0].updated_at_ms,
+            2_000,
+            "the slot was not written again"
+        );
+    }
+
+    #[test]
+    fn validate_sees_the_warnings_of_merged_connectors() {
+        let record = RuntimeConnectorRecord {
+            kind: ConnectorKind::External,
+            name: "d".into(),
+            document: json!({"name": "d", "platform": "p", "base_url": "https://s.example.com",
+                "allow_unauthenticated_ingress": true}),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let (merged, quiet) = merged_config(&Config::default(), std::slice::from_ref(&record));
+        let (_, loud) = merged_config_with_warnings(&Config::default(), &[record]);
+        assert_eq!(merged.external.len(), 1);
+        assert!(quiet.len() <= loud.len());
+        assert!(loud
+            .iter()
+            .all(|d| d.file == "daemon:external/d" && d.severity == Severity::Warning));
+    }
+}
