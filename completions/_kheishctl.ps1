@@ -37,6 +37,7 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
             [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
             [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('put-external', 'put-external', [CompletionResultType]::ParameterValue, 'Create or update a daemon-managed external connector')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Replay or resolve dead-lettered deliveries')
             [CompletionResult]::new('inspect-receipts', 'inspect-receipts', [CompletionResultType]::ParameterValue, 'List ingress receipts from the state root')
             [CompletionResult]::new('drain-deliveries', 'drain-deliveries', [CompletionResultType]::ParameterValue, 'Run the delivery worker in this process until the queue is drained')
@@ -127,11 +128,46 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--from-file', '--from-file', [CompletionResultType]::ParameterName, 'Take the new value from this file (one trailing newline is stripped)')
             [CompletionResult]::new('--bytes', '--bytes', [CompletionResultType]::ParameterName, 'Bytes of entropy for --generate (16..=1024)')
             [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'Keep accepting the previous value for inbound verification for this long (e.g. 10m)')
+            [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Re-bind this daemon-managed connector (KIND/NAME) to the rotated slot (needs --field)')
+            [CompletionResult]::new('--field', '--field', [CompletionResultType]::ParameterName, 'The connector''s secret field to re-bind (e.g. shared_token, bearer_token, hmac_secret, bot_token, signing_secret, secret_token)')
             [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
             [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
             [CompletionResult]::new('--stdin', '--stdin', [CompletionResultType]::ParameterName, 'Take the new value from standard input (one trailing newline is stripped)')
             [CompletionResult]::new('--generate', '--generate', [CompletionResultType]::ParameterName, 'Generate a random URL-safe value and print it once on stdout')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log more (debug level); overrides KHEISH_LOG')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'kheishctl;put-external' {
+            [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'Members from a file: TOML (one [[external_connectors]] table or a bare table) or JSON')
+            [CompletionResult]::new('--platform', '--platform', [CompletionResultType]::ParameterName, 'The platform the sidecar bridges (required for a new connector; cannot change)')
+            [CompletionResult]::new('--mode', '--mode', [CompletionResultType]::ParameterName, 'How the sidecar runs')
+            [CompletionResult]::new('--base-url', '--base-url', [CompletionResultType]::ParameterName, 'The sidecar''s base URL (http/https; loopback for child_process)')
+            [CompletionResult]::new('--allow-private-network', '--allow-private-network', [CompletionResultType]::ParameterName, 'Allow a remote_http base URL on a loopback, private or link-local address')
+            [CompletionResult]::new('--shared-token-env', '--shared-token-env', [CompletionResultType]::ParameterName, 'The shared token comes from this environment variable of the daemon')
+            [CompletionResult]::new('--shared-token-secret-ref', '--shared-token-secret-ref', [CompletionResultType]::ParameterName, 'The shared token comes from this secret-store slot')
+            [CompletionResult]::new('--allow-unauthenticated-ingress', '--allow-unauthenticated-ingress', [CompletionResultType]::ParameterName, 'Accept sidecar ingress without a shared token (must be explicit)')
+            [CompletionResult]::new('--fixed-session-id', '--fixed-session-id', [CompletionResultType]::ParameterName, 'Put every event into this session ("" clears it)')
+            [CompletionResult]::new('--include-self-output', '--include-self-output', [CompletionResultType]::ParameterName, 'Also deliver output to the conversation the event came from')
+            [CompletionResult]::new('--ingress-events-per-second', '--ingress-events-per-second', [CompletionResultType]::ParameterName, 'Ingress rate limit of this connector (events per second, at least 1)')
+            [CompletionResult]::new('--command', '--command', [CompletionResultType]::ParameterName, 'child_process: the sidecar program')
+            [CompletionResult]::new('--arg', '--arg', [CompletionResultType]::ParameterName, 'child_process: one argument of the program (repeat in order; replaces the stored list)')
+            [CompletionResult]::new('--env', '--env', [CompletionResultType]::ParameterName, 'child_process: one environment variable K=V of the sidecar (repeat; replaces the stored table). Not for secrets: use --credential-slot')
+            [CompletionResult]::new('--credential-slot', '--credential-slot', [CompletionResultType]::ParameterName, 'child_process: a credential the sidecar may lease, ENV_KEY=SECRET_REF (repeat; replaces the stored table). The slot must exist and be non-empty')
+            [CompletionResult]::new('--working-dir', '--working-dir', [CompletionResultType]::ParameterName, 'child_process: the sidecar''s working directory ("" clears it)')
+            [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
+            [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--shared-token-stdin', '--shared-token-stdin', [CompletionResultType]::ParameterName, 'Read the shared token from standard input (one trailing newline is stripped) and store it in slot connectors.external.NAME.shared_token')
+            [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Print the result and the field-by-field diff; write nothing')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')
@@ -246,6 +282,7 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('validate', 'validate', [CompletionResultType]::ParameterValue, 'Validate a connector file and the secrets it references')
             [CompletionResult]::new('sign', 'sign', [CompletionResultType]::ParameterValue, 'Sign a request body the way ingress verifies it')
             [CompletionResult]::new('rotate-secret', 'rotate-secret', [CompletionResultType]::ParameterValue, 'Write a new value into a secret-store slot')
+            [CompletionResult]::new('put-external', 'put-external', [CompletionResultType]::ParameterValue, 'Create or update a daemon-managed external connector')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Replay or resolve dead-lettered deliveries')
             [CompletionResult]::new('inspect-receipts', 'inspect-receipts', [CompletionResultType]::ParameterValue, 'List ingress receipts from the state root')
             [CompletionResult]::new('drain-deliveries', 'drain-deliveries', [CompletionResultType]::ParameterValue, 'Run the delivery worker in this process until the queue is drained')
@@ -264,6 +301,9 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             break
         }
         'kheishctl;help;rotate-secret' {
+            break
+        }
+        'kheishctl;help;put-external' {
             break
         }
         'kheishctl;help;replay' {

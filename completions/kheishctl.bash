@@ -31,6 +31,9 @@ _kheishctl() {
             kheishctl,man)
                 cmd="kheishctl__subcmd__man"
                 ;;
+            kheishctl,put-external)
+                cmd="kheishctl__subcmd__put__subcmd__external"
+                ;;
             kheishctl,replay)
                 cmd="kheishctl__subcmd__replay"
                 ;;
@@ -61,6 +64,9 @@ _kheishctl() {
             kheishctl__subcmd__help,man)
                 cmd="kheishctl__subcmd__help__subcmd__man"
                 ;;
+            kheishctl__subcmd__help,put-external)
+                cmd="kheishctl__subcmd__help__subcmd__put__subcmd__external"
+                ;;
             kheishctl__subcmd__help,replay)
                 cmd="kheishctl__subcmd__help__subcmd__replay"
                 ;;
@@ -83,7 +89,7 @@ _kheishctl() {
 
     case "${cmd}" in
         kheishctl)
-            opts="-q -v -h -V --state-root --connectors-config --json --quiet --verbose --color --help --version serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help"
+            opts="-q -v -h -V --state-root --connectors-config --json --quiet --verbose --color --help --version serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -186,7 +192,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__help)
-            opts="serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help"
+            opts="serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -256,6 +262,20 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kheishctl__subcmd__help__subcmd__put__subcmd__external)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -421,6 +441,113 @@ _kheishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kheishctl__subcmd__put__subcmd__external)
+            opts="-q -v -h -V --file --platform --mode --base-url --allow-private-network --shared-token-env --shared-token-secret-ref --shared-token-stdin --allow-unauthenticated-ingress --fixed-session-id --include-self-output --ingress-events-per-second --command --arg --env --credential-slot --working-dir --dry-run --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --platform)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -W "remote_http child_process" -- "${cur}"))
+                    return 0
+                    ;;
+                --base-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-private-network)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --shared-token-env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shared-token-secret-ref)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-unauthenticated-ingress)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --fixed-session-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --include-self-output)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --ingress-events-per-second)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --command)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --arg)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --credential-slot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --working-dir)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --state-root)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
+                    return 0
+                    ;;
+                --connectors-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kheishctl__subcmd__replay)
             opts="-q -v -h -V --all --connector --plugin --session --run --since --limit --include-resolved --force --dry-run --resolve --reason --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -479,7 +606,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__rotate__subcmd__secret)
-            opts="-q -v -h -V --from-env --from-file --stdin --generate --bytes --grace --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            opts="-q -v -h -V --from-env --from-file --stdin --generate --bytes --grace --connector --field --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -509,6 +636,14 @@ _kheishctl() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --field)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,6 +34,7 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand validate 'Validate a connector file and the secrets it references'
             cand sign 'Sign a request body the way ingress verifies it'
             cand rotate-secret 'Write a new value into a secret-store slot'
+            cand put-external 'Create or update a daemon-managed external connector'
             cand replay 'Replay or resolve dead-lettered deliveries'
             cand inspect-receipts 'List ingress receipts from the state root'
             cand drain-deliveries 'Run the delivery worker in this process until the queue is drained'
@@ -120,11 +121,45 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand --from-file 'Take the new value from this file (one trailing newline is stripped)'
             cand --bytes 'Bytes of entropy for --generate (16..=1024)'
             cand --grace 'Keep accepting the previous value for inbound verification for this long (e.g. 10m)'
+            cand --connector 'Re-bind this daemon-managed connector (KIND/NAME) to the rotated slot (needs --field)'
+            cand --field 'The connector''s secret field to re-bind (e.g. shared_token, bearer_token, hmac_secret, bot_token, signing_secret, secret_token)'
             cand --state-root 'The state root directory (created 0700 when a command needs to write)'
             cand --connectors-config 'The TOML connector file'
             cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
             cand --stdin 'Take the new value from standard input (one trailing newline is stripped)'
             cand --generate 'Generate a random URL-safe value and print it once on stdout'
+            cand --json 'Machine-readable output on stdout (one JSON document)'
+            cand -q 'Only log errors'
+            cand --quiet 'Only log errors'
+            cand -v 'Log more (debug level); overrides KHEISH_LOG'
+            cand --verbose 'Log more (debug level); overrides KHEISH_LOG'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'kheishctl;put-external'= {
+            cand --file 'Members from a file: TOML (one [[external_connectors]] table or a bare table) or JSON'
+            cand --platform 'The platform the sidecar bridges (required for a new connector; cannot change)'
+            cand --mode 'How the sidecar runs'
+            cand --base-url 'The sidecar''s base URL (http/https; loopback for child_process)'
+            cand --allow-private-network 'Allow a remote_http base URL on a loopback, private or link-local address'
+            cand --shared-token-env 'The shared token comes from this environment variable of the daemon'
+            cand --shared-token-secret-ref 'The shared token comes from this secret-store slot'
+            cand --allow-unauthenticated-ingress 'Accept sidecar ingress without a shared token (must be explicit)'
+            cand --fixed-session-id 'Put every event into this session ("" clears it)'
+            cand --include-self-output 'Also deliver output to the conversation the event came from'
+            cand --ingress-events-per-second 'Ingress rate limit of this connector (events per second, at least 1)'
+            cand --command 'child_process: the sidecar program'
+            cand --arg 'child_process: one argument of the program (repeat in order; replaces the stored list)'
+            cand --env 'child_process: one environment variable K=V of the sidecar (repeat; replaces the stored table). Not for secrets: use --credential-slot'
+            cand --credential-slot 'child_process: a credential the sidecar may lease, ENV_KEY=SECRET_REF (repeat; replaces the stored table). The slot must exist and be non-empty'
+            cand --working-dir 'child_process: the sidecar''s working directory ("" clears it)'
+            cand --state-root 'The state root directory (created 0700 when a command needs to write)'
+            cand --connectors-config 'The TOML connector file'
+            cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --shared-token-stdin 'Read the shared token from standard input (one trailing newline is stripped) and store it in slot connectors.external.NAME.shared_token'
+            cand --dry-run 'Print the result and the field-by-field diff; write nothing'
             cand --json 'Machine-readable output on stdout (one JSON document)'
             cand -q 'Only log errors'
             cand --quiet 'Only log errors'
@@ -233,6 +268,7 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand validate 'Validate a connector file and the secrets it references'
             cand sign 'Sign a request body the way ingress verifies it'
             cand rotate-secret 'Write a new value into a secret-store slot'
+            cand put-external 'Create or update a daemon-managed external connector'
             cand replay 'Replay or resolve dead-lettered deliveries'
             cand inspect-receipts 'List ingress receipts from the state root'
             cand drain-deliveries 'Run the delivery worker in this process until the queue is drained'
@@ -247,6 +283,8 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
         &'kheishctl;help;sign'= {
         }
         &'kheishctl;help;rotate-secret'= {
+        }
+        &'kheishctl;help;put-external'= {
         }
         &'kheishctl;help;replay'= {
         }

@@ -38,6 +38,7 @@ complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "serve" -d 'Run 
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "validate" -d 'Validate a connector file and the secrets it references'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "put-external" -d 'Create or update a daemon-managed external connector'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "replay" -d 'Replay or resolve dead-lettered deliveries'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
 complete -c kheishctl -n "__fish_kheishctl_needs_command" -f -a "drain-deliveries" -d 'Run the delivery worker in this process until the queue is drained'
@@ -115,6 +116,8 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l fr
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l from-file -d 'Take the new value from this file (one trailing newline is stripped)' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l bytes -d 'Bytes of entropy for --generate (16..=1024)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l grace -d 'Keep accepting the previous value for inbound verification for this long (e.g. 10m)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l connector -d 'Re-bind this daemon-managed connector (KIND/NAME) to the rotated slot (needs --field)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l field -d 'The connector\'s secret field to re-bind (e.g. shared_token, bearer_token, hmac_secret, bot_token, signing_secret, secret_token)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l connectors-config -d 'The TOML connector file' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
@@ -127,6 +130,38 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s q 
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand rotate-secret" -s V -l version -d 'Print version'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l file -d 'Members from a file: TOML (one [[external_connectors]] table or a bare table) or JSON' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l platform -d 'The platform the sidecar bridges (required for a new connector; cannot change)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l mode -d 'How the sidecar runs' -r -f -a "remote_http\t'The sidecar runs elsewhere and is reached at --base-url'
+child_process\t'The daemon starts and supervises the sidecar (--command) on a loopback --base-url'"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l base-url -d 'The sidecar\'s base URL (http/https; loopback for child_process)' -r -f
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l allow-private-network -d 'Allow a remote_http base URL on a loopback, private or link-local address' -r -f -a "true\t''
+false\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l shared-token-env -d 'The shared token comes from this environment variable of the daemon' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l shared-token-secret-ref -d 'The shared token comes from this secret-store slot' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l allow-unauthenticated-ingress -d 'Accept sidecar ingress without a shared token (must be explicit)' -r -f -a "true\t''
+false\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l fixed-session-id -d 'Put every event into this session ("" clears it)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l include-self-output -d 'Also deliver output to the conversation the event came from' -r -f -a "true\t''
+false\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l ingress-events-per-second -d 'Ingress rate limit of this connector (events per second, at least 1)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l command -d 'child_process: the sidecar program' -r -f -a "(__fish_complete_command)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l arg -d 'child_process: one argument of the program (repeat in order; replaces the stored list)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l env -d 'child_process: one environment variable K=V of the sidecar (repeat; replaces the stored table). Not for secrets: use --credential-slot' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l credential-slot -d 'child_process: a credential the sidecar may lease, ENV_KEY=SECRET_REF (repeat; replaces the stored table). The slot must exist and be non-empty' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l working-dir -d 'child_process: the sidecar\'s working directory ("" clears it)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l connectors-config -d 'The TOML connector file' -r -F
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l shared-token-stdin -d 'Read the shared token from standard input (one trailing newline is stripped) and store it in slot connectors.external.NAME.shared_token'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l dry-run -d 'Print the result and the field-by-field diff; write nothing'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -l json -d 'Machine-readable output on stdout (one JSON document)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -s q -l quiet -d 'Only log errors'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand put-external" -s V -l version -d 'Print version'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l connector -d 'Only deliveries of runs from this connector (KIND/NAME)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l plugin -d 'Only deliveries to this plugin (http, slack, telegram, external)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -l session -d 'Only deliveries of this session' -r
@@ -200,13 +235,14 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s q -l quiet -
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "serve" -d 'Run the gateway daemon'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "replay" -d 'Replay or resolve dead-lettered deliveries'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "drain-deliveries" -d 'Run the delivery worker in this process until the queue is drained'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "man" -d 'Print a man page (for packagers)'
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret replay inspect-receipts drain-deliveries completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "serve" -d 'Run the gateway daemon'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "validate" -d 'Validate a connector file and the secrets it references'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "sign" -d 'Sign a request body the way ingress verifies it'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "rotate-secret" -d 'Write a new value into a secret-store slot'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "put-external" -d 'Create or update a daemon-managed external connector'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "replay" -d 'Replay or resolve dead-lettered deliveries'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "inspect-receipts" -d 'List ingress receipts from the state root'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "drain-deliveries" -d 'Run the delivery worker in this process until the queue is drained'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "man" -d 'Print a man page (for packagers)'
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand help; and not __fish_seen_subcommand_from serve validate sign rotate-secret put-external replay inspect-receipts drain-deliveries completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -91,6 +91,7 @@ pub enum Command {
     Validate(ValidateArgs),
     Sign(SignArgs),
     RotateSecret(RotateSecretArgs),
+    PutExternal(PutExternalArgs),
     Replay(ReplayArgs),
     InspectReceipts(InspectReceiptsArgs),
     DrainDeliveries(DrainDeliveriesArgs),
@@ -526,15 +527,20 @@ URL-safe value and prints it once on stdout; otherwise nothing secret is printed
 With --grace, the previous value is still accepted for that long wherever the slot verifies an \
 inbound request (bearer token, HMAC secret, Slack signing secret, Telegram secret token, external \
 shared token); outbound use switches at once. Rotations are recorded without values.\n\n\
+With --connector KIND/NAME --field FIELD (a daemon-managed connector), REF defaults to \
+connectors.KIND.NAME.FIELD and the connector is re-bound to REF in the same transaction as the \
+write. A file-backed connector is refused: change its file instead.\n\n\
 Examples:\n  kheishctl rotate-secret connectors.http.orders.hmac_secret --generate --grace 10m\n  \
 printf %s \"$TOKEN\" | kheishctl rotate-secret connectors.slack.support.bot_token --stdin\n  \
-kheishctl rotate-secret connectors.http.orders.bearer_token --from-env NEW_ORDERS_TOKEN --json"
+kheishctl rotate-secret connectors.http.orders.bearer_token --from-env NEW_ORDERS_TOKEN --json\n  \
+kheishctl rotate-secret --connector external/discord --field shared_token --generate --grace 10m"
 )]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from_env", "from_file", "stdin", "generate"])))]
 pub struct RotateSecretArgs {
-    /// The secret ref (slot name), e.g. connectors.http.orders.hmac_secret.
-    #[arg(value_name = "REF")]
-    pub secret_ref: String,
+    /// The secret ref (slot name), e.g. connectors.http.orders.hmac_secret. Optional with
+    /// --connector/--field (default: connectors.KIND.NAME.FIELD).
+    #[arg(value_name = "REF", required_unless_present = "connector")]
+    pub secret_ref: Option<String>,
 
     /// Take the new value from this environment variable.
     #[arg(long, value_name = "VAR")]
@@ -560,6 +566,145 @@ pub struct RotateSecretArgs {
     /// Keep accepting the previous value for inbound verification for this long (e.g. 10m).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub grace: Option<std::time::Duration>,
+
+    /// Re-bind this daemon-managed connector (KIND/NAME) to the rotated slot (needs --field).
+    #[arg(long, value_name = "KIND/NAME", requires = "field")]
+    pub connector: Option<crate::model::ConnectorId>,
+
+    /// The connector's secret field to re-bind (e.g. shared_token, bearer_token, hmac_secret,
+    /// bot_token, signing_secret, secret_token).
+    #[arg(long, value_name = "FIELD", requires = "connector")]
+    pub field: Option<String>,
+}
+
+/// `--mode` of an external connector (SPEC §10.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExternalMode {
+    /// The sidecar runs elsewhere and is reached at --base-url.
+    #[value(name = "remote_http")]
+    RemoteHttp,
+    /// The daemon starts and supervises the sidecar (--command) on a loopback --base-url.
+    #[value(name = "child_process")]
+    ChildProcess,
+}
+
+impl ExternalMode {
+    /// The value as the connector file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalMode::RemoteHttp => "remote_http",
+            ExternalMode::ChildProcess => "child_process",
+        }
+    }
+}
+
+/// Create or update a daemon-managed external connector.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Create or update one daemon-managed external connector in the state root's \
+runtime connector store (SPEC §12): a field-aware upsert, so flags that are given change and \
+everything else keeps its value (a new connector starts from defaults; an empty string clears a \
+member). --file gives members as TOML (one [[external_connectors]] table or a bare table) or \
+JSON; flags override its members. The result is validated like the connector file; every \
+secret it names must resolve now (credential slots must exist as non-empty secrets). A name \
+used by a file-backed external connector (of --connectors-config) is refused, and so is a change \
+of platform.\n\n\
+A secret is never taken as a plain argument: --shared-token-env names a variable of the \
+daemon's environment, --shared-token-secret-ref a slot, and --shared-token-stdin reads the value \
+from standard input (one trailing newline is stripped) into the slot \
+connectors.external.NAME.shared_token.\n\n\
+Prints the redacted connector view; --dry-run prints it with a field-by-field diff and writes \
+nothing. Safe beside a running daemon, which applies the change within 2 seconds (restarting \
+the sidecar when its process spec changed).\n\n\
+Exit status: 0, 1 when the connector is invalid or refused, 2 on usage errors, 4 when the \
+state root or --file cannot be read.\n\n\
+Examples:\n  kheishctl put-external discord --platform discord --base-url https://sidecar.example.com \\\n      --shared-token-secret-ref connectors.external.discord.shared_token\n  \
+printf %s \"$TOKEN\" | kheishctl put-external discord --shared-token-stdin\n  \
+kheishctl put-external local --platform matrix --mode child_process --base-url http://127.0.0.1:7001 \\\n      \
+--command ./sidecar --arg --verbose --env LOG=debug --credential-slot MATRIX_TOKEN=matrix.token \\\n      \
+--allow-unauthenticated-ingress true\n  \
+kheishctl put-external discord --file discord.toml --dry-run --json"
+)]
+#[command(group(clap::ArgGroup::new("shared_token").args(["shared_token_env", "shared_token_secret_ref", "shared_token_stdin"])))]
+pub struct PutExternalArgs {
+    /// The connector's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Members from a file: TOML (one [[external_connectors]] table or a bare table) or JSON.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub file: Option<PathBuf>,
+
+    /// The platform the sidecar bridges (required for a new connector; cannot change).
+    #[arg(long, value_name = "P")]
+    pub platform: Option<String>,
+
+    /// How the sidecar runs.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<ExternalMode>,
+
+    /// The sidecar's base URL (http/https; loopback for child_process).
+    #[arg(long, value_name = "URL", value_hint = clap::ValueHint::Url)]
+    pub base_url: Option<String>,
+
+    /// Allow a remote_http base URL on a loopback, private or link-local address.
+    #[arg(long, value_name = "BOOL")]
+    pub allow_private_network: Option<bool>,
+
+    /// The shared token comes from this environment variable of the daemon.
+    #[arg(long, value_name = "VAR")]
+    pub shared_token_env: Option<String>,
+
+    /// The shared token comes from this secret-store slot.
+    #[arg(long, value_name = "REF")]
+    pub shared_token_secret_ref: Option<String>,
+
+    /// Read the shared token from standard input (one trailing newline is stripped) and store
+    /// it in slot connectors.external.NAME.shared_token.
+    #[arg(long)]
+    pub shared_token_stdin: bool,
+
+    /// Accept sidecar ingress without a shared token (must be explicit).
+    #[arg(long, value_name = "BOOL")]
+    pub allow_unauthenticated_ingress: Option<bool>,
+
+    /// Put every event into this session ("" clears it).
+    #[arg(long, value_name = "ID")]
+    pub fixed_session_id: Option<String>,
+
+    /// Also deliver output to the conversation the event came from.
+    #[arg(long, value_name = "BOOL")]
+    pub include_self_output: Option<bool>,
+
+    /// Ingress rate limit of this connector (events per second, at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub ingress_events_per_second: Option<u32>,
+
+    /// child_process: the sidecar program.
+    #[arg(long, value_name = "CMD", value_hint = clap::ValueHint::CommandName)]
+    pub command: Option<String>,
+
+    /// child_process: one argument of the program (repeat in order; replaces the stored list).
+    #[arg(long = "arg", value_name = "A", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+
+    /// child_process: one environment variable K=V of the sidecar (repeat; replaces the
+    /// stored table). Not for secrets: use --credential-slot.
+    #[arg(long, value_name = "K=V")]
+    pub env: Vec<String>,
+
+    /// child_process: a credential the sidecar may lease, ENV_KEY=SECRET_REF (repeat; replaces
+    /// the stored table). The slot must exist and be non-empty.
+    #[arg(long, value_name = "K=REF")]
+    pub credential_slot: Vec<String>,
+
+    /// child_process: the sidecar's working directory ("" clears it).
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub working_dir: Option<PathBuf>,
+
+    /// Print the result and the field-by-field diff; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Shells `completions` can generate for.

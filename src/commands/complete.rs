@@ -73,6 +73,7 @@ fn attach(cmd: clap::Command, path: &[&str]) -> clap::Command {
         let sub = here.get(1).copied().unwrap_or("");
         cmd = cmd.mut_arg(&id, |arg| match (sub, id.as_str()) {
             ("sign", "connector") => arg.add(ArgValueCandidates::new(http_connector_names)),
+            ("put-external", "name") => arg.add(ArgValueCandidates::new(daemon_external_names)),
             (_, "connector") => arg.add(ArgValueCandidates::new(connector_ids)),
             (_, "plugin") => arg.add(ArgValueCandidates::new(plugins)),
             ("replay", "delivery_ids") => arg.add(ArgValueCandidates::new(dead_letters)),
@@ -141,43 +142,64 @@ fn config() -> Option<crate::config::Config> {
     crate::config::load(&path).ok().map(|l| l.config)
 }
 
+/// `KIND/NAME` of the file's connectors and of the daemon-managed ones in the state root.
 fn connector_ids() -> Vec<CompletionCandidate> {
-    let Some(config) = config() else {
+    let mut ids: Vec<(ConnectorKind, String, &'static str)> = Vec::new();
+    if let Some(config) = config() {
+        let file = "connector file";
+        ids.extend(
+            config
+                .http
+                .iter()
+                .map(|c| (ConnectorKind::Http, c.common.name.to_string(), file)),
+        );
+        ids.extend(
+            config
+                .slack
+                .iter()
+                .map(|c| (ConnectorKind::Slack, c.common.name.to_string(), file)),
+        );
+        ids.extend(
+            config
+                .telegram
+                .iter()
+                .map(|c| (ConnectorKind::Telegram, c.common.name.to_string(), file)),
+        );
+        ids.extend(
+            config
+                .external
+                .iter()
+                .map(|c| (ConnectorKind::External, c.common.name.to_string(), file)),
+        );
+    }
+    if let Some(records) = store().and_then(|s| s.runtime_connectors().ok()) {
+        ids.extend(
+            records
+                .into_iter()
+                .map(|r| (r.kind, r.name, "daemon-managed")),
+        );
+    }
+    let mut ids: Vec<(String, &'static str)> = ids
+        .into_iter()
+        .map(|(kind, name, source)| (format!("{kind}/{name}"), source))
+        .collect();
+    // Sorted by id; a name in both sources keeps the file's (the one in force).
+    ids.sort();
+    ids.dedup_by(|later, first| later.0 == first.0);
+    ids.into_iter()
+        .map(|(id, source)| CompletionCandidate::new(id).help(Some(source.into())))
+        .collect()
+}
+
+/// `put-external NAME`: the daemon-managed external connectors (to update one).
+fn daemon_external_names() -> Vec<CompletionCandidate> {
+    let Some(records) = store().and_then(|s| s.runtime_connectors().ok()) else {
         return Vec::new();
     };
-    let mut ids: Vec<(ConnectorKind, String)> = Vec::new();
-    ids.extend(
-        config
-            .http
-            .iter()
-            .map(|c| (ConnectorKind::Http, c.common.name.to_string())),
-    );
-    ids.extend(
-        config
-            .slack
-            .iter()
-            .map(|c| (ConnectorKind::Slack, c.common.name.to_string())),
-    );
-    ids.extend(
-        config
-            .telegram
-            .iter()
-            .map(|c| (ConnectorKind::Telegram, c.common.name.to_string())),
-    );
-    ids.extend(
-        config
-            .external
-            .iter()
-            .map(|c| (ConnectorKind::External, c.common.name.to_string())),
-    );
-    let mut ids: Vec<String> = ids
+    records
         .into_iter()
-        .map(|(kind, name)| format!("{kind}/{name}"))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids.into_iter()
-        .map(|id| CompletionCandidate::new(id).help(Some("connector file".into())))
+        .filter(|r| r.kind == ConnectorKind::External)
+        .map(|r| CompletionCandidate::new(r.name).help(Some("daemon-managed".into())))
         .collect()
 }
 

@@ -5,6 +5,7 @@ pub mod complete;
 mod completions;
 mod drain_deliveries;
 mod inspect_receipts;
+mod put_external;
 mod replay;
 mod rotate_secret;
 mod serve;
@@ -78,6 +79,7 @@ pub fn run(cli: Cli) -> Result<ExitStatus> {
         Command::DrainDeliveries(args) => drain_deliveries::run(&ctx, args),
         Command::Sign(args) => sign::run(&ctx, args),
         Command::RotateSecret(args) => rotate_secret::run(&ctx, args),
+        Command::PutExternal(args) => put_external::run(&ctx, args),
         Command::Completions(args) => completions::run(&ctx, args),
         Command::Man(args) => completions::man(&ctx, args),
     }

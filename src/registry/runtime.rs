@@ -84,7 +84,8 @@ pub fn source_label(kind: ConnectorKind, name: &str) -> String {
     format!("daemon:{kind}/{name}")
 }
 
-fn in_file(file: &Config, kind: ConnectorKind, name: &str) -> bool {
+/// True when the file-backed config has connector `kind`/`name`.
+pub fn in_file(file: &Config, kind: ConnectorKind, name: &str) -> bool {
     let names: Vec<&str> = match kind {
         ConnectorKind::Http => file.http.iter().map(|c| c.common.name.as_str()).collect(),
         ConnectorKind::Slack => file.slack.iter().map(|c| c.common.name.as_str()).collect(),
@@ -114,6 +115,23 @@ fn append(into: &mut Config, from: Config) {
 pub fn merged_config(
     file: &Config,
     records: &[RuntimeConnectorRecord],
+) -> (Config, Vec<Diagnostic>) {
+    merge(file, records, false)
+}
+
+/// [`merged_config`] for `validate`: also the warnings of the daemon-managed connectors that
+/// were merged (each naming `daemon:KIND/NAME` and its JSON pointer).
+pub fn merged_config_with_warnings(
+    file: &Config,
+    records: &[RuntimeConnectorRecord],
+) -> (Config, Vec<Diagnostic>) {
+    merge(file, records, true)
+}
+
+fn merge(
+    file: &Config,
+    records: &[RuntimeConnectorRecord],
+    keep_warnings: bool,
 ) -> (Config, Vec<Diagnostic>) {
     let mut merged = file.clone();
     let mut diags = Vec::new();
@@ -157,6 +175,9 @@ pub fn merged_config(
                     diags.extend(loaded.diagnostics);
                 }
             } else {
+                if keep_warnings {
+                    diags.extend(loaded.diagnostics);
+                }
                 append(&mut merged, loaded.config);
             }
         }
@@ -223,6 +244,17 @@ pub struct PutRequest<'a> {
 /// this request count as present), then writes the document and its secret slots in one
 /// transaction — or, with `dry_run`, writes nothing.
 pub fn put(req: &PutRequest<'_>) -> Result<PutOutcome, RuntimeError> {
+    put_with_grace(req, None).map(|(outcome, _)| outcome)
+}
+
+/// [`put`] where every secret slot the patch writes keeps its previous value for `grace`,
+/// for inbound verification only (`rotate-secret --connector … --grace`): the rotation and
+/// the re-binding of the connector commit together. Also returns what each slot write did
+/// (empty for a dry run).
+pub fn put_with_grace(
+    req: &PutRequest<'_>,
+    grace: Option<std::time::Duration>,
+) -> Result<(PutOutcome, Vec<secrets::Rotation>), RuntimeError> {
     let (kind, name) = (req.kind, req.name);
     if in_file(req.file, kind, name) {
         return Err(RuntimeError::FileBacked {
@@ -297,20 +329,34 @@ pub fn put(req: &PutRequest<'_>) -> Result<PutOutcome, RuntimeError> {
         updated_at_ms: req.now_ms,
     };
     let created = existing.is_none();
+    let mut rotations = Vec::new();
     if !req.dry_run {
         let secret_store = secret_store.expect("opened for writing above");
         let writes = upserted
             .secrets
             .iter()
-            .map(|s| secret_store.sealed_write(&s.secret_ref, &s.value, req.origin, req.now_ms))
+            .map(|s| {
+                secret_store.sealed_rotation(&s.secret_ref, &s.value, grace, req.origin, req.now_ms)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        secret_store.store().put_runtime_connector(
+        let written = secret_store.store().put_runtime_connector_with_slots(
             kind,
             name,
             &upserted.document,
             &writes,
             req.now_ms,
         )?;
+        rotations = writes
+            .iter()
+            .zip(written.slots)
+            .map(|(w, out)| secrets::Rotation {
+                secret_ref: w.secret_ref.to_string(),
+                rotated_at_ms: req.now_ms,
+                grace_until_ms: w.keep_previous_until_ms.filter(|_| out.previous_kept),
+                previous_kept: out.previous_kept,
+                created: out.created,
+            })
+            .collect();
     } else {
         record.updated_at_ms = existing.map_or(req.now_ms, |r| r.updated_at_ms);
     }
@@ -319,14 +365,15 @@ pub fn put(req: &PutRequest<'_>) -> Result<PutOutcome, RuntimeError> {
         .into_iter()
         .filter(|d| d.severity != Severity::Error)
         .collect();
-    Ok(PutOutcome {
+    let outcome = PutOutcome {
         created,
         dry_run: req.dry_run,
         view: daemon_view(&record),
         changes,
         secrets_written,
         warnings,
-    })
+    };
+    Ok((outcome, rotations))
 }
 
 /// One daemon-managed connector's view.
@@ -522,5 +569,91 @@ pub fn delete_secret(
             what: "secret slot",
             name: secret_ref.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    use crate::secrets::Secret;
+
+    fn request<'a>(
+        root: &'a Path,
+        file: &'a Config,
+        patch: &'a Value,
+        now_ms: i64,
+    ) -> PutRequest<'a> {
+        PutRequest {
+            state_root: root,
+            file,
+            kind: ConnectorKind::External,
+            name: "d",
+            patch,
+            dry_run: false,
+            env: None,
+            origin: "test",
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_put_with_grace_rotates_and_rebinds_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Config::default();
+        let create = json!({"platform": "p", "base_url": "https://s.example.com",
+            "shared_token": {"value": "old-value"}});
+        let (out, rotations) =
+            put_with_grace(&request(dir.path(), &file, &create, 1_000), None).unwrap();
+        assert!(out.created);
+        assert_eq!(rotations.len(), 1);
+        assert!(rotations[0].created && !rotations[0].previous_kept);
+
+        let rotate = json!({"shared_token": {"value": "new-value", "secret_ref": "connectors.external.d.shared_token"}});
+        let grace = Some(std::time::Duration::from_secs(60));
+        let (out, rotations) =
+            put_with_grace(&request(dir.path(), &file, &rotate, 2_000), grace).unwrap();
+        assert!(!out.created);
+        assert_eq!(
+            (rotations[0].previous_kept, rotations[0].grace_until_ms),
+            (true, Some(62_000))
+        );
+        let store = SecretStore::open_existing(dir.path()).unwrap().unwrap();
+        let values = store
+            .verification_values("connectors.external.d.shared_token", 2_001)
+            .unwrap();
+        let exposed: Vec<&str> = values.iter().map(Secret::expose).collect();
+        assert_eq!(exposed, ["new-value", "old-value"]);
+
+        // A dry run reports and writes nothing.
+        let mut dry = request(dir.path(), &file, &rotate, 3_000);
+        dry.dry_run = true;
+        let (out, rotations) = put_with_grace(&dry, grace).unwrap();
+        assert!(out.dry_run && rotations.is_empty());
+        assert_eq!(
+            store.list().unwrap()[0].updated_at_ms,
+            2_000,
+            "the slot was not written again"
+        );
+    }
+
+    #[test]
+    fn validate_sees_the_warnings_of_merged_connectors() {
+        let record = RuntimeConnectorRecord {
+            kind: ConnectorKind::External,
+            name: "d".into(),
+            document: json!({"name": "d", "platform": "p", "base_url": "https://s.example.com",
+                "allow_unauthenticated_ingress": true}),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let (merged, quiet) = merged_config(&Config::default(), std::slice::from_ref(&record));
+        let (_, loud) = merged_config_with_warnings(&Config::default(), &[record]);
+        assert_eq!(merged.external.len(), 1);
+        assert!(quiet.len() <= loud.len());
+        assert!(loud
+            .iter()
+            .all(|d| d.file == "daemon:external/d" && d.severity == Severity::Warning));
     }
 }

@@ -342,6 +342,20 @@ impl SecretStore {
         source: &'a str,
         now_ms: i64,
     ) -> Result<SlotWrite<'a>, SecretError> {
+        self.sealed_rotation(secret_ref, value, None, source, now_ms)
+    }
+
+    /// [`SecretStore::sealed_write`] that keeps the slot's current value for `grace` (for
+    /// inbound verification only, as [`SecretStore::rotate`] does); a zero or absent grace
+    /// keeps nothing.
+    pub fn sealed_rotation<'a>(
+        &self,
+        secret_ref: &'a str,
+        value: &Secret,
+        grace: Option<Duration>,
+        source: &'a str,
+        now_ms: i64,
+    ) -> Result<SlotWrite<'a>, SecretError> {
         validate_secret_ref(secret_ref)?;
         if value.is_blank() {
             return Err(SecretError::EmptyValue {
@@ -358,7 +372,7 @@ impl SecretStore {
         Ok(SlotWrite {
             secret_ref,
             sealed,
-            keep_previous_until_ms: None,
+            keep_previous_until_ms: grace_until(grace, now_ms),
             now_ms,
             source,
         })
@@ -454,10 +468,7 @@ impl SecretStore {
             .map_err(|()| SecretError::Encrypt {
                 secret_ref: secret_ref.to_string(),
             })?;
-        let keep_previous_until_ms = grace.filter(|g| !g.is_zero()).map(|g| {
-            let ms = i64::try_from(g.as_millis()).unwrap_or(i64::MAX);
-            now_ms.saturating_add(ms)
-        });
+        let keep_previous_until_ms = grace_until(grace, now_ms);
         let outcome = self.store.write_secret_slot(&SlotWrite {
             secret_ref,
             sealed,
@@ -489,6 +500,14 @@ impl SecretStore {
             })
             .collect())
     }
+}
+
+/// The end of a grace window that starts at `now_ms`; `None` for no or a zero grace.
+fn grace_until(grace: Option<Duration>, now_ms: i64) -> Option<i64> {
+    grace.filter(|g| !g.is_zero()).map(|g| {
+        let ms = i64::try_from(g.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_add(ms)
+    })
 }
 
 fn key_check_bytes(sealed: &Sealed) -> Vec<u8> {

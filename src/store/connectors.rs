@@ -9,7 +9,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 
-use super::secret_slots::{write_slot_in, SlotWrite};
+use super::secret_slots::{write_slot_in, SlotWrite, SlotWriteOutcome};
 use super::{Store, StoreError};
 use crate::model::ConnectorKind;
 
@@ -31,6 +31,13 @@ pub struct RuntimeConnectorRecord {
 pub struct PutOutcome {
     /// The connector did not exist before.
     pub created: bool,
+}
+
+/// What [`Store::put_runtime_connector`] did, with what each slot write did (in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutWithSlots {
+    pub connector: PutOutcome,
+    pub slots: Vec<SlotWriteOutcome>,
 }
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, i64)> {
@@ -124,11 +131,26 @@ impl Store {
         slots: &[SlotWrite<'_>],
         now_ms: i64,
     ) -> Result<PutOutcome, StoreError> {
+        self.put_runtime_connector_with_slots(kind, name, document, slots, now_ms)
+            .map(|out| out.connector)
+    }
+
+    /// [`Store::put_runtime_connector`], also telling what each slot write did (a slot written
+    /// with `keep_previous_until_ms` keeps its old value for that grace window, as a rotation).
+    pub fn put_runtime_connector_with_slots(
+        &self,
+        kind: ConnectorKind,
+        name: &str,
+        document: &Value,
+        slots: &[SlotWrite<'_>],
+        now_ms: i64,
+    ) -> Result<PutWithSlots, StoreError> {
         let op = format!("writing runtime connector `{kind}/{name}`");
         let tx = rusqlite::Transaction::new_unchecked(self.conn(), TransactionBehavior::Immediate)
             .map_err(|e| self.err(&op, e))?;
+        let mut slot_outcomes = Vec::with_capacity(slots.len());
         for slot in slots {
-            write_slot_in(&tx, slot).map_err(|e| self.err(&op, e))?;
+            slot_outcomes.push(write_slot_in(&tx, slot).map_err(|e| self.err(&op, e))?);
         }
         let updated = tx
             .execute(
@@ -147,8 +169,11 @@ impl Store {
         }
         bump_version(&tx).map_err(|e| self.err(&op, e))?;
         tx.commit().map_err(|e| self.err(&op, e))?;
-        Ok(PutOutcome {
-            created: updated == 0,
+        Ok(PutWithSlots {
+            connector: PutOutcome {
+                created: updated == 0,
+            },
+            slots: slot_outcomes,
         })
     }
 

@@ -308,3 +308,54 @@ fn elvish_and_powershell_get_a_registration_script_and_candidates() {
         assert!(!text.contains("http/orders"), "{shell_name}: {text}");
     }
 }
+
+#[test]
+fn daemon_managed_connectors_and_put_external_values_are_completed() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    sandbox.store_secret("chat.token", "planted-put-completion-secret\n");
+    sandbox
+        .cmd()
+        .args(["put-external", "live", "--platform", "discord"])
+        .args(["--base-url", "https://sidecar.example.com"])
+        .args(["--shared-token-secret-ref", "chat.token"])
+        .run()
+        .success();
+    let config = sandbox.write("complete.toml", CONFIG);
+    let root = sandbox.state_root();
+    let (root, config) = (root.to_str().unwrap(), config.to_str().unwrap());
+    let base = [
+        "kheishctl",
+        "--state-root",
+        root,
+        "--connectors-config",
+        config,
+    ];
+
+    // --connector: the file's connectors and the daemon-managed one, each with its source.
+    let mut words = base.to_vec();
+    words.extend(["rotate-secret", "--connector", "ext"]);
+    let offered = zsh(dir, &words);
+    assert_eq!(
+        offered,
+        [
+            "external/chat:connector file",
+            "external/live:daemon-managed"
+        ]
+    );
+    // put-external NAME offers the daemon-managed external connectors.
+    let mut words = base.to_vec();
+    words.extend(["put-external", "l"]);
+    assert_eq!(bash(dir, &words), ["live"]);
+    // Secret refs by name for --shared-token-secret-ref and --credential-slot K=.
+    let mut words = base.to_vec();
+    words.extend(["put-external", "live", "--shared-token-secret-ref", "chat"]);
+    assert_eq!(bash(dir, &words), ["chat.token"]);
+    let mut words = base.to_vec();
+    words.extend(["put-external", "live", "--credential-slot", "TOKEN=chat"]);
+    let offered = bash(dir, &words);
+    assert_eq!(offered, ["TOKEN=chat.token"]);
+    for line in offered {
+        assert!(!line.contains("planted-put-completion-secret"), "{line}");
+    }
+}

@@ -462,3 +462,191 @@ fn malformed_master_keys_are_named_never_echoed() {
         .stderr_contains("bad.key")
         .never_shows("%%%%");
 }
+
+/// `put-external NAME` of a remote_http connector on `sandbox`'s state root (key `KEY_A`).
+fn daemon_managed(sandbox: &Sandbox, name: &str, token: &str) {
+    sandbox
+        .cmd()
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .args(["put-external", name, "--platform", "discord"])
+        .args(["--base-url", "https://sidecar.example.com"])
+        .args(["--shared-token-stdin"])
+        .stdin(token)
+        .run()
+        .success()
+        .never_shows(token);
+}
+
+/// The stored view of external connector `name` (a flagless dry run prints it).
+fn external_view(sandbox: &Sandbox, name: &str) -> serde_json::Value {
+    let run = sandbox
+        .cmd()
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .args(["--json", "put-external", name, "--dry-run"])
+        .run();
+    run.success();
+    run.json()["connector"]["connector"].clone()
+}
+
+#[test]
+fn connector_rotation_rebinds_the_default_ref_with_grace() {
+    let sandbox = Sandbox::new();
+    let old = "planted-old-token-51f0";
+    let new = "planted-new-token-0a8e";
+    daemon_managed(&sandbox, "chat", old);
+    let default_ref = "connectors.external.chat.shared_token";
+
+    // REF omitted: the default ref; the previous value is kept for the grace window, in the
+    // same transaction as the re-binding.
+    let run = sandbox
+        .cmd()
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .env("NEW_TOKEN", new)
+        .args(["--json", "rotate-secret", "--connector", "external/chat"])
+        .args([
+            "--field",
+            "shared_token",
+            "--from-env",
+            "NEW_TOKEN",
+            "--grace",
+            "10m",
+        ])
+        .run();
+    run.success().never_shows(old).never_shows(new);
+    let doc = run.json();
+    assert_eq!(doc["secret_ref"], default_ref);
+    assert_eq!(doc["previous_kept"], true);
+    assert_eq!(doc["connector"], "external/chat");
+    assert_eq!(doc["field"], "shared_token");
+    assert!(doc["grace_until"].is_string(), "{doc}");
+    let db = StateDb::open(&sandbox.state_root());
+    assert_eq!(
+        db.secret_value(KEY_A, default_ref, Slot::Current)
+            .as_deref(),
+        Some(new)
+    );
+    assert_eq!(
+        db.secret_value(KEY_A, default_ref, Slot::Previous)
+            .as_deref(),
+        Some(old)
+    );
+    let rotations = db.secret_rotations(default_ref);
+    assert_eq!(rotations.len(), 2, "{rotations:?}");
+    assert!(
+        rotations[1].0.is_some() && rotations[1].1 == "env",
+        "{rotations:?}"
+    );
+
+    // An explicit REF: the connector is re-bound to it; --generate prints the value once.
+    let run = sandbox
+        .cmd()
+        .env("KHEISH_MASTER_KEY", KEY_A)
+        .args([
+            "rotate-secret",
+            "chat.shared",
+            "--connector",
+            "external/chat",
+        ])
+        .args(["--field", "shared_token", "--generate"])
+        .run();
+    run.success()
+        .stderr_contains("external/chat.shared_token now uses secret slot chat.shared")
+        .never_shows(new);
+    let generated = run.stdout().trim().to_string();
+    assert_eq!(
+        db.secret_value(KEY_A, "chat.shared", Slot::Current),
+        Some(generated)
+    );
+    assert_eq!(
+        external_view(&sandbox, "chat")["shared_token"],
+        serde_json::json!({"configured": true, "source": "secret_ref", "secret_ref": "chat.shared"})
+    );
+}
+
+#[test]
+fn connector_rotation_refusals() {
+    let sandbox = Sandbox::new();
+    let token = "planted-token-c3d4";
+    daemon_managed(&sandbox, "chat", token);
+    let file = sandbox.write(
+        "connectors.toml",
+        "[[http_connectors]]\nname = \"orders\"\nbearer_token_secret_ref = \"orders.bearer\"\n",
+    );
+    // A file-backed connector: edit the file (exit 1), nothing written.
+    sandbox
+        .cmd()
+        .arg("--connectors-config")
+        .arg(&file)
+        .args([
+            "rotate-secret",
+            "--connector",
+            "http/orders",
+            "--field",
+            "bearer_token",
+        ])
+        .arg("--generate")
+        .run()
+        .status(1)
+        .stderr_contains("`http/orders` is a file-backed connector")
+        .stdout_is("");
+    // Unknown: not created here.
+    sandbox
+        .cmd()
+        .args([
+            "rotate-secret",
+            "--connector",
+            "external/nope",
+            "--field",
+            "shared_token",
+        ])
+        .arg("--generate")
+        .run()
+        .status(1)
+        .stderr_contains("no daemon-managed connector `external/nope`")
+        .stdout_is("");
+    // FIELD must be a secret field of the kind; --field needs --connector; REF or --connector.
+    sandbox
+        .cmd()
+        .args([
+            "rotate-secret",
+            "--connector",
+            "external/chat",
+            "--field",
+            "base_url",
+        ])
+        .arg("--generate")
+        .run()
+        .status(2)
+        .stderr_contains("use one of: shared_token");
+    sandbox
+        .cmd()
+        .args([
+            "rotate-secret",
+            "--connector",
+            "external/chat",
+            "--generate",
+        ])
+        .run()
+        .status(2);
+    sandbox
+        .cmd()
+        .args(["rotate-secret", "--field", "shared_token", "--generate"])
+        .run()
+        .status(2);
+    sandbox
+        .cmd()
+        .args(["rotate-secret", "--generate"])
+        .run()
+        .status(2);
+    let db = StateDb::open(&sandbox.state_root());
+    assert_eq!(db.count("secret_slots"), 1, "only the first token exists");
+    assert_eq!(
+        db.secret_value(
+            KEY_A,
+            "connectors.external.chat.shared_token",
+            Slot::Current
+        )
+        .as_deref(),
+        Some(token)
+    );
+}

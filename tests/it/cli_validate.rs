@@ -439,3 +439,86 @@ DISCORD_BOT_TOKEN = "connectors.external.discord-main.bot_token"
         .run()
         .success();
 }
+
+/// `put-external chat` whose shared token comes from `CHAT_TOKEN` (not checked by the CLI).
+fn daemon_managed_chat(sandbox: &Sandbox) {
+    sandbox
+        .cmd()
+        .args(["put-external", "chat", "--platform", "discord"])
+        .args(["--base-url", "https://sidecar.example.com"])
+        .args(["--shared-token-env", "CHAT_TOKEN"])
+        .run()
+        .success();
+}
+
+#[test]
+fn daemon_managed_connectors_are_validated_with_pointers() {
+    let sandbox = Sandbox::new();
+    daemon_managed_chat(&sandbox);
+    // No file: the daemon-managed connectors alone; the env var is missing.
+    let run = sandbox.cmd().arg("validate").run();
+    run.status(1);
+    has_diag(
+        &run,
+        "error: daemon:external/chat#/shared_token_env: external_connectors[chat].shared_token_env: environment variable `CHAT_TOKEN` is not set",
+        Some("export CHAT_TOKEN="),
+    );
+    let secret = "planted-chat-token-e5e5";
+    sandbox
+        .cmd()
+        .arg("validate")
+        .env("CHAT_TOKEN", secret)
+        .run()
+        .success()
+        .stdout_contains("daemon-managed connectors of")
+        .stdout_contains("valid (1 connector; 0 errors")
+        .never_shows(secret);
+    // --offline does not look at the state root.
+    sandbox
+        .cmd()
+        .args(["validate", "--offline"])
+        .run()
+        .status(2);
+
+    // A file-backed connector now has the name: reported (a warning, as the daemon logs it).
+    let file = sandbox.write(
+        "connectors.toml",
+        "[[external_connectors]]\nname = \"chat\"\nplatform = \"x\"\nbase_url = \"https://a.example.com\"\nallow_unauthenticated_ingress = true\n",
+    );
+    let run = sandbox
+        .cmd()
+        .arg("validate")
+        .arg(&file)
+        .arg("--deny-warnings")
+        .run();
+    run.status(1)
+        .stderr_contains("warning: daemon:external/chat#/name: external_connectors[chat].name: a file-backed connector of this kind now has this name");
+
+    // A stored document that no longer validates (seeded as an older kheishctl could have
+    // left it): the diagnostic names the connector and the JSON pointer, in --json too.
+    let conn = rusqlite::Connection::open(sandbox.state_root().join("state.db")).unwrap();
+    conn.execute(
+        "UPDATE runtime_connectors SET document = ?1 WHERE kind = 'external' AND name = 'chat'",
+        [r#"{"name":"chat","platform":"discord","base_url":"ftp://sidecar.example.com","shared_token_env":"CHAT_TOKEN"}"#],
+    )
+    .unwrap();
+    drop(conn);
+    let run = sandbox
+        .cmd()
+        .args(["--json", "validate"])
+        .env("CHAT_TOKEN", secret)
+        .run();
+    run.status(1).never_shows(secret);
+    let doc = run.json();
+    assert_eq!(doc["valid"], false);
+    let diag = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["pointer"] == "/base_url")
+        .unwrap_or_else(|| run.fail("no diagnostic at /base_url"));
+    assert_eq!(diag["file"], "daemon:external/chat");
+    assert_eq!(diag["connector_kind"], "external");
+    assert_eq!(diag["connector"], "chat");
+    assert_eq!(diag["severity"], "error");
+}

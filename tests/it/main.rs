@@ -4,6 +4,8 @@ mod support;
 
 /// Dynamic shell completion through the real shells.
 mod cli_completion;
+/// `put-external`: upsert from flags and files, dry runs, refusals, a running daemon applying it.
+mod cli_put_external;
 /// `rotate-secret`: sources, grace, generated values, nothing secret printed.
 mod cli_rotate_secret;
 /// `sign`: the fixed vectors, formats, secret sources, `--verify`.
