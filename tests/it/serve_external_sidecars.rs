@@ -16,7 +16,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::daemon::{Daemon, ADMIN_TOKEN};
 use crate::support::problem::assert_problem;
@@ -139,6 +139,9 @@ KHEISH_EXTERNAL_CONNECTOR_TEST_MODE = "1"
 
 [external_connectors.child_process.credential_slots]
 BOT_TOKEN = "connectors.external.chat.bot_token"
+
+[external_connectors.session_policy]
+create_if_missing = true
 "#,
             port = self.port,
             python = python(),
@@ -708,4 +711,42 @@ shared_token_env = "CHAT_TOKEN"
         "{log}"
     );
     assert_absent(&log, "the daemon log", &[SHARED_TOKEN]);
+}
+
+#[test]
+fn child_process_events_must_carry_the_running_childs_instance_id() {
+    use crate::support::external::{
+        answer, assert_accepted, assert_rejected, post_raw, sdk_event, single,
+    };
+    let setup = Setup::new();
+    let daemon = setup.start("", &[]);
+    let dump = setup.dump_after(&daemon, 0);
+    wait_ready(&daemon);
+    let running = format!("fake-{}", dump["pid"].as_u64().unwrap());
+    let post = |instance: &str, event_id: &str| {
+        let mut event = sdk_event(event_id, "hello", &["room-1"]);
+        event["instance_id"] = json!(instance);
+        answer(&post_raw(
+            &daemon,
+            "/v1/connectors/external/chat/events",
+            Some(SHARED_TOKEN),
+            single(&event, 2).to_string().as_bytes(),
+        ))
+    };
+    assert_rejected(
+        &post("fake-0", "e-wrong"),
+        "not the running sidecar's instance",
+    );
+    assert_accepted(&post(&running, "e-right"), "e-right");
+    // After a restart the old instance is refused and the new one accepted.
+    kill(dump["pid"].as_u64().unwrap(), "KILL");
+    let next = setup.dump_after(&daemon, dump["pid"].as_u64().unwrap());
+    wait_ready(&daemon);
+    let restarted = format!("fake-{}", next["pid"].as_u64().unwrap());
+    assert_rejected(
+        &post(&running, "e-old"),
+        "not the running sidecar's instance",
+    );
+    assert_accepted(&post(&restarted, "e-new"), "e-new");
+    daemon.stop();
 }
