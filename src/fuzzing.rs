@@ -239,6 +239,89 @@ pub fn reply_target(data: &[u8]) {
     let _ = crate::net::parse_retry_after(&text, now);
 }
 
+/// A sidecar's answers (SPEC §10.1) on arbitrary bytes: the body of a `/deliver` answer under
+/// every class of status, and of a manifest and a health answer. A delivery counts as
+/// committed only with a 2xx status and a body saying `committed`; every failure has a stable
+/// code and a reason naming the (redacted) target; a parsed manifest or health answer has a
+/// non-blank instance id.
+pub fn sidecar_answers(data: &[u8]) {
+    use crate::net::sidecar_api::{deliver_reply, parse_health, parse_manifest, DeliverReply};
+    let says_committed = serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .is_some_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("committed"));
+    for status in [200u16, 202, 204, 301, 400, 404, 409, 429, 500, 503, 599] {
+        for body in [Some(data), None] {
+            match deliver_reply(status, None, body, "http://sidecar:1") {
+                DeliverReply::Committed { status: s } => {
+                    assert!((200..300).contains(&s) && body.is_some() && says_committed);
+                }
+                DeliverReply::Retryable { code, reason, .. }
+                | DeliverReply::Terminal { code, reason, .. } => {
+                    assert!(!code.is_empty() && reason.contains("http://sidecar:1"));
+                    assert!(
+                        !reason.contains('\n'),
+                        "a reason stays one line: {reason:?}"
+                    );
+                }
+            }
+        }
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(m) = parse_manifest(&value) {
+            assert!(!m.instance_id.trim().is_empty());
+        }
+        if let Ok(h) = parse_health(&value) {
+            assert!(!h.instance_id.trim().is_empty());
+        }
+    }
+}
+
+/// Runtime-store PUT documents (SPEC §12) on arbitrary bytes, for every kind, on a new and on
+/// an existing connector: the upsert refuses with a pointer or yields a document; a document
+/// never holds a secret field's value inline (values go to slots); every diagnostic of its validation points
+/// at a member that exists in the document (or at the document itself).
+pub fn runtime_document(data: &[u8]) {
+    use crate::config::runtime::upsert;
+    use crate::config::validate::parse_connector_json;
+    let Ok(patch) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let existing = serde_json::json!({"name": "fuzz", "platform": "p", "base_url": "https://s.example.com",
+        "allow_unauthenticated_ingress": true});
+    for kind in ConnectorKind::ALL {
+        for base in [None, Some(&existing)] {
+            let Ok(up) = upsert(kind, "fuzz", base, &patch) else {
+                continue;
+            };
+            // Secret fields are refs or env names in a document, never inline values.
+            for field in crate::config::runtime::secret_fields(kind) {
+                assert!(
+                    up.document.get(*field).is_none(),
+                    "an inline `{field}` reached the stored document"
+                );
+            }
+            for secret in &up.secrets {
+                assert!(!secret.value.expose().is_empty() && !secret.secret_ref.is_empty());
+            }
+            let loaded = parse_connector_json(
+                "daemon:fuzz",
+                kind,
+                &up.document,
+                &crate::config::Config::default(),
+            );
+            for d in &loaded.diagnostics {
+                let Some(pointer) = &d.pointer else { continue };
+                // The member itself, or (for a missing member) its parent, is in the document.
+                let parent = pointer.rsplit_once('/').map_or("", |(p, _)| p);
+                assert!(
+                    up.document.pointer(pointer).is_some() || up.document.pointer(parent).is_some(),
+                    "diagnostic points outside the document: {d:?}"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +368,16 @@ mod tests {
             }
             run(&input);
         }
+    }
+
+    #[test]
+    fn sidecar_answers_hold_on_seeds_and_mutations() {
+        exercise("sidecar_answers", sidecar_answers);
+    }
+
+    #[test]
+    fn runtime_documents_hold_on_seeds_and_mutations() {
+        exercise("runtime_document", runtime_document);
     }
 
     #[test]

@@ -222,57 +222,19 @@ impl SidecarClient {
     /// `GET {base_url}/manifest`.
     pub fn manifest(&self) -> Result<Manifest, SidecarError> {
         let body = self.get_json("manifest")?;
-        let invalid = |detail: String| SidecarError::Invalid {
+        parse_manifest(&body).map_err(|detail| SidecarError::Invalid {
             what: "manifest",
             target: self.target.clone(),
             detail,
-        };
-        let protocol_version = body
-            .get("protocol_version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| invalid("`protocol_version` is missing or not a number".into()))?;
-        let instance_id = required_string(&body, "instance_id").map_err(invalid)?;
-        let capabilities = match body.get("capabilities") {
-            None | Some(Value::Null) => Capabilities::default(),
-            Some(v) => {
-                Capabilities::deserialize(v).map_err(|e| invalid(format!("`capabilities`: {e}")))?
-            }
-        };
-        Ok(Manifest {
-            protocol_version,
-            instance_id,
-            capabilities,
         })
     }
 
     /// `GET {base_url}/health`.
     pub fn health(&self) -> Result<Health, SidecarError> {
         let body = self.get_json("health")?;
-        let invalid = |detail: String| SidecarError::Invalid {
+        parse_health(&body).map_err(|detail| SidecarError::Invalid {
             what: "health",
             target: self.target.clone(),
-            detail,
-        };
-        let protocol_version = body
-            .get("protocol_version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| invalid("`protocol_version` is missing or not a number".into()))?;
-        let instance_id = required_string(&body, "instance_id").map_err(invalid)?;
-        let status = body
-            .get("status")
-            .and_then(Value::as_str)
-            .and_then(HealthStatus::parse)
-            .ok_or_else(|| {
-                invalid("`status` must be one of starting, ready, degraded, draining".into())
-            })?;
-        let detail = body
-            .get("detail")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(Health {
-            protocol_version,
-            instance_id,
-            status,
             detail,
         })
     }
@@ -359,11 +321,65 @@ impl SidecarClient {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let answer = read_body(response.body_mut())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| DeliverAnswer::from_json(&v));
-        interpret(status, retry_after, answer, &self.target)
+        let body = read_body(response.body_mut());
+        deliver_reply(status, retry_after, body.as_deref(), &self.target)
     }
+}
+
+/// A manifest answer's body (a JSON object); the error says which member is wrong.
+pub fn parse_manifest(body: &Value) -> Result<Manifest, String> {
+    let protocol_version = body
+        .get("protocol_version")
+        .and_then(Value::as_u64)
+        .ok_or("`protocol_version` is missing or not a number")?;
+    let instance_id = required_string(body, "instance_id")?;
+    let capabilities = match body.get("capabilities") {
+        None | Some(Value::Null) => Capabilities::default(),
+        Some(v) => Capabilities::deserialize(v).map_err(|e| format!("`capabilities`: {e}"))?,
+    };
+    Ok(Manifest {
+        protocol_version,
+        instance_id,
+        capabilities,
+    })
+}
+
+/// A health answer's body (a JSON object); the error says which member is wrong.
+pub fn parse_health(body: &Value) -> Result<Health, String> {
+    let protocol_version = body
+        .get("protocol_version")
+        .and_then(Value::as_u64)
+        .ok_or("`protocol_version` is missing or not a number")?;
+    let instance_id = required_string(body, "instance_id")?;
+    let status = body
+        .get("status")
+        .and_then(Value::as_str)
+        .and_then(HealthStatus::parse)
+        .ok_or("`status` must be one of starting, ready, degraded, draining")?;
+    let detail = body
+        .get("detail")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Health {
+        protocol_version,
+        instance_id,
+        status,
+        detail,
+    })
+}
+
+/// SPEC §10.1's reading of a `/deliver` answer from its status, `Retry-After` and raw body
+/// (already capped at [`MAX_BODY_BYTES`]; `None` when it was longer or unreadable).
+pub fn deliver_reply(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Option<&[u8]>,
+    target: &str,
+) -> DeliverReply {
+    let answer = body
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        .and_then(|v| DeliverAnswer::from_json(&v));
+    interpret(status, retry_after, answer, target)
 }
 
 /// The usable part of a `/deliver` answer body.
