@@ -7,6 +7,9 @@
 //! per delivered event, and the same pipeline with `--handler none` and a bench client claiming
 //! batches of 64 through `POST /v1/runs/claim`.
 //!
+//! Last: ingress with `--handler echo` while every reply target refuses connections, with the
+//! delivery workers on and off (target: on >= 0.8x off), same load.
+//!
 //! Environment: `BENCH_SECONDS` (load duration, default 10), `BENCH_REQUESTS` (signed requests
 //! per wrk thread, default 150 000), `BENCH_DELIVERY_WORKERS` (default 16).
 
@@ -48,6 +51,17 @@ fn main() -> std::process::ExitCode {
         )
     });
     let script = load::write_script(work, TARGET);
+    // The same load with every reply target on a loopback port that refuses connections (a
+    // port bound, then released): delivery fails fast and backs off.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    load::write_requests(work, "refused", TARGET, per_thread, |t, i| {
+        format!(
+            r#"{{"content":"order {i} from thread {t}","idempotency_key":"r-{t}-{i}","reply_targets":[{{"plugin":"http","address":"{{\"url\":\"http://{refused}/sink/{}\",\"allow_private_network\":true}}"}}]}}"#,
+            (t * 7919 + i) % PATHS
+        )
+    });
     println!("pipeline bench: {} keep-alive connections, {seconds}s of signed ingress, --handler echo, delivery to a no-op sink over {PATHS} paths ({senders} senders)", load::CONNECTIONS);
 
     // Baseline: the no-op server under the same load.
@@ -73,10 +87,33 @@ fn main() -> std::process::ExitCode {
         &["--handler", "none", "--delivery-workers", &senders],
         Some(64),
     );
+    // Ingress with echo while every target refuses, against the same with delivery off.
+    let refusing = |workers: &str| {
+        let _ = std::fs::remove_dir_all(work.join("state"));
+        let daemon = Daemon::start(
+            work,
+            &pipeline_config(),
+            &["--handler", "echo", "--delivery-workers", workers],
+            &[],
+        );
+        let r = load::wrk(
+            &script,
+            &format!("http://{}{TARGET}", daemon.addr),
+            work,
+            "refused",
+            seconds,
+        );
+        daemon.stop();
+        r
+    };
+    let refusing_on = refusing(&senders);
+    let refusing_off = refusing("0");
     sink.stop();
 
     println!();
     load::print_header();
+    refusing_on.print("echo, every target refusing, delivery on");
+    refusing_off.print("echo, every target refusing, delivery off");
     base.print("no-op tiny_http (baseline)");
     echo.ingress.print("serve ingress, echo + delivery running");
     batch.ingress.print("serve ingress, API claims + delivery");
@@ -107,7 +144,22 @@ fn main() -> std::process::ExitCode {
             );
         }
     }
+    println!(
+        "  refusing targets: ingress with delivery on / off = {:.2}x (target >= 0.8)",
+        refusing_on.rps / refusing_off.rps.max(1.0)
+    );
     std::process::ExitCode::SUCCESS
+}
+
+/// The bench connector: bearer + HMAC, no rate limit, payload reply targets allowed.
+fn pipeline_config() -> String {
+    format!(
+        "[[http_connectors]]\nname = \"bench\"\nbearer_token_env = \"BENCH_TOKEN\"\nrequire_hmac_signature = true\n\
+         hmac_secret_env = \"BENCH_HMAC\"\nsignature_max_age_secs = 3600\ningress_events_per_second = {}\n\
+         allow_payload_reply_targets = true\ndefault_binding_keys = [\"bench\"]\n\
+         [http_connectors.session_policy]\ncreate_if_missing = true\n",
+        u32::MAX
+    )
 }
 
 struct Pipeline {
@@ -133,14 +185,7 @@ fn run_pipeline(
     api_batch: Option<u32>,
 ) -> Pipeline {
     let _ = std::fs::remove_dir_all(work.join("state"));
-    let config = format!(
-        "[[http_connectors]]\nname = \"bench\"\nbearer_token_env = \"BENCH_TOKEN\"\nrequire_hmac_signature = true\n\
-         hmac_secret_env = \"BENCH_HMAC\"\nsignature_max_age_secs = 3600\ningress_events_per_second = {}\n\
-         allow_payload_reply_targets = true\ndefault_binding_keys = [\"bench\"]\n\
-         [http_connectors.session_policy]\ncreate_if_missing = true\n",
-        u32::MAX
-    );
-    let daemon = Daemon::start(work, &config, serve_args, &[]);
+    let daemon = Daemon::start(work, &pipeline_config(), serve_args, &[]);
     let before = daemon.metrics();
     let stop = Arc::new(AtomicBool::new(false));
     let claimer = api_batch.map(|max| {
