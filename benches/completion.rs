@@ -22,15 +22,6 @@ use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
 use kheishctl::store::runs::NewRunOutput;
 use kheishctl::store::Store;
 
-const CONFIG_ONE: &str = r#"
-[[http_connectors]]
-name = "bench"
-allow_unauthenticated_ingress = true
-default_binding_keys = ["bench"]
-[http_connectors.session_policy]
-create_if_missing = true
-"#;
-
 fn main() {
     let dead = load::env_num("BENCH_DEAD", 200) as usize;
     let pending = load::env_num("BENCH_PENDING", 100_000) as usize;
@@ -39,28 +30,6 @@ fn main() {
     let root = work.path().join("state");
     let bin = env!("CARGO_BIN_EXE_kheishctl");
 
-    // One event through a real daemon makes a session and a run.
-    let daemon = load::Daemon::start_in(&root, work.path(), CONFIG_ONE, &[], &[], &[]);
-    let mut s = std::net::TcpStream::connect(daemon.addr).unwrap();
-    use std::io::{Read, Write};
-    let body = r#"{"content":"bench","idempotency_key":"bench-1"}"#;
-    write!(
-        s,
-        "POST /v1/connectors/http/bench HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
-    daemon.stop();
-
-    let store = Store::open(&root).unwrap();
-    let now = kheishctl::model::now_ms();
-    let run = store
-        .claim_run("bench", 3_600_000, None, now)
-        .unwrap()
-        .expect("the bench run");
     let target = |i: usize| {
         ReplyTarget::new(
             ReplyPlugin::Http,
@@ -69,20 +38,9 @@ fn main() {
         .unwrap()
         .0
     };
-    let enqueue = |n: usize| {
-        let targets: Vec<ReplyTarget> = (0..64).map(target).collect();
-        for i in 0..n.div_ceil(64) {
-            let output = NewRunOutput {
-                content: Some(format!("output {i}")),
-                parts: None,
-                reply_targets: Some(targets.clone()),
-            };
-            store
-                .add_output_queued(&run.run_id, Some("bench"), &output, now)
-                .unwrap();
-        }
-    };
-    enqueue(dead);
+    let targets: Vec<ReplyTarget> = (0..64).map(target).collect();
+    // Dead letters first: the drain below must see only them.
+    load::fill_queue(work.path(), &root, load::QUEUE_CONNECTOR, &targets, dead);
     let status = Command::new(bin)
         .env("KHEISH_STATE_ROOT", &root)
         .env("KHEISH_DELIVERY_MAX_ATTEMPTS", "1")
@@ -94,7 +52,7 @@ fn main() {
         Some(1),
         "the drain should dead-letter everything"
     );
-    enqueue(pending);
+    enqueue_more(&root, &targets, pending);
     for i in 0..20 {
         let mut child = Command::new(bin)
             .env("KHEISH_STATE_ROOT", &root)
@@ -184,6 +142,28 @@ fn main() {
         );
     }
     println!("target: every case under 100 ms (median)");
+}
+
+/// Adds about `n` more pending deliveries to `targets` on a new output of the claimed bench run.
+fn enqueue_more(root: &std::path::Path, targets: &[ReplyTarget], n: usize) {
+    let store = Store::open(root).unwrap();
+    let now = kheishctl::model::now_ms();
+    let run = store
+        .list_runs(&kheishctl::store::runs::RunFilter::default())
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the bench run");
+    for i in 0..n.div_ceil(targets.len()) {
+        let output = NewRunOutput {
+            content: Some(format!("output {i}")),
+            parts: None,
+            reply_targets: Some(targets.to_vec()),
+        };
+        store
+            .add_output_queued(&run.run_id, Some("bench"), &output, now)
+            .unwrap();
+    }
 }
 
 /// Runs the case once and makes sure it offers something (a silent failure would time fast).

@@ -35,8 +35,7 @@ mod common;
 #[path = "common/load.rs"]
 mod load;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -44,8 +43,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
-use kheishctl::store::runs::NewRunOutput;
-use kheishctl::store::Store;
 
 const TARGETS: usize = 256;
 /// Targets of the depth runs (issue 10: 64 targets, 16 senders).
@@ -235,14 +232,7 @@ fn mib(kib: Option<u64>) -> String {
     kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
-const CONFIG: &str = r#"
-[[http_connectors]]
-name = "bench"
-allow_unauthenticated_ingress = true
-default_binding_keys = ["bench"]
-[http_connectors.session_policy]
-create_if_missing = true
-"#;
+const CONFIG: &str = load::QUEUE_CONNECTOR;
 
 /// Creates a state root holding about `n` pending deliveries (a multiple of 256, rounded up)
 /// over the 256 sink targets; returns how many.
@@ -250,21 +240,8 @@ fn fill_queue(work: &Path, root: &Path, sink: &Sink, n: usize) -> usize {
     fill_queue_over(work, root, sink, n, TARGETS)
 }
 
-/// [`fill_queue`] over `n_targets` sink targets.
+/// [`fill_queue`] over `n_targets` sink targets ([`load::fill_queue`]).
 fn fill_queue_over(work: &Path, root: &Path, sink: &Sink, n: usize, n_targets: usize) -> usize {
-    // One real event makes the session and the run.
-    let daemon = Daemon::start(work, root, &["--delivery-workers", "0"]);
-    let body = r#"{"content":"bench","idempotency_key":"bench-1"}"#;
-    let resp = daemon.request("POST", "/v1/connectors/http/bench", &[], body);
-    assert!(resp.starts_with("HTTP/1.1 202"), "ingest failed: {resp}");
-    daemon.stop();
-
-    let store = Store::open(root).expect("opening the bench state root");
-    let now = kheishctl::model::now_ms();
-    let run = store
-        .claim_run("bench", 3_600_000, None, now)
-        .expect("claiming the bench run")
-        .expect("the bench run is queued");
     let targets: Vec<ReplyTarget> = (0..n_targets)
         .map(|i| {
             let address = format!(
@@ -276,52 +253,22 @@ fn fill_queue_over(work: &Path, root: &Path, sink: &Sink, n: usize, n_targets: u
                 .0
         })
         .collect();
-    let outputs = n.div_ceil(n_targets);
-    for i in 0..outputs {
-        let output = NewRunOutput {
-            content: Some(format!("echo: order {i} shipped")),
-            parts: None,
-            reply_targets: Some(targets.clone()),
-        };
-        store
-            .add_output_queued(&run.run_id, Some("bench"), &output, now)
-            .expect("queueing bench output");
-    }
-    outputs * n_targets
+    load::fill_queue(work, root, CONFIG, &targets, n)
 }
 
 /// Runs wrk against `url` (POST of [`ENVELOPE`]) and returns requests/s.
 fn wrk(work: &Path, url: &str, seconds: u64) -> f64 {
-    let script = work.join("post.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{ENVELOPE}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Idempotency-Key\"] = \"kheish:dlv_bench\"\n"
+    load::wrk_post(
+        work,
+        url,
+        ENVELOPE,
+        &[("Idempotency-Key", "kheish:dlv_bench")],
+        (
+            WRK_THREADS.parse().unwrap(),
+            WRK_CONNECTIONS.parse().unwrap(),
         ),
+        seconds,
     )
-    .unwrap();
-    let out = Command::new("wrk")
-        .args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d"])
-        .arg(format!("{seconds}s"))
-        .arg("-s")
-        .arg(&script)
-        .arg(url)
-        .output()
-        .expect("running wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    if rps == 0.0 {
-        eprintln!(
-            "wrk output:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    rps
 }
 
 /// The keep-alive tiny_http sink: counts requests and answers with a settable status.
@@ -424,24 +371,6 @@ impl Daemon {
             extra,
             &[],
         ))
-    }
-
-    /// One request on a fresh connection; the whole raw response.
-    fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> String {
-        let mut s = TcpStream::connect(self.0.addr).unwrap();
-        let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
     }
 
     /// The value of one exact series of `/metrics`, when present.

@@ -13,24 +13,16 @@ mod common;
 #[path = "common/load.rs"]
 mod load;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let auth = auth
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    let bearer = auth.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("Authorization", b)])
         .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: b\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    load::status_of(&load::request(addr, method, path, &headers, body))
 }
 
 fn main() {

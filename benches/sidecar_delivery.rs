@@ -19,17 +19,13 @@
 #[path = "common/load.rs"]
 mod load;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
-use kheishctl::store::runs::NewRunOutput;
-use kheishctl::store::Store;
 
 const ROUTES: usize = 256;
 const WORKERS: &str = "16";
@@ -99,14 +95,7 @@ fn main() -> std::process::ExitCode {
 /// `http/bench` (open) and `external/sc` at the sidecar (no shared token).
 fn config(sidecar: &Sidecar) -> String {
     format!(
-        r#"
-[[http_connectors]]
-name = "bench"
-allow_unauthenticated_ingress = true
-default_binding_keys = ["bench"]
-[http_connectors.session_policy]
-create_if_missing = true
-
+        r#"{}
 [[external_connectors]]
 name = "sc"
 platform = "bench"
@@ -114,34 +103,13 @@ base_url = "http://{}"
 allow_private_network = true
 allow_unauthenticated_ingress = true
 "#,
+        load::QUEUE_CONNECTOR,
         sidecar.addr
     )
 }
 
 /// Creates the state root with `n` pending deliveries over the [`ROUTES`] routes of `sc`.
 fn fill_queue(work: &Path, root: &Path, config: &str, n: usize) {
-    let daemon = load::Daemon::start_in(
-        root,
-        work,
-        config,
-        &["-q"],
-        &["--delivery-workers", "0"],
-        &[],
-    );
-    let resp = request(
-        daemon.addr,
-        "POST /v1/connectors/http/bench",
-        r#"{"content":"bench","idempotency_key":"bench-1"}"#,
-    );
-    assert!(resp.starts_with("HTTP/1.1 202"), "ingest failed: {resp}");
-    daemon.stop();
-
-    let store = Store::open(root).expect("opening the bench state root");
-    let now = kheishctl::model::now_ms();
-    let run = store
-        .claim_run("bench", 3_600_000, None, now)
-        .expect("claiming the bench run")
-        .expect("the bench run is queued");
     let targets: Vec<ReplyTarget> = (0..ROUTES)
         .map(|i| {
             let address = format!(r#"{{"connector":"sc","route":{{"r":{i}}}}}"#);
@@ -150,65 +118,25 @@ fn fill_queue(work: &Path, root: &Path, config: &str, n: usize) {
                 .0
         })
         .collect();
-    for i in 0..n / ROUTES {
-        let output = NewRunOutput {
-            content: Some(format!("echo: order {i} shipped")),
-            parts: None,
-            reply_targets: Some(targets.clone()),
-        };
-        store
-            .add_output_queued(&run.run_id, Some("bench"), &output, now)
-            .expect("queueing bench output");
-    }
-}
-
-/// One HTTP/1.1 request (`"METHOD PATH"`) with a JSON body; returns the raw answer.
-fn request(addr: SocketAddr, line: &str, body: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{line} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
+    load::fill_queue(work, root, config, &targets, n);
 }
 
 /// Runs wrk against `url` (POST of [`DELIVER_BODY`] with the runtime headers); requests/s.
 fn wrk(work: &Path, url: &str, seconds: u64) -> f64 {
-    let script = work.join("deliver.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{DELIVER_BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Idempotency-Key\"] = \"kheish:dlv_bench\"\nwrk.headers[\"X-Kheish-External-Protocol-Version\"] = \"1\"\n"
+    load::wrk_post(
+        work,
+        url,
+        DELIVER_BODY,
+        &[
+            ("Idempotency-Key", "kheish:dlv_bench"),
+            ("X-Kheish-External-Protocol-Version", "1"),
+        ],
+        (
+            WRK_THREADS.parse().unwrap(),
+            WRK_CONNECTIONS.parse().unwrap(),
         ),
+        seconds,
     )
-    .unwrap();
-    let out = Command::new("wrk")
-        .args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d"])
-        .arg(format!("{seconds}s"))
-        .arg("-s")
-        .arg(&script)
-        .arg(url)
-        .output()
-        .expect("running wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    if rps == 0.0 {
-        eprintln!(
-            "wrk output:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    rps
 }
 
 /// The no-op sidecar: `/manifest` answers protocol 1, everything else `{"status":"committed"}`;

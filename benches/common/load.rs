@@ -336,3 +336,130 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter_map(|v| v.parse::<f64>().ok())
         .sum()
 }
+
+/// One HTTP/1.1 request with a JSON body (`Connection: close`); returns the raw answer.
+pub fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head = String::new();
+    for (k, v) in headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{head}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The status code of a raw HTTP answer (0 when unreadable).
+pub fn status_of(answer: &str) -> u16 {
+    answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// wrk with `threads` threads and `connections` connections POSTing `body` (with `headers`)
+/// to `url` for `seconds`; returns requests/s (0 and wrk's output on stderr if it failed).
+pub fn wrk_post(
+    work: &Path,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+    (threads, connections): (usize, usize),
+    seconds: u64,
+) -> f64 {
+    let script = work.join(format!("post-{}.lua", body.len()));
+    let mut lua = format!("wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    for (k, v) in headers {
+        let _ = writeln!(lua, "wrk.headers[\"{k}\"] = \"{v}\"");
+    }
+    std::fs::write(&script, lua).unwrap();
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-d",
+        ])
+        .arg(format!("{seconds}s"))
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    if rps == 0.0 {
+        eprintln!(
+            "wrk output:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    rps
+}
+
+/// The bench connector of queue-filling benches: unauthenticated, one session for all.
+pub const QUEUE_CONNECTOR: &str = "[[http_connectors]]\nname = \"bench\"\nallow_unauthenticated_ingress = true\ndefault_binding_keys = [\"bench\"]\n[http_connectors.session_policy]\ncreate_if_missing = true\n";
+
+/// Fills state root `root` with about `n` pending deliveries (rounded up to a multiple of
+/// `targets.len()`) to `targets`, through the library's enqueue path: one event is ingested by
+/// a real daemon (`config` must hold [`QUEUE_CONNECTOR`]) so a session and a run exist, then the
+/// bench claims that run and adds outputs with `Store::add_output_queued` — the call
+/// `POST /v1/runs/{id}/output` makes — each naming every target. Returns how many.
+pub fn fill_queue(
+    work: &Path,
+    root: &Path,
+    config: &str,
+    targets: &[kheishctl::model::reply::ReplyTarget],
+    n: usize,
+) -> usize {
+    let daemon = Daemon::start_in(
+        root,
+        work,
+        config,
+        &["-q"],
+        &["--delivery-workers", "0"],
+        &[],
+    );
+    let resp = request(
+        daemon.addr,
+        "POST",
+        "/v1/connectors/http/bench",
+        &[],
+        r#"{"content":"bench","idempotency_key":"bench-1"}"#,
+    );
+    assert!(resp.starts_with("HTTP/1.1 202"), "ingest failed: {resp}");
+    daemon.stop();
+    let store = kheishctl::store::Store::open(root).expect("opening the bench state root");
+    let now = kheishctl::model::now_ms();
+    let run = store
+        .claim_run("bench", 3_600_000, None, now)
+        .expect("claiming the bench run")
+        .expect("the bench run is queued");
+    let outputs = n.div_ceil(targets.len());
+    for i in 0..outputs {
+        let output = kheishctl::store::runs::NewRunOutput {
+            content: Some(format!("echo: order {i} shipped")),
+            parts: None,
+            reply_targets: Some(targets.to_vec()),
+        };
+        store
+            .add_output_queued(&run.run_id, Some("bench"), &output, now)
+            .expect("queueing bench output");
+    }
+    outputs * targets.len()
+}

@@ -453,29 +453,9 @@ impl SecretStore {
         source: &str,
         now_ms: i64,
     ) -> Result<Rotation, SecretError> {
-        validate_secret_ref(secret_ref)?;
-        if value.is_blank() {
-            return Err(SecretError::EmptyValue {
-                secret_ref: secret_ref.to_string(),
-            });
-        }
-        let key = self.key()?;
-        // A store opened with `open_existing` may predate any secret: make sure the key check
-        // exists (and matches) before sealing anything under this key.
-        ensure_key_check(&self.store, key)?;
-        let sealed = key
-            .seal(value.expose().as_bytes(), secret_ref.as_bytes())
-            .map_err(|()| SecretError::Encrypt {
-                secret_ref: secret_ref.to_string(),
-            })?;
-        let keep_previous_until_ms = grace_until(grace, now_ms);
-        let outcome = self.store.write_secret_slot(&SlotWrite {
-            secret_ref,
-            sealed,
-            keep_previous_until_ms,
-            now_ms,
-            source,
-        })?;
+        let write = self.sealed_rotation(secret_ref, &value, grace, source, now_ms)?;
+        let keep_previous_until_ms = write.keep_previous_until_ms;
+        let outcome = self.store.write_secret_slot(&write)?;
         Ok(Rotation {
             secret_ref: secret_ref.to_string(),
             rotated_at_ms: now_ms,
