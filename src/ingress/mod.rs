@@ -12,6 +12,7 @@ pub mod http;
 pub mod payload;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod slack;
 
 use crate::model::ConnectorKind;
 use crate::sessions::SessionError;
@@ -126,6 +127,10 @@ pub enum IngressError {
         kind: ConnectorKind,
         retry_after_ms: u64,
     },
+    /// An allowlist of the connector refuses the event (403); `detail` names the member,
+    /// its value and the list.
+    #[error("{detail}")]
+    Forbidden { detail: String },
     #[error("the state root is unavailable ({detail}); retry later")]
     Unavailable { detail: String },
 }
