@@ -38,6 +38,8 @@ pub enum Reply {
     Raw(u16, Vec<(String, String)>, Vec<u8>),
     /// Never answered (held until the fake is dropped).
     Hang,
+    /// The default answer (lets a script skip ahead: `[Pass, Hang]` hangs the second call).
+    Pass,
 }
 
 impl Reply {
@@ -250,11 +252,12 @@ fn handle(shared: &Shared, addr: SocketAddr, mut request: tiny_http::Request) {
     shared.changed.notify_all();
     let scripted = state.scripts.get_mut(&path).and_then(VecDeque::pop_front);
     let reply = match scripted {
+        Some(Reply::Pass) | None => default_reply(&mut state, addr, &call),
         Some(reply) => reply,
-        None => default_reply(&mut state, addr, &call),
     };
     match reply {
         Reply::Hang => state.held.push(request),
+        Reply::Pass => unreachable!("Pass is replaced by the default answer above"),
         Reply::Json(status, value) => {
             drop(state);
             respond(

@@ -86,14 +86,22 @@ create_if_missing = true
 pub fn start(args: &[&str]) -> (FakeSlack, Sandbox, Daemon) {
     let fake = FakeSlack::start();
     let sandbox = Sandbox::new();
-    let daemon = Daemon::builder(&sandbox)
+    let daemon = daemon(&fake, &sandbox, args, &[]);
+    (fake, sandbox, daemon)
+}
+
+/// A daemon serving [`gateway`] of `fake` in `sandbox` with extra `args` and `env`.
+pub fn daemon(fake: &FakeSlack, sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let mut builder = Daemon::builder(sandbox)
         .config(&gateway(&fake.api_base_url()))
         .env("SLACK_SIGNING", SIGNING)
         .env("SLACK_BOT", BOT)
         .env("SLACK_BOT_T2", BOT_T2)
-        .args(args)
-        .start();
-    (fake, sandbox, daemon)
+        .args(args);
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    builder.start()
 }
 
 pub fn path(name: &str) -> String {
