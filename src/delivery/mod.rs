@@ -1,7 +1,7 @@
 //! The delivery queue's public API (SPEC §11): transports, attempt outcomes, and the operations
 //! the server and the CLI share (replay, resolve, drain).
 //!
-//! `delivery` never reads ingress types; `ingress` never sends outbound HTTP. Durable state moves
+//! `delivery` never reads ingress types; `ingress` calls out only through `net` clients after the rate limit. Durable state moves
 //! only through `store::deliveries`; this module decides (retry policy, which transport) and
 //! `pool` runs the claim → send → settle loop, which `drain` runs to completion.
 

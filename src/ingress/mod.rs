@@ -2,7 +2,8 @@
 //! session, deduplicate through the durable receipt, rate-limit, and create the run — receipt,
 //! session, bindings and run in ONE group-committed transaction before the answer.
 //!
-//! `ingress` never sends outbound HTTP and never knows HTTP status codes: it returns
+//! `ingress` calls out only through `net` clients (Slack file downloads) and only after the
+//! rate limit, and never knows HTTP status codes: it returns
 //! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
