@@ -31,6 +31,7 @@ use crate::delivery::transport;
 use crate::delivery::transport::external::SidecarStats;
 use crate::delivery::{Observer, WorkerConfig, WorkerPool};
 use crate::metrics::{Collector, Sample};
+use crate::net::slack_api::SlackClients;
 use crate::notify::Notify;
 use crate::output::Printer;
 use crate::secrets::Secret;
@@ -140,6 +141,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let sidecar_stats = Arc::new(SidecarStats::default());
     app.metrics
         .add_collector(sidecar_collector(Arc::clone(&sidecar_stats)));
+    app.metrics
+        .add_collector(slack_api_collector(Arc::clone(&app.slack_api)));
     let deliveries = WorkerPool::spawn(WorkerConfig {
         state_root: settings.state_root.clone(),
         workers: usize::from(settings.delivery_workers),
@@ -148,6 +151,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         transports: Arc::new(transport::for_this_build(
             Some(Arc::clone(&app.registry)),
             sidecar_stats,
+            Arc::clone(&app.slack_api),
         )),
         notify: Arc::clone(&app.deliveries_queued),
         filter: ClaimFilter::default(),
@@ -310,6 +314,25 @@ fn sidecar_collector(stats: Arc<SidecarStats>) -> Collector {
                     n as f64,
                 )
                 .label("connector", format!("external/{connector}")),
+            );
+        }
+    })
+}
+
+/// Renders the Slack Web API counters on `/metrics` (SPEC §13):
+/// `kheish_slack_api_calls_total{method,outcome}` (outcomes `ok|slack_error|rate_limited|
+/// http_error|failed`), ingress file downloads and the `slack` transport's calls alike.
+fn slack_api_collector(clients: Arc<SlackClients>) -> Collector {
+    Box::new(move |out: &mut Vec<Sample>| {
+        for (method, outcome, n) in clients.stats().all() {
+            out.push(
+                Sample::counter(
+                    "kheish_slack_api_calls_total",
+                    "Slack Web API calls (and file downloads and uploads) by method and outcome.",
+                    n as f64,
+                )
+                .label("method", method)
+                .label("outcome", outcome),
             );
         }
     })

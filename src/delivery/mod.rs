@@ -1,7 +1,7 @@
 //! The delivery queue's public API (SPEC §11): transports, attempt outcomes, and the operations
 //! the server and the CLI share (replay, resolve, drain).
 //!
-//! `delivery` never reads ingress types; `ingress` never sends outbound HTTP. Durable state moves
+//! `delivery` never reads ingress types; `ingress` calls out only through `net` clients after the rate limit. Durable state moves
 //! only through `store::deliveries`; this module decides (retry policy, which transport) and
 //! `pool` runs the claim → send → settle loop, which `drain` runs to completion.
 
@@ -46,6 +46,17 @@ pub enum AttemptOutcome {
 /// repeats a step that already succeeded. The http transport does not use it.
 pub trait ProgressSink {
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String>;
+
+    /// The bytes of stored asset `asset_id`, read while the delivery is open and its output
+    /// references the asset (`None` otherwise). Transports that upload attachments (Slack)
+    /// read them here, on the same connection as the progress.
+    fn asset(
+        &mut self,
+        asset_id: &str,
+    ) -> Result<Option<crate::store::assets::AssetBytes>, String> {
+        let _ = asset_id;
+        Err("this delivery context has no access to stored assets".into())
+    }
 }
 
 /// One delivery plugin (`http`, `slack`, `telegram`, `external`).

@@ -573,7 +573,32 @@ struct StoreProgress<'a> {
     owner: &'a str,
 }
 
+impl StoreProgress<'_> {
+    fn store(&mut self) -> Result<&Store, String> {
+        match self.store {
+            Some(store) => Ok(store),
+            None => Ok(self
+                .store
+                .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?)),
+        }
+    }
+}
+
 impl ProgressSink for StoreProgress<'_> {
+    fn asset(
+        &mut self,
+        asset_id: &str,
+    ) -> Result<Option<crate::store::assets::AssetBytes>, String> {
+        let delivery_id = self.delivery_id;
+        match self.store()?.open_delivery_asset(delivery_id, asset_id) {
+            Ok(found) => Ok(found.map(|a| a.asset)),
+            Err(e) => {
+                *self.store = None;
+                Err(error_chain(&e))
+            }
+        }
+    }
+
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
         let store = match self.store {
             Some(store) => store,

@@ -544,6 +544,7 @@ fn event_with(
         metadata,
         reply_targets,
         events_per_second: rt.config.common.ingress_events_per_second,
+        rate_bucket: None,
     };
     Ok((event_id, event))
 }

@@ -51,7 +51,8 @@ pub struct Inbound<'a> {
 }
 
 impl Inbound<'_> {
-    fn header_values(&self, name: &str) -> Vec<&str> {
+    /// Every value of header `name` (case-insensitive), in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
         self.headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -435,6 +436,7 @@ fn event(rt: &HttpRuntime, req: &Inbound<'_>, now_ms: i64) -> Result<Event, Ingr
             .reply_targets
             .unwrap_or_else(|| rt.config.common.reply_targets.clone()),
         events_per_second: rt.config.common.ingress_events_per_second,
+        rate_bucket: None,
     })
 }
 
@@ -669,7 +671,7 @@ mod tests {
 
     #[test]
     fn unserved_reply_plugins_are_refused_when_sent() {
-        let body = r#"{"content":"x","idempotency_key":"k1","reply_plugin":"slack","reply_address":"{\"connector\":\"s\",\"channel_id\":\"C1\"}"}"#;
+        let body = r#"{"content":"x","idempotency_key":"k1","reply_plugin":"telegram","reply_address":"{\"connector\":\"t\",\"chat_id\":1}"}"#;
         match parse(AUTH, body) {
             Err(IngressError::InvalidPayload { path, detail }) => {
                 assert_eq!(path, "$.plugin");

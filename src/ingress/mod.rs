@@ -2,7 +2,8 @@
 //! session, deduplicate through the durable receipt, rate-limit, and create the run — receipt,
 //! session, bindings and run in ONE group-committed transaction before the answer.
 //!
-//! `ingress` never sends outbound HTTP and never knows HTTP status codes: it returns
+//! `ingress` calls out only through `net` clients (Slack file downloads) and only after the
+//! rate limit, and never knows HTTP status codes: it returns
 //! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod payload;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod slack;
 
 use crate::model::ConnectorKind;
 use crate::sessions::SessionError;
@@ -126,6 +128,10 @@ pub enum IngressError {
         kind: ConnectorKind,
         retry_after_ms: u64,
     },
+    /// An allowlist of the connector refuses the event (403); `detail` names the member,
+    /// its value and the list.
+    #[error("{detail}")]
+    Forbidden { detail: String },
     #[error("the state root is unavailable ({detail}); retry later")]
     Unavailable { detail: String },
 }

@@ -35,6 +35,8 @@ pub struct IngressCtx<'a> {
     pub writer: &'a GroupWriter,
     pub limiter: &'a RateLimiter,
     pub sidecars: &'a Sidecars,
+    /// The Slack Web API clients (file downloads after the rate limit).
+    pub slack_api: &'a crate::net::slack_api::SlackClients,
     pub now_ms: i64,
     pub now: Instant,
 }
@@ -69,7 +71,15 @@ pub struct Event {
     pub reply_targets: Vec<ReplyTarget>,
     /// The connector's `ingress_events_per_second`.
     pub events_per_second: u32,
+    /// The token bucket within the connector, when it has several (Slack: one per workspace
+    /// scope and channel, SPEC §6.6); `None` is the connector's one bucket.
+    pub rate_bucket: Option<String>,
 }
+
+/// Work a kind does after the event took its rate-limit token and before the write job is
+/// built (SPEC §6.1 step 9: outbound calls such as Slack file downloads come after the rate
+/// limit and before anything durable). It may add assets and input to the event, or refuse it.
+pub type AfterLimit<'a> = Box<dyn FnOnce(&mut Event) -> Result<(), IngressError> + 'a>;
 
 /// Called exactly once with the answer to an event, possibly later and on another thread (after
 /// the group commit that made it durable).
@@ -79,7 +89,18 @@ pub type Done = Box<dyn FnOnce(Result<Answer, IngressError>) + Send>;
 /// and duplicates, after the commit for new events. The calling thread never waits for the
 /// commit.
 pub fn accept(ctx: &IngressCtx<'_>, event: Event, done: Done) {
-    match prepare(ctx, event) {
+    accept_with(ctx, event, None, done)
+}
+
+/// [`accept`] with `after_limit` run on this thread once the event is known to be new and has
+/// its rate-limit token (never for duplicates, refusals or rate-limited events).
+pub fn accept_with(
+    ctx: &IngressCtx<'_>,
+    event: Event,
+    after_limit: Option<AfterLimit<'_>>,
+    done: Done,
+) {
+    match prepare(ctx, event, after_limit) {
         Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
         Err(refusal) => done(Err(refusal)),
         Ok(Prepared::Job(mut job)) => {
@@ -98,7 +119,7 @@ pub fn accept(ctx: &IngressCtx<'_>, event: Event, done: Done) {
 pub fn accept_all(ctx: &IngressCtx<'_>, events: Vec<(Event, Done)>) {
     let mut jobs: Vec<Box<dyn WriteJob>> = Vec::with_capacity(events.len());
     for (event, done) in events {
-        match prepare(ctx, event) {
+        match prepare(ctx, event, None) {
             Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
             Err(refusal) => done(Err(refusal)),
             Ok(Prepared::Job(mut job)) => {
@@ -123,7 +144,11 @@ fn unavailable(e: StoreError) -> IngressError {
 }
 
 /// Everything before the transaction, in the spec's order; see the module docs.
-fn prepare(ctx: &IngressCtx<'_>, event: Event) -> Result<Prepared, IngressError> {
+fn prepare(
+    ctx: &IngressCtx<'_>,
+    mut event: Event,
+    after_limit: Option<AfterLimit<'_>>,
+) -> Result<Prepared, IngressError> {
     let connector = event.connector.to_string();
     if let Some(receipt) = &event.receipt {
         if let Some(existing) = ctx.ops.receipt(&receipt.key).map_err(unavailable)? {
@@ -142,12 +167,19 @@ fn prepare(ctx: &IngressCtx<'_>, event: Event) -> Result<Prepared, IngressError>
     // resolved again inside the transaction, where another event may just have created it.
     let pre_resolved = sessions::resolve(&ctx.ops, &event.session, ctx.now_ms)?;
 
+    let bucket = match &event.rate_bucket {
+        Some(within) => format!("{connector}/{within}"),
+        None => connector.clone(),
+    };
     ctx.limiter
-        .try_take(&connector, event.events_per_second, ctx.now)
+        .try_take(&bucket, event.events_per_second, ctx.now)
         .map_err(|retry_after_ms| IngressError::RateLimited {
             kind: event.connector.kind,
             retry_after_ms,
         })?;
+    if let Some(after_limit) = after_limit {
+        after_limit(&mut event)?;
+    }
 
     let job = AcceptJob {
         pre_resolved: match pre_resolved {

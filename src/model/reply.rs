@@ -33,15 +33,24 @@ impl ReplyPlugin {
     /// True when this build has a delivery transport for the plugin; targets of other plugins
     /// are refused when stored (they could only dead-letter).
     pub fn served(self) -> bool {
-        matches!(self, ReplyPlugin::Http | ReplyPlugin::External)
+        matches!(
+            self,
+            ReplyPlugin::Http | ReplyPlugin::Slack | ReplyPlugin::External
+        )
     }
 
     /// Why a target of an unserved plugin is refused, in the words of
     /// [`ConnectorKind::unserved_warning`](crate::model::ConnectorKind::unserved_warning).
     pub fn unserved_reason(self) -> String {
+        let served: Vec<String> = ReplyPlugin::NAMES
+            .iter()
+            .filter(|n| ReplyPlugin::parse(n).is_ok_and(ReplyPlugin::served))
+            .map(|n| format!("`{n}`"))
+            .collect();
         format!(
-            "{} reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)",
-            self.as_str()
+            "{} reply targets are not served by this build; its deliveries could not be sent (use one of {})",
+            self.as_str(),
+            served.join(", ")
         )
     }
 
@@ -393,11 +402,11 @@ mod tests {
 
     #[test]
     fn targets_from_json_refuse_unserved_plugins() {
-        let slack = serde_json::json!("{\"connector\":\"s\",\"channel_id\":\"C1\"}");
-        let err = ReplyTarget::from_json("slack", &slack).unwrap_err();
+        let telegram = serde_json::json!("{\"connector\":\"t\",\"chat_id\":1}");
+        let err = ReplyTarget::from_json("telegram", &telegram).unwrap_err();
         assert_eq!(
             err,
-            "`plugin`: slack reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)"
+            "`plugin`: telegram reply targets are not served by this build; its deliveries could not be sent (use one of `http`, `slack`, `external`)"
         );
         let external = serde_json::json!({"connector": "sc", "route": "{}"});
         let target = ReplyTarget::from_json("external", &external).unwrap();

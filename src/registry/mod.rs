@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use crate::config::{self, Config, ExternalConnector, HttpConnector, SecretField};
+use crate::config::{self, Config, ExternalConnector, HttpConnector, SecretField, SlackConnector};
 use crate::model::{ConnectorId, ConnectorKind, Diagnostic};
 use crate::secrets::{self, Secret, SecretError, SecretSource, SecretStore};
 
@@ -74,12 +74,74 @@ pub struct ExternalRuntime {
     pub shared_token: Option<Verifier>,
 }
 
+/// A Slack connector ready to serve (SPEC §8).
+#[derive(Debug)]
+pub struct SlackRuntime {
+    pub id: ConnectorId,
+    pub config: SlackConnector,
+    /// Verifies `X-Slack-Signature` (with a rotated secret's grace value).
+    pub signing_secret: Option<Verifier>,
+    /// The default bot token ([`Verifier::current`] is presented to the Web API).
+    pub bot_token: Option<Verifier>,
+    /// `team_bot_tokens` by team id.
+    pub team_bot_tokens: HashMap<String, Verifier>,
+}
+
+impl SlackRuntime {
+    /// The bot token for `team`: its `team_bot_tokens` entry, else `bot_token` (SPEC §8).
+    pub fn token_for(&self, team: Option<&str>) -> Option<&Secret> {
+        team.and_then(|t| self.team_bot_tokens.get(t))
+            .or(self.bot_token.as_ref())
+            .map(Verifier::current)
+    }
+
+    /// Checks a `slack` address against the connector's allowlists (channel, team,
+    /// enterprise): a value the address carries must be in a non-empty list, as the connector
+    /// file's own check of reply targets has it (`config::validate::refs`). The message names
+    /// the member and the list, never a secret.
+    pub fn check_address(&self, address: &crate::model::reply::SlackAddress) -> Result<(), String> {
+        let c = &self.config;
+        let name = &self.id.name;
+        let checks = [
+            (
+                "channel_id",
+                Some(&address.channel_id),
+                &c.allowed_channel_ids,
+                "allowed_channel_ids",
+            ),
+            (
+                "team_id",
+                address.team_id.as_ref(),
+                &c.allowed_team_ids,
+                "allowed_team_ids",
+            ),
+            (
+                "enterprise_id",
+                address.enterprise_id.as_ref(),
+                &c.allowed_enterprise_ids,
+                "allowed_enterprise_ids",
+            ),
+        ];
+        for (member, value, allowed, list) in checks {
+            if let Some(v) = value {
+                if !allowed.is_empty() && !allowed.contains(v) {
+                    return Err(format!(
+                        "`{member}`: `{v}` is not in slack connector `{name}`'s {list}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every connector of the running daemon: one immutable snapshot.
 #[derive(Debug, Default)]
 pub struct ConnectorSet {
     pub config: Config,
     pub http: HashMap<String, Arc<HttpRuntime>>,
     pub external: HashMap<String, Arc<ExternalRuntime>>,
+    pub slack: HashMap<String, Arc<SlackRuntime>>,
     /// `(secret_ref, updated_at_ms, previous_valid_until_ms)` of every store slot seen at build
     /// time; the watcher rebuilds when the store's list differs.
     pub slot_versions: Vec<(String, i64, Option<i64>)>,
@@ -179,10 +241,31 @@ pub fn build(
         };
         external.insert(c.common.name.to_string(), Arc::new(runtime));
     }
+    let mut slack = HashMap::new();
+    for c in &config.slack {
+        let mut team_bot_tokens = HashMap::new();
+        for t in &c.team_bot_tokens {
+            if let Some(v) = verifier(&Some(t.bot_token.clone())).map_err(BuildError::Secrets)? {
+                team_bot_tokens.insert(t.team_id.clone(), v);
+            }
+        }
+        let runtime = SlackRuntime {
+            id: ConnectorId {
+                kind: ConnectorKind::Slack,
+                name: c.common.name.clone(),
+            },
+            config: c.clone(),
+            signing_secret: verifier(&c.signing_secret).map_err(BuildError::Secrets)?,
+            bot_token: verifier(&c.bot_token).map_err(BuildError::Secrets)?,
+            team_bot_tokens,
+        };
+        slack.insert(c.common.name.to_string(), Arc::new(runtime));
+    }
     Ok(ConnectorSet {
         config,
         http,
         external,
+        slack,
         slot_versions: slot_versions(&slots),
         sources: Sources::default(),
     })
@@ -233,9 +316,23 @@ pub fn current_runtime_version(state_root: &Path) -> Result<i64, crate::store::S
 impl ConnectorSet {
     /// Checks a reply target against the connectors in force (SPEC §11.2: targets are
     /// validated when stored and again when delivered): an `external` target must name an
-    /// external connector of this set. The message names the member, never a secret.
+    /// external connector of this set; a `slack` target a Slack connector of this set whose
+    /// allowlists admit its channel, team and enterprise. The message names the member, never
+    /// a secret.
     pub fn check_target(&self, target: &crate::model::reply::ReplyTarget) -> Result<(), String> {
-        use crate::model::reply::ReplyPlugin;
+        use crate::model::reply::{ReplyPlugin, TargetAddress};
+        if target.plugin == ReplyPlugin::Slack {
+            let Ok(TargetAddress::Slack(address)) = target.parsed() else {
+                return Err("`address` is not a valid slack address".into());
+            };
+            let Some(rt) = self.slack.get(&address.connector) else {
+                return Err(format!(
+                    "`connector`: no slack connector named `{}` is configured",
+                    address.connector
+                ));
+            };
+            return rt.check_address(&address);
+        }
         if target.plugin != ReplyPlugin::External {
             return Ok(());
         }
@@ -273,7 +370,8 @@ impl ConnectorSet {
         match kind {
             ConnectorKind::Http => self.http.get(name).map(|rt| &rt.id),
             ConnectorKind::External => self.external.get(name).map(|rt| &rt.id),
-            ConnectorKind::Slack | ConnectorKind::Telegram => None,
+            ConnectorKind::Slack => self.slack.get(name).map(|rt| &rt.id),
+            ConnectorKind::Telegram => None,
         }
     }
 }

@@ -28,6 +28,7 @@ use std::time::Instant;
 use crate::ingress::ratelimit::RateLimiter;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
+use crate::net::slack_api::SlackClients;
 use crate::notify::Notify;
 use crate::output::Printer;
 use crate::registry::{ConnectorSet, Registry, Sidecars};
@@ -70,6 +71,9 @@ pub struct App {
     /// The group-commit writer: accepted events, run claims and settlements, delivery rounds.
     pub writer: Arc<GroupWriter>,
     pub limiter: RateLimiter,
+    /// Slack Web API clients and their call counters, shared by Slack ingress (file
+    /// downloads) and the `slack` delivery transport.
+    pub slack_api: Arc<SlackClients>,
     pub admin: AdminAuth,
     phase: AtomicU8,
 }
@@ -98,6 +102,7 @@ impl App {
             leases: Arc::new(Leases::new()),
             writer: parts.writer,
             limiter: RateLimiter::new(),
+            slack_api: Arc::default(),
             admin: parts.admin,
             phase: AtomicU8::new(Phase::Starting as u8),
         }

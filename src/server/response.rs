@@ -170,6 +170,7 @@ pub fn ingress_error_during(err: &IngressError, failing: Option<&StorageFailure>
         E::ConnectorNotFound { .. } => (404, "connector_not_found"),
         E::PayloadTooLarge { .. } => (413, "payload_too_large"),
         E::Unauthorized { .. } => (401, "unauthorized"),
+        E::Forbidden { .. } => (403, "forbidden"),
         E::InvalidJson { .. } => (400, "invalid_json"),
         E::InvalidPayload { path, .. } => {
             extra.insert("path".into(), json!(path));

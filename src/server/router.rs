@@ -418,7 +418,16 @@ mod tests {
             Err(NoRoute::NotFound),
         );
         // Kinds this build does not serve yet have no route.
-        check("POST", "/v1/connectors/slack/x", Err(NoRoute::NotFound));
+        check("POST", "/v1/connectors/telegram/x", Err(NoRoute::NotFound));
+        check(
+            "POST",
+            "/v1/connectors/slack/x",
+            Ok(Route::Ingress {
+                kind: ConnectorKind::Slack,
+                name: "x".into(),
+                path: IngressPath::Webhook,
+            }),
+        );
         check("POST", "/v1/connectors/nope/x", Err(NoRoute::NotFound));
         check(
             "GET",

@@ -45,6 +45,10 @@ mod serve_pipeline;
 mod serve_runs;
 /// The runtime connector store through the admin API.
 mod serve_runtime;
+/// The `slack` delivery plugin against a fake Slack Web API: steps, progress, errors, crash.
+mod serve_slack_delivery;
+/// `serve` Slack Events API ingress: signatures, dispatch, allowlists, scope, files.
+mod serve_slack_ingress;
 /// `serve` on a full disk: 503 + Retry-After, readiness, honest and rate-limited logs, recovery.
 mod serve_storage;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.

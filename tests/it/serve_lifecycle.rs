@@ -233,36 +233,36 @@ default_binding_keys = ["orders"]
 [http_connectors.session_policy]
 create_if_missing = true
 
-[[slack_connectors]]
-name = "support"
-signing_secret_env = "SLACK_SIGNING"
-bot_token_env = "SLACK_BOT"
+[[telegram_connectors]]
+name = "bot"
+secret_token_env = "TG_SECRET"
+bot_token_env = "TG_BOT"
 "#;
     let sandbox = Sandbox::new();
     let daemon = Daemon::builder(&sandbox)
         .config(ALL_KINDS)
         .env("ORDERS_BEARER", BEARER)
-        .env("SLACK_SIGNING", "slack-signing-secret")
-        .env("SLACK_BOT", "xoxb-test")
+        .env("TG_SECRET", "telegram-secret-token")
+        .env("TG_BOT", "123:telegram-test")
         .start();
     daemon.wait_for_log(
-        "slack connector `support` is configured but not served by this build; its webhook answers 404",
+        "telegram connector `bot` is configured but not served by this build; its webhook answers 404",
         Duration::from_secs(10),
     );
-    let webhook = daemon.post_json("/v1/connectors/slack/support", b"{}");
+    let webhook = daemon.post_json("/v1/connectors/telegram/bot", b"{}");
     assert_problem(&webhook, 404, "not_found");
     let session = daemon.admin(
         "PUT",
         "/v1/sessions/s-1",
         Some(&json!({"reply_targets": [
-            {"plugin": "slack", "address": "{\"connector\":\"support\",\"channel_id\":\"C1\"}"}
+            {"plugin": "telegram", "address": "{\"connector\":\"bot\",\"chat_id\":1}"}
         ]})),
     );
     crate::support::problem::assert_problem_detail(
         &session,
         400,
         "invalid_reply_target",
-        "slack reply targets are not served by this build",
+        "telegram reply targets are not served by this build",
     );
     let (code, stderr) = daemon.stop();
     assert_eq!(code, Some(0), "{stderr}");

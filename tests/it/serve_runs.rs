@@ -663,14 +663,14 @@ fn sessions_on_the_control_plane() {
         "PUT",
         "/v1/sessions/support-1/reply-targets",
         json!({"reply_targets": [
-            {"plugin": "slack", "address": "{\"connector\":\"support\",\"channel_id\":\"C1\"}"}
+            {"plugin": "telegram", "address": "{\"connector\":\"bot\",\"chat_id\":1}"}
         ]}),
     );
     assert_problem_detail(
         &unserved,
         400,
         "invalid_reply_target",
-        "slack reply targets are not served by this build",
+        "telegram reply targets are not served by this build",
     );
     assert_eq!(targets.json()["reply_targets"].as_array().unwrap().len(), 2);
 

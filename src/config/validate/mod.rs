@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn unserved_kinds_and_plugins_are_warned() {
-        let text = "[[slack_connectors]]\nname = \"support\"\nsigning_secret_env = \"S\"\nbot_token_env = \"B\"\n\
+        let text = "[[telegram_connectors]]\nname = \"support\"\nsecret_token_env = \"S\"\nbot_token_env = \"B\"\n\
                     [[http_connectors]]\nname = \"orders\"\nbearer_token_env = \"T\"\n\
                     default_reply_targets = [{ plugin = \"telegram\", address = \"{\\\"connector\\\":\\\"a\\\",\\\"chat_id\\\":1}\" }]\n\
                     [[external_connectors]]\nname = \"side\"\nplatform = \"discord\"\nbase_url = \"https://sidecar.example.com\"\nshared_token_env = \"T\"\n";
@@ -300,8 +300,8 @@ mod tests {
         assert_eq!(
             unserved,
             [
-                "1:warning slack connector `support` is configured but not served by this build; its webhook answers 404",
-                "8:warning telegram reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)",
+                "1:warning telegram connector `support` is configured but not served by this build; its webhook answers 404",
+                "8:warning telegram reply targets are not served by this build; its deliveries could not be sent (use one of `http`, `slack`, `external`)",
             ],
             "{all:#?}"
         );

@@ -6,11 +6,13 @@
 
 pub mod external;
 pub mod http;
+pub mod slack;
 
 use std::sync::Arc;
 
 use super::Transports;
 use crate::model::reply::ReplyPlugin;
+use crate::net::slack_api::SlackClients;
 use crate::registry::Registry;
 
 /// Every transport this build has. A plugin without one is refused when a reply target is
@@ -20,13 +22,20 @@ use crate::registry::Registry;
 /// `connectors`: the live connector registry the `external` transport looks its connectors up
 /// in (`serve` passes `App.registry`, so reloads apply at once); `None` when the process has no
 /// connector configuration, which makes external attempts retryable
-/// `connector_config_unavailable`. `sidecar_stats` receives the external transport's counters.
+/// `connector_config_unavailable`. `sidecar_stats` receives the external transport's counters;
+/// `slack_api` holds the Slack Web API clients and their call counters (shared with Slack
+/// ingress in `serve`).
 pub fn for_this_build(
     connectors: Option<Arc<Registry>>,
     sidecar_stats: Arc<external::SidecarStats>,
+    slack_api: Arc<SlackClients>,
 ) -> Transports {
     Transports::new()
         .with(ReplyPlugin::Http, Arc::new(http::HttpTransport::new()))
+        .with(
+            ReplyPlugin::Slack,
+            Arc::new(slack::SlackTransport::new(connectors.clone(), slack_api)),
+        )
         .with(
             ReplyPlugin::External,
             Arc::new(external::ExternalTransport::new(connectors, sidecar_stats)),
@@ -39,7 +48,7 @@ mod tests {
 
     #[test]
     fn every_served_plugin_has_a_transport_and_no_other() {
-        let transports = for_this_build(None, Arc::default());
+        let transports = for_this_build(None, Arc::default(), Arc::default());
         for plugin in [
             ReplyPlugin::Http,
             ReplyPlugin::Slack,

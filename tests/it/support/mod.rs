@@ -5,7 +5,7 @@
 //! The other helpers live beside it, one concern each: `daemon` (a running `serve`), `http`
 //! (the one raw HTTP client), `problem` (the problem+json assertion), `db` (reading
 //! `state.db`), `ingress` (signed ingress requests and their answers), `receiver` (the fake
-//! webhook target), `fake_sidecar` (a sidecar of the external runtime contract) and `wait` (polling with a deadline, the only pause).
+//! webhook target), `fake_sidecar` (a sidecar of the external runtime contract), `fake_slack` (the Slack Web API), `slack` (Events API payloads and signing) and `wait` (polling with a deadline, the only pause).
 
 #![allow(dead_code)]
 
@@ -13,10 +13,12 @@ pub mod daemon;
 pub mod db;
 pub mod external;
 pub mod fake_sidecar;
+pub mod fake_slack;
 pub mod http;
 pub mod ingress;
 pub mod problem;
 pub mod receiver;
+pub mod slack;
 pub mod wait;
 
 use std::ffi::OsString;

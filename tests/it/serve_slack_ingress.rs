@@ -1,0 +1,694 @@
+//! `serve` Slack Events API ingress (SPEC §8, §6): signatures (and `kheishctl sign --scheme
+//! slack` driving ingress), url_verification, app_rate_limited, ignored events with their
+//! reasons, runs with scope, receipts, sessions, binding keys and self reply targets, Slack
+//! retries deduplicated, Enterprise Grid allowlists including `authorizations[]`, the per
+//! channel rate limit, file downloads (and every way one is skipped), metrics, and every
+//! ingress-side bad input of issue 13, each refused without writing anything.
+
+use serde_json::{json, Value};
+
+use kheishctl::ingress::sha256_hex;
+
+use crate::support::db::StateDb;
+use crate::support::fake_slack::Reply;
+use crate::support::ingress::{now_secs, written};
+use crate::support::metric_sample;
+use crate::support::problem::{assert_problem, assert_problem_detail};
+use crate::support::slack::*;
+
+fn metrics(daemon: &crate::support::daemon::Daemon) -> String {
+    let resp = daemon.admin("GET", "/metrics", None);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.text()
+}
+
+fn run(daemon: &crate::support::daemon::Daemon, run_id: &str) -> Value {
+    let resp = daemon.admin("GET", &format!("/v1/runs/{run_id}"), None);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    v.get("run").cloned().unwrap_or(v)
+}
+
+fn accepted(resp: &crate::support::http::Response, connector: &str) -> (String, String) {
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["status"], "accepted", "{v}");
+    assert_eq!(v["connector"], connector, "{v}");
+    (
+        v["run_id"].as_str().unwrap().to_string(),
+        v["session_id"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn a_channel_message_becomes_a_run_and_slack_retries_are_duplicates() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let payload = envelope(
+        "Ev100",
+        message("C1", "1700000001.000100", "hello from slack"),
+    );
+    let (run_id, session) = accepted(&post(&daemon, "support", &payload), "slack/support");
+    assert_eq!(session, "slack:support:team:T1:C1:1700000001.000100");
+
+    // Slack's retry of the same delivery (X-Slack-Retry-Num) is the original run.
+    let body = payload.to_string().into_bytes();
+    let mut headers = signed_headers(&body);
+    headers.push(("X-Slack-Retry-Num".into(), "1".into()));
+    headers.push(("X-Slack-Retry-Reason".into(), "http_timeout".into()));
+    let retry = post_raw(&daemon, "support", &headers, &body);
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["status"], "duplicate");
+    assert_eq!(retry.json()["run_id"], run_id.as_str());
+
+    let r = run(&daemon, &run_id);
+    assert_eq!(r["actor_id"], "U123", "{r}");
+    assert_eq!(r["input"]["content"], "hello from slack", "{r}");
+    let m = &r["metadata"];
+    let raw = "team:T1:Ev100";
+    let expected_key = format!("slack:support:{}", &sha256_hex(raw.as_bytes())[..32]);
+    assert_eq!(m["connector_ingress_key"], expected_key.as_str(), "{m}");
+    assert_eq!(
+        m["slack_ingress_key_sha256"],
+        sha256_hex(raw.as_bytes()).as_str()
+    );
+    assert_eq!(m["slack_ingress_fingerprint"].as_str().unwrap().len(), 64);
+    assert_eq!(m["slack_channel_id"], "C1");
+    assert_eq!(m["slack_team_id"], "T1");
+    assert_eq!(m["slack_event_id"], "Ev100");
+    let targets = r["reply_targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 1, "{r}");
+    assert_eq!(targets[0]["plugin"], "slack");
+    let address: Value = serde_json::from_str(targets[0]["address"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        address,
+        json!({"connector": "support", "team_id": "T1", "channel_id": "C1", "thread_ts": "1700000001.000100"})
+    );
+
+    // A reply in the thread lands in the same session; its own event id makes a new run.
+    let reply = envelope(
+        "Ev101",
+        thread_reply("C1", "1700000002.000200", "1700000001.000100", "follow-up"),
+    );
+    let (second, same) = accepted(&post(&daemon, "support", &reply), "slack/support");
+    assert_ne!(second, run_id);
+    assert_eq!(same, session);
+    // The same event id with another body is a conflict.
+    let changed = envelope("Ev100", message("C1", "1700000001.000100", "edited"));
+    assert_problem(
+        &post(&daemon, "support", &changed),
+        409,
+        "idempotency_conflict",
+    );
+    let db = StateDb::open(&daemon.state_root);
+    assert_eq!(db.count("runs"), 2);
+    assert_eq!(db.count("receipts"), 2);
+
+    let text = metrics(&daemon);
+    let series = |outcome: &str| {
+        metric_sample(
+            &text,
+            &format!(
+                r#"kheish_ingress_requests_total{{connector="slack/support",outcome="{outcome}"}}"#
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(series("accepted"), 2.0, "{text}");
+    assert_eq!(series("duplicate"), 1.0, "{text}");
+    assert_eq!(series("conflict"), 1.0, "{text}");
+}
+
+#[test]
+fn a_message_without_event_id_is_keyed_by_channel_and_ts() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let mut payload = envelope("x", message("C7", "1700000003.000300", "no id"));
+    payload.as_object_mut().unwrap().remove("event_id");
+    let (run_id, _) = accepted(&post(&daemon, "support", &payload), "slack/support");
+    let raw = "team:T1:C7:1700000003.000300";
+    let m = &run(&daemon, &run_id)["metadata"];
+    assert_eq!(
+        m["connector_ingress_key"],
+        format!("slack:support:{}", &sha256_hex(raw.as_bytes())[..32]).as_str()
+    );
+}
+
+#[test]
+fn kheishctl_sign_produces_what_ingress_verifies() {
+    let (_fake, sandbox, daemon) = start(&[]);
+    let payload = envelope(
+        "Ev200",
+        message("C1", "1700000010.000100", "signed by the CLI"),
+    );
+    let body_path = sandbox.write("event.json", payload.to_string());
+    let run = sandbox
+        .cmd()
+        .env("SLACK_SIGNING_FOR_SIGN", SIGNING)
+        .args([
+            "sign",
+            "--scheme",
+            "slack",
+            "--secret-env",
+            "SLACK_SIGNING_FOR_SIGN",
+            "--format",
+            "headers",
+            "--body",
+        ])
+        .arg(&body_path)
+        .run();
+    run.success().never_shows(SIGNING);
+    let headers: Vec<(String, String)> = run
+        .stdout()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    assert!(
+        headers.iter().any(|(k, _)| k == "X-Slack-Signature"),
+        "{headers:?}"
+    );
+    let mut with_type = headers.clone();
+    with_type.push(("Content-Type".into(), "application/json".into()));
+    let body = payload.to_string().into_bytes();
+    accepted(
+        &post_raw(&daemon, "support", &with_type, &body),
+        "slack/support",
+    );
+    // The same headers over another body do not verify.
+    let other = envelope("Ev201", message("C1", "1700000010.000100", "tampered")).to_string();
+    assert_problem(
+        &post_raw(&daemon, "support", &with_type, other.as_bytes()),
+        401,
+        "unauthorized",
+    );
+}
+
+#[test]
+fn url_verification_is_answered_after_the_signature_and_before_allowlists() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    // `grid` restricts app, enterprise, team and channel; the challenge names none of them.
+    let resp = post(
+        &daemon,
+        "grid",
+        &url_verification("3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json(),
+        json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+    // A bad signature gets no challenge.
+    let body = url_verification("abc").to_string().into_bytes();
+    let mut headers = signed_headers(&body);
+    headers[2].1 = format!("v0={}", "0".repeat(64));
+    let refused = post_raw(&daemon, "grid", &headers, &body);
+    assert_problem(&refused, 401, "unauthorized");
+    assert!(!refused.text().contains("abc"));
+    // A verification without a challenge is malformed.
+    let mut broken = url_verification("x");
+    broken.as_object_mut().unwrap().remove("challenge");
+    assert_problem(&post(&daemon, "grid", &broken), 400, "invalid_payload");
+}
+
+#[test]
+fn app_rate_limited_is_authenticated_and_allowlist_checked_and_creates_no_run() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let resp = post(&daemon, "grid", &app_rate_limited("T1"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json(),
+        json!({"ignored": true, "type": "app_rate_limited", "minute_rate_limited": 1_518_467_820})
+    );
+    assert_problem_detail(
+        &post(&daemon, "grid", &app_rate_limited("T9")),
+        403,
+        "forbidden",
+        "allowed_team_ids",
+    );
+    let body = app_rate_limited("T1").to_string();
+    let unsigned = post_raw(
+        &daemon,
+        "grid",
+        &[("Content-Type".into(), "application/json".into())],
+        body.as_bytes(),
+    );
+    assert_problem(&unsigned, 401, "unauthorized");
+    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), 0);
+}
+
+#[test]
+fn bots_other_subtypes_events_and_envelopes_are_ignored_with_their_reason() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let mut human_with_bot_id = message("C1", "1700000020.000001", "via app");
+    human_with_bot_id["bot_id"] = json!("B1");
+    let mut join = message("C1", "1700000020.000002", "joined");
+    join["subtype"] = json!("channel_join");
+    let reaction = json!({"type": "reaction_added", "user": "U123", "reaction": "thumbsup", "item": {"type": "message", "channel": "C1", "ts": "1700000020.000001"}, "event_ts": "1700000020.000003"});
+    let cases = [
+        (
+            envelope("Ev1", bot_message("C1", "1700000020.000000")),
+            "bot_message",
+        ),
+        (envelope("Ev2", human_with_bot_id), "bot_message"),
+        (envelope("Ev3", join), "unsupported_message_subtype"),
+        (envelope("Ev4", reaction), "unsupported_event"),
+        (
+            json!({"type": "block_actions", "team": {"id": "T1"}}),
+            "unsupported_envelope",
+        ),
+    ];
+    for (payload, reason) in cases {
+        let resp = post(&daemon, "support", &payload);
+        assert_eq!(resp.status, 200, "{reason}: {}", resp.text());
+        assert_eq!(resp.json(), json!({"ignored": true, "reason": reason}));
+    }
+    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), 0);
+    let text = metrics(&daemon);
+    assert_eq!(
+        metric_sample(
+            &text,
+            r#"kheish_ingress_requests_total{connector="slack/support",outcome="ignored"}"#
+        ),
+        Some(5.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_signatures_and_bodies_are_refused_without_writing() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let before = written(&daemon);
+    let body = envelope("Ev9", message("C1", "1700000030.000001", "x"))
+        .to_string()
+        .into_bytes();
+    let good = signed_headers(&body);
+    let now = now_secs();
+    let drop_header = |name: &str| -> Vec<(String, String)> {
+        good.iter().filter(|(k, _)| k != name).cloned().collect()
+    };
+    let mut dup_sig = good.clone();
+    dup_sig.push(good[2].clone());
+    let mut dup_ts = good.clone();
+    dup_ts.push(good[1].clone());
+    let mut malformed = good.clone();
+    malformed[2].1 = good[2].1.replacen("v0=", "v1=", 1);
+    let mut short = good.clone();
+    short[2].1 = "v0=abc".into();
+    let mut bad_ts = good.clone();
+    bad_ts[1].1 = "yesterday".into();
+    type Headers = Vec<(String, String)>;
+    let cases: Vec<(&str, Headers, &str)> = vec![
+        (
+            "missing timestamp",
+            drop_header("X-Slack-Request-Timestamp"),
+            "X-Slack-Request-Timestamp",
+        ),
+        (
+            "missing signature",
+            drop_header("X-Slack-Signature"),
+            "X-Slack-Signature",
+        ),
+        ("stale", signed_headers_at(&body, now - 301), "timestamp"),
+        ("future", signed_headers_at(&body, now + 301), "timestamp"),
+        ("malformed", malformed, "signature"),
+        ("short", short, "signature"),
+        ("timestamp not a number", bad_ts, "timestamp"),
+        ("duplicated signature", dup_sig, "X-Slack-Signature"),
+        ("duplicated timestamp", dup_ts, "X-Slack-Request-Timestamp"),
+    ];
+    for (what, headers, names) in cases {
+        let resp = post_raw(&daemon, "support", &headers, &body);
+        let v = assert_problem(&resp, 401, "unauthorized");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains(&names.to_lowercase()),
+            "{what}: {v}"
+        );
+    }
+    // Within the window both ways.
+    let edge = envelope("Ev10", message("C1", "1700000030.000002", "edge"))
+        .to_string()
+        .into_bytes();
+    assert_eq!(
+        post_raw(
+            &daemon,
+            "support",
+            &signed_headers_at(&edge, now - 250),
+            &edge
+        )
+        .status,
+        202
+    );
+
+    let signed = |bytes: &[u8]| post_raw(&daemon, "support", &signed_headers(bytes), bytes);
+    assert_problem_detail(
+        &signed(b"{\"type\":\"event_callback\",\"x\":\"\xff\xfe\"}"),
+        400,
+        "invalid_payload",
+        "UTF-8",
+    );
+    assert_problem(&signed(b"{not json"), 400, "invalid_json");
+    assert_problem(&signed(b"[1,2]"), 400, "invalid_payload");
+    let mut no_event = envelope("Ev11", json!({}));
+    no_event.as_object_mut().unwrap().remove("event");
+    let mut no_channel = message("C1", "1700000030.000003", "x");
+    no_channel.as_object_mut().unwrap().remove("channel");
+    let mut no_ts = message("C1", "1700000030.000004", "x");
+    no_ts.as_object_mut().unwrap().remove("ts");
+    for (payload, path) in [
+        (no_event, "$.event"),
+        (envelope("Ev12", no_channel), "$.event.channel"),
+        (envelope("Ev13", no_ts), "$.event.ts"),
+        (json!({"event": {}}), "$.type"),
+    ] {
+        let v = assert_problem(
+            &signed(payload.to_string().as_bytes()),
+            400,
+            "invalid_payload",
+        );
+        assert_eq!(v["path"], path, "{v}");
+    }
+    let after = written(&daemon);
+    // Only the in-window event was written.
+    assert_ne!(before, after);
+    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), 1);
+}
+
+#[test]
+fn enterprise_grid_scope_and_every_allowlist() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let event = message("C2", "1700000040.000001", "grid hello");
+    let (run_id, session) = accepted(
+        &post(&daemon, "grid", &grid_envelope("EvG1", "T2", event.clone())),
+        "slack/grid",
+    );
+    assert_eq!(
+        session,
+        "slack:grid:enterprise:E1:team:T2:C2:1700000040.000001"
+    );
+    let r = run(&daemon, &run_id);
+    let address: Value =
+        serde_json::from_str(r["reply_targets"][0]["address"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        address,
+        json!({"connector": "grid", "enterprise_id": "E1", "team_id": "T2", "channel_id": "C2", "thread_ts": "1700000040.000001"})
+    );
+    let raw = "enterprise:E1:team:T2:EvG1";
+    assert_eq!(
+        r["metadata"]["connector_ingress_key"],
+        format!("slack:grid:{}", &sha256_hex(raw.as_bytes())[..32]).as_str()
+    );
+
+    let before = StateDb::open(&daemon.state_root).count("runs");
+    let with = |mutate: &dyn Fn(&mut Value)| {
+        let mut p = grid_envelope("EvG2", "T1", message("C1", "1700000040.000002", "x"));
+        mutate(&mut p);
+        p
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "app",
+            with(&|p| p["api_app_id"] = json!("A9")),
+            "allowed_api_app_ids",
+        ),
+        (
+            "no app",
+            with(&|p| {
+                p.as_object_mut().unwrap().remove("api_app_id");
+            }),
+            "allowed_api_app_ids",
+        ),
+        (
+            "enterprise",
+            with(&|p| p["context_enterprise_id"] = json!("E9")),
+            "allowed_enterprise_ids",
+        ),
+        (
+            "team",
+            with(&|p| p["context_team_id"] = json!("T9")),
+            "allowed_team_ids",
+        ),
+        (
+            "channel",
+            with(&|p| p["event"]["channel"] = json!("C9")),
+            "allowed_channel_ids",
+        ),
+        (
+            "authorization team",
+            with(&|p| p["authorizations"][0]["team_id"] = json!("T9")),
+            "authorizations[0]",
+        ),
+        (
+            "authorization enterprise",
+            with(&|p| p["authorizations"][1]["enterprise_id"] = json!("E9")),
+            "authorizations[1]",
+        ),
+        (
+            "authorization without team",
+            with(&|p| p["authorizations"][1]["is_enterprise_install"] = json!(false)),
+            "authorizations[1]",
+        ),
+    ];
+    for (what, payload, names) in cases {
+        let resp = post(&daemon, "grid", &payload);
+        let v = assert_problem(&resp, 403, "forbidden");
+        assert!(v["detail"].as_str().unwrap().contains(names), "{what}: {v}");
+    }
+    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), before);
+}
+
+#[test]
+fn the_rate_limit_is_per_channel_and_duplicates_take_no_token() {
+    let (_fake, _sandbox, daemon) = start(&[]);
+    let first = envelope("EvR1", message("C1", "1700000050.000001", "one"));
+    let original = accepted(&post(&daemon, "slow", &first), "slack/slow");
+    let limited = post(
+        &daemon,
+        "slow",
+        &envelope("EvR2", message("C1", "1700000050.000002", "two")),
+    );
+    let v = assert_problem(&limited, 429, "slack_ingress_rate_limited");
+    assert!(v["retry_after_ms"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        limited
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // A duplicate still answers with the original run (no token needed).
+    let dup = post(&daemon, "slow", &first);
+    assert_eq!(dup.status, 200, "{}", dup.text());
+    assert_eq!(dup.json()["run_id"], original.0.as_str());
+    // Another channel has its own bucket.
+    accepted(
+        &post(
+            &daemon,
+            "slow",
+            &envelope("EvR3", message("C2", "1700000050.000003", "three")),
+        ),
+        "slack/slow",
+    );
+}
+
+#[test]
+fn shared_files_are_downloaded_after_the_rate_limit_or_recorded_as_skipped() {
+    let (fake, _sandbox, daemon) = start(&[]);
+    fake.tokens(&[BOT]);
+    fake.file(
+        "notes.txt",
+        Reply::Raw(
+            200,
+            vec![("Content-Type".into(), "text/plain".into())],
+            b"meeting notes".to_vec(),
+        ),
+    );
+    fake.file(
+        "moved.txt",
+        Reply::Raw(
+            302,
+            vec![("Location".into(), fake.file_url("notes.txt"))],
+            Vec::new(),
+        ),
+    );
+    fake.file(
+        "big.bin",
+        Reply::Raw(200, Vec::new(), vec![7u8; 1024 * 1024 + 1]),
+    );
+    let files = vec![
+        file_object("F1", "notes.txt", &fake.file_url("notes.txt"), 13),
+        file_object("F2", "evil.txt", "https://attacker.example.com/f", 10),
+        file_object(
+            "F3",
+            "plain.txt",
+            "http://files.slack.com/files-pri/T1-F3/plain.txt",
+            10,
+        ),
+        file_object("F4", "moved.txt", &fake.file_url("moved.txt"), 10),
+        file_object("F5", "big.bin", &fake.file_url("big.bin"), 10),
+        file_object(
+            "F6",
+            "huge.bin",
+            &fake.file_url("notes.txt"),
+            5 * 1024 * 1024,
+        ),
+    ];
+    let payload = envelope(
+        "EvF1",
+        file_share("C1", "1700000060.000001", "see attached", files.clone()),
+    );
+    let (run_id, _) = accepted(&post(&daemon, "support", &payload), "slack/support");
+    let r = run(&daemon, &run_id);
+    let items = r["input"]["input_items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(items[0], json!({"type": "text", "text": "see attached"}));
+    assert_eq!(items.len(), 2, "{r}");
+    assert_eq!(items[1]["type"], "asset_reference");
+    assert_eq!(items[1]["file_name"], "notes.txt");
+    let statuses: Vec<(String, String)> = r["metadata"]["slack_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_string(),
+                f["reason"]
+                    .as_str()
+                    .unwrap_or(f["status"].as_str().unwrap())
+                    .to_string(),
+            )
+        })
+        .collect();
+    let expect = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        statuses,
+        expect(&[
+            ("F1", "downloaded"),
+            ("F2", "host_not_allowed"),
+            ("F3", "not_https"),
+            ("F4", "redirected"),
+            ("F5", "too_large"),
+            ("F6", "too_large"),
+        ])
+    );
+    let downloads: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.starts_with("/files/"))
+        .collect();
+    assert_eq!(
+        downloads.len(),
+        3,
+        "no download of refused hosts or declared-large files: {downloads:?}"
+    );
+    assert!(downloads.iter().all(|c| c.bearer() == Some(BOT)));
+    let db = StateDb::open(&daemon.state_root);
+    assert_eq!(db.count("assets"), 1);
+
+    // A Slack retry of the same event downloads nothing again.
+    post(&daemon, "support", &payload);
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.path.starts_with("/files/"))
+            .count(),
+        3
+    );
+
+    // More than eight files: the rest are skipped.
+    let many: Vec<Value> = (0..10)
+        .map(|i| {
+            file_object(
+                &format!("M{i}"),
+                "notes.txt",
+                &fake.file_url("notes.txt"),
+                13,
+            )
+        })
+        .collect();
+    let (run_id, _) = accepted(
+        &post(
+            &daemon,
+            "support",
+            &envelope("EvF2", file_share("C1", "1700000060.000002", "", many)),
+        ),
+        "slack/support",
+    );
+    let r = run(&daemon, &run_id);
+    let files = r["metadata"]["slack_files"].as_array().unwrap();
+    assert_eq!(
+        files.iter().filter(|f| f["status"] == "downloaded").count(),
+        8
+    );
+    assert_eq!(files[9]["reason"], "too_many_files");
+    assert_eq!(
+        r["input"]["input_items"].as_array().unwrap().len(),
+        8,
+        "no text item for empty text"
+    );
+
+    // No bot token, or no authentication: nothing is fetched.
+    let one = vec![file_object(
+        "F9",
+        "notes.txt",
+        &fake.file_url("notes.txt"),
+        13,
+    )];
+    let calls_before = fake.calls().len();
+    let (nobot, _) = accepted(
+        &post(
+            &daemon,
+            "nobot",
+            &envelope(
+                "EvF3",
+                file_share("C1", "1700000060.000003", "t", one.clone()),
+            ),
+        ),
+        "slack/nobot",
+    );
+    assert_eq!(
+        run(&daemon, &nobot)["metadata"]["slack_files"][0]["reason"],
+        "no_bot_token"
+    );
+    let body = envelope("EvF4", file_share("C1", "1700000060.000004", "t", one)).to_string();
+    let resp = post_raw(
+        &daemon,
+        "open",
+        &[("Content-Type".into(), "application/json".into())],
+        body.as_bytes(),
+    );
+    let (open, _) = accepted(&resp, "slack/open");
+    assert_eq!(
+        run(&daemon, &open)["metadata"]["slack_files"][0]["reason"],
+        "unauthenticated_ingress"
+    );
+    assert_eq!(fake.calls().len(), calls_before);
+
+    let text = metrics(&daemon);
+    assert!(
+        metric_sample(
+            &text,
+            r#"kheish_slack_api_calls_total{method="files.download",outcome="ok"}"#
+        )
+        .unwrap_or(0.0)
+            >= 9.0,
+        "{text}"
+    );
+    for secret in [BOT, BOT_T2, SIGNING] {
+        assert!(!text.contains(secret));
+        assert!(!daemon.stderr().contains(secret));
+        let runs = daemon.admin("GET", "/v1/runs?limit=500", None).text();
+        assert!(!runs.contains(secret));
+        let connectors = daemon.admin("GET", "/v1/runtime/connectors", None).text();
+        assert!(!connectors.contains(secret));
+    }
+}
