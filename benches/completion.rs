@@ -40,7 +40,13 @@ fn main() {
     };
     let targets: Vec<ReplyTarget> = (0..64).map(target).collect();
     // Dead letters first: the drain below must see only them.
-    load::fill_queue(work.path(), &root, load::QUEUE_CONNECTOR, &targets, dead);
+    load::fill_queue(
+        work.path(),
+        &root,
+        (load::QUEUE_CONNECTOR, &[]),
+        &targets,
+        dead,
+    );
     let status = Command::new(bin)
         .env("KHEISH_STATE_ROOT", &root)
         .env("KHEISH_DELIVERY_MAX_ATTEMPTS", "1")

@@ -253,7 +253,7 @@ fn fill_queue_over(work: &Path, root: &Path, sink: &Sink, n: usize, n_targets: u
                 .0
         })
         .collect();
-    load::fill_queue(work, root, CONFIG, &targets, n)
+    load::fill_queue(work, root, (CONFIG, &[]), &targets, n)
 }
 
 /// Runs wrk against `url` (POST of [`ENVELOPE`]) and returns requests/s.

@@ -19,10 +19,8 @@
 #[path = "common/load.rs"]
 mod load;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
@@ -43,7 +41,7 @@ fn main() -> std::process::ExitCode {
     let seconds = load::env_num("BENCH_SECONDS", 5);
     let dir = tempfile::tempdir().expect("temp dir");
     let work = dir.path();
-    let sidecar = Sidecar::start();
+    let sidecar = load::CountingServer::start(sidecar_answer);
     println!(
         "sidecar delivery bench: {ROUTES} routes of one external connector, no-op sidecar at {}",
         sidecar.addr
@@ -54,8 +52,8 @@ fn main() -> std::process::ExitCode {
     let root = work.join("state");
     let config = config(&sidecar);
     fill_queue(work, &root, &config, n);
-    let manifests_before = sidecar.manifests.load(Ordering::Acquire);
-    sidecar.deliveries.store(0, Ordering::Release);
+    let manifests_before = sidecar.other.load(Ordering::Acquire);
+    sidecar.hits.store(0, Ordering::Release);
     let daemon = load::Daemon::start_in(
         &root,
         work,
@@ -74,7 +72,7 @@ fn main() -> std::process::ExitCode {
         &metrics,
         r#"kheish_external_deliveries_total{connector="external/sc",result="committed"}"#,
     );
-    let manifests = sidecar.manifests.load(Ordering::Acquire) - manifests_before;
+    let manifests = sidecar.other.load(Ordering::Acquire) - manifests_before;
     sidecar.stop();
 
     println!();
@@ -93,7 +91,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `http/bench` (open) and `external/sc` at the sidecar (no shared token).
-fn config(sidecar: &Sidecar) -> String {
+fn config(sidecar: &load::CountingServer) -> String {
     format!(
         r#"{}
 [[external_connectors]]
@@ -118,7 +116,7 @@ fn fill_queue(work: &Path, root: &Path, config: &str, n: usize) {
                 .0
         })
         .collect();
-    load::fill_queue(work, root, config, &targets, n);
+    load::fill_queue(work, root, (config, &[]), &targets, n);
 }
 
 /// Runs wrk against `url` (POST of [`DELIVER_BODY`] with the runtime headers); requests/s.
@@ -139,89 +137,15 @@ fn wrk(work: &Path, url: &str, seconds: u64) -> f64 {
     )
 }
 
-/// The no-op sidecar: `/manifest` answers protocol 1, everything else `{"status":"committed"}`;
-/// counts both.
-struct Sidecar {
-    addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
-    deliveries: Arc<AtomicU64>,
-    manifests: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Sidecar {
-    fn start() -> Sidecar {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let addr = server.server_addr().to_ip().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let deliveries = Arc::new(AtomicU64::new(0));
-        let manifests = Arc::new(AtomicU64::new(0));
-        let threads = (0..8)
-            .map(|_| {
-                let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
-                let (deliveries, manifests) = (Arc::clone(&deliveries), Arc::clone(&manifests));
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        let Ok(mut rq) = server.recv() else { continue };
-                        let mut body = Vec::new();
-                        let _ = rq.as_reader().read_to_end(&mut body);
-                        let answer = if rq.url() == "/manifest" {
-                            manifests.fetch_add(1, Ordering::AcqRel);
-                            r#"{"protocol_version":1,"instance_id":"bench","capabilities":{"attachments_out":true}}"#
-                        } else {
-                            deliveries.fetch_add(1, Ordering::AcqRel);
-                            r#"{"status":"committed"}"#
-                        };
-                        let _ = rq.respond(tiny_http::Response::from_string(answer));
-                    }
-                })
-            })
-            .collect();
-        Sidecar {
-            addr,
-            server,
-            stop,
-            deliveries,
-            manifests,
-            threads,
-        }
+/// The no-op sidecar: `/manifest` answers protocol 1 (not counted), everything else
+/// `{"status":"committed"}` (counted).
+fn sidecar_answer(url: &str) -> (&'static str, bool) {
+    if url == "/manifest" {
+        (
+            r#"{"protocol_version":1,"instance_id":"bench","capabilities":{"attachments_out":true}}"#,
+            false,
+        )
+    } else {
+        (r#"{"status":"committed"}"#, true)
     }
-
-    fn count(&self) -> u64 {
-        self.deliveries.load(Ordering::Acquire)
-    }
-
-    /// Waits until `n` deliveries arrived, `limit` passed, or nothing arrived for 20 s.
-    fn wait_count(&self, n: u64, limit: Duration) -> u64 {
-        let end = Instant::now() + limit;
-        let (mut last, mut last_change) = (self.count(), Instant::now());
-        while self.count() < n && Instant::now() < end {
-            pace(Duration::from_millis(2));
-            let now = self.count();
-            if now != last {
-                (last, last_change) = (now, Instant::now());
-            } else if last_change.elapsed() > Duration::from_secs(20) {
-                eprintln!("no delivery reached the sidecar for 20 s; giving up at {now} of {n}");
-                break;
-            }
-        }
-        self.count()
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Release);
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Blocks the bench thread for `d` without `thread::sleep` (disallowed crate-wide).
-fn pace(d: Duration) {
-    let (_tx, rx) = mpsc::channel::<()>();
-    let _ = rx.recv_timeout(d);
 }

@@ -417,13 +417,13 @@ pub const QUEUE_CONNECTOR: &str = "[[http_connectors]]\nname = \"bench\"\nallow_
 
 /// Fills state root `root` with about `n` pending deliveries (rounded up to a multiple of
 /// `targets.len()`) to `targets`, through the library's enqueue path: one event is ingested by
-/// a real daemon (`config` must hold [`QUEUE_CONNECTOR`]) so a session and a run exist, then the
+/// a real daemon with `env` (`config` must hold [`QUEUE_CONNECTOR`]) so a session and a run exist, then the
 /// bench claims that run and adds outputs with `Store::add_output_queued` — the call
 /// `POST /v1/runs/{id}/output` makes — each naming every target. Returns how many.
 pub fn fill_queue(
     work: &Path,
     root: &Path,
-    config: &str,
+    (config, env): (&str, &[(&str, &str)]),
     targets: &[kheishctl::model::reply::ReplyTarget],
     n: usize,
 ) -> usize {
@@ -433,7 +433,7 @@ pub fn fill_queue(
         config,
         &["-q"],
         &["--delivery-workers", "0"],
-        &[],
+        env,
     );
     let resp = request(
         daemon.addr,
@@ -462,4 +462,88 @@ pub fn fill_queue(
             .expect("queueing bench output");
     }
     outputs * targets.len()
+}
+
+/// A keep-alive tiny_http server in the bench process answering every request with
+/// `answer(url)` = (body, counted): counted requests add to `hits`, the others to `other`
+/// (e.g. a sidecar's manifest fetches). Eight threads, as a no-op platform API would serve.
+pub struct CountingServer {
+    pub addr: std::net::SocketAddr,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    pub hits: Arc<std::sync::atomic::AtomicU64>,
+    pub other: Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CountingServer {
+    pub fn start(answer: fn(&str) -> (&'static str, bool)) -> CountingServer {
+        use std::sync::atomic::AtomicU64;
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let addr = server.server_addr().to_ip().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicU64::new(0));
+        let other = Arc::new(AtomicU64::new(0));
+        let threads = (0..8)
+            .map(|_| {
+                let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+                let (hits, other) = (Arc::clone(&hits), Arc::clone(&other));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let Ok(mut rq) = server.recv() else { continue };
+                        let mut body = Vec::new();
+                        let _ = rq.as_reader().read_to_end(&mut body);
+                        let (text, counted) = answer(rq.url());
+                        if counted { &hits } else { &other }.fetch_add(1, Ordering::AcqRel);
+                        let header =
+                            tiny_http::Header::from_bytes("Content-Type", "application/json")
+                                .expect("a valid header");
+                        let _ =
+                            rq.respond(tiny_http::Response::from_string(text).with_header(header));
+                    }
+                })
+            })
+            .collect();
+        CountingServer {
+            addr,
+            server,
+            stop,
+            hits,
+            other,
+            threads,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.hits.load(Ordering::Acquire)
+    }
+
+    /// Waits until `n` counted requests arrived, `limit` passed, or none arrived for 20 s.
+    pub fn wait_count(&self, n: u64, limit: std::time::Duration) -> u64 {
+        use std::time::{Duration, Instant};
+        let end = Instant::now() + limit;
+        let (mut last, mut last_change) = (self.count(), Instant::now());
+        while self.count() < n && Instant::now() < end {
+            let (_tx, rx) = std::sync::mpsc::channel::<()>();
+            let _ = rx.recv_timeout(Duration::from_millis(2));
+            let now = self.count();
+            if now != last {
+                (last, last_change) = (now, Instant::now());
+            } else if last_change.elapsed() > Duration::from_secs(20) {
+                eprintln!("nothing arrived for 20 s; giving up at {now} of {n}");
+                break;
+            }
+        }
+        self.count()
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }

@@ -516,6 +516,7 @@ fn sender_loop(
             let outcome = attempt(
                 &cfg.state_root,
                 &mut progress_store,
+                cfg.writer.as_deref(),
                 owner,
                 &claimed,
                 &cfg.transports,
@@ -569,6 +570,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 struct StoreProgress<'a> {
     state_root: &'a Path,
     store: &'a mut Option<Store>,
+    /// `serve`'s group-commit writer: progress saves go through its batches when set.
+    writer: Option<&'a GroupWriter>,
     delivery_id: &'a str,
     owner: &'a str,
 }
@@ -600,13 +603,19 @@ impl ProgressSink for StoreProgress<'_> {
     }
 
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
-        let store = match self.store {
-            Some(store) => store,
-            None => self
-                .store
-                .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?),
+        let saved = match self.writer {
+            Some(writer) => writer.save_progress(self.delivery_id, self.owner, progress, now_ms()),
+            None => {
+                let store = match self.store {
+                    Some(store) => store,
+                    None => self
+                        .store
+                        .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?),
+                };
+                store.save_progress(self.delivery_id, self.owner, progress, now_ms())
+            }
         };
-        match store.save_progress(self.delivery_id, self.owner, progress, now_ms()) {
+        match saved {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!(
                 "delivery {} is no longer leased by {}; another worker took it over",
@@ -627,6 +636,7 @@ impl ProgressSink for StoreProgress<'_> {
 fn attempt(
     state_root: &Path,
     progress_store: &mut Option<Store>,
+    writer: Option<&GroupWriter>,
     owner: &str,
     claimed: &Claimed,
     transports: &Transports,
@@ -656,6 +666,7 @@ fn attempt(
     let mut sink = StoreProgress {
         state_root,
         store: progress_store,
+        writer,
         delivery_id: &job.delivery.delivery_id,
         owner,
     };

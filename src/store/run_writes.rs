@@ -328,6 +328,63 @@ impl GroupWriter {
     }
 }
 
+/// A delivery's step progress (`Store::save_progress`) as a writer job, so the progress saves
+/// of many senders share commits like everything else of the pipeline.
+struct ProgressJob {
+    delivery_id: String,
+    owner: String,
+    progress: serde_json::Value,
+    now_ms: i64,
+    saved: Option<bool>,
+    reply: mpsc::SyncSender<Result<bool, StoreError>>,
+}
+
+impl WriteJob for ProgressJob {
+    fn apply(&mut self, store: &Store) -> Result<(), StoreError> {
+        self.saved = Some(store.save_progress(
+            &self.delivery_id,
+            &self.owner,
+            &self.progress,
+            self.now_ms,
+        )?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+        let answer = outcome.map(|()| self.saved.unwrap_or(false));
+        let _ = self.reply.send(answer);
+    }
+}
+
+impl GroupWriter {
+    /// [`Store::save_progress`] in the writer's next batch; returns once it is durable. `false`
+    /// when the lease is no longer `owner`'s.
+    pub fn save_progress(
+        &self,
+        delivery_id: &str,
+        owner: &str,
+        progress: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.submit(Box::new(ProgressJob {
+            delivery_id: delivery_id.to_string(),
+            owner: owner.to_string(),
+            progress: progress.clone(),
+            now_ms,
+            saved: None,
+            reply,
+        }));
+        answer.recv().unwrap_or_else(|_| {
+            Err(StoreError::Busy {
+                path: self.db_path().to_string(),
+                op: "saving delivery progress".into(),
+                detail: Some("the writer stopped".into()),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
