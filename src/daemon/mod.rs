@@ -140,6 +140,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let sidecar_stats = Arc::new(SidecarStats::default());
     app.metrics
         .add_collector(sidecar_collector(Arc::clone(&sidecar_stats)));
+    app.metrics
+        .add_collector(telegram_api_collector(Arc::clone(app.telegram.stats())));
     let deliveries = WorkerPool::spawn(WorkerConfig {
         state_root: settings.state_root.clone(),
         workers: usize::from(settings.delivery_workers),
@@ -148,6 +150,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         transports: Arc::new(transport::for_this_build(
             Some(Arc::clone(&app.registry)),
             sidecar_stats,
+            Arc::clone(app.telegram.stats()),
         )),
         notify: Arc::clone(&app.deliveries_queued),
         filter: ClaimFilter::default(),
@@ -284,6 +287,25 @@ impl Observer for DaemonObserver {
     fn warn(&self, message: &str) {
         self.0.out.warn(message);
     }
+}
+
+/// Renders the Bot API calls of every Telegram component (ingress media and callback answers,
+/// pollers, the delivery transport) on `/metrics`:
+/// `kheish_telegram_bot_api_calls_total{method,outcome}`.
+fn telegram_api_collector(stats: Arc<crate::net::telegram_api::ApiStats>) -> Collector {
+    Box::new(move |out: &mut Vec<Sample>| {
+        for (method, outcome, n) in stats.snapshot() {
+            out.push(
+                Sample::counter(
+                    "kheish_telegram_bot_api_calls_total",
+                    "Telegram Bot API calls by method and outcome (ok, api_error, rate_limited, transport_error, invalid_response).",
+                    n as f64,
+                )
+                .label("method", method)
+                .label("outcome", outcome),
+            );
+        }
+    })
 }
 
 /// Renders the external transport's counters on `/metrics` (SPEC §13):

@@ -46,6 +46,18 @@ pub enum AttemptOutcome {
 /// repeats a step that already succeeded. The http transport does not use it.
 pub trait ProgressSink {
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String>;
+
+    /// The bytes of asset `asset_id` while this attempt's delivery is open and its output
+    /// references the asset (transports that upload media: Telegram); `None` when there is no
+    /// such asset. Sinks without a state root cannot read assets.
+    fn asset(
+        &mut self,
+        asset_id: &str,
+    ) -> Result<Option<crate::store::assets::AssetBytes>, String> {
+        Err(format!(
+            "asset `{asset_id}` cannot be read here: this delivery has no state root"
+        ))
+    }
 }
 
 /// One delivery plugin (`http`, `slack`, `telegram`, `external`).

@@ -573,15 +573,37 @@ struct StoreProgress<'a> {
     owner: &'a str,
 }
 
-impl ProgressSink for StoreProgress<'_> {
-    fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
-        let store = match self.store {
+impl StoreProgress<'_> {
+    fn store(&mut self) -> Result<&Store, String> {
+        Ok(match self.store {
             Some(store) => store,
             None => self
                 .store
                 .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?),
-        };
-        match store.save_progress(self.delivery_id, self.owner, progress, now_ms()) {
+        })
+    }
+}
+
+impl ProgressSink for StoreProgress<'_> {
+    fn asset(
+        &mut self,
+        asset_id: &str,
+    ) -> Result<Option<crate::store::assets::AssetBytes>, String> {
+        let delivery_id = self.delivery_id.to_string();
+        let store = self.store()?;
+        match store.open_delivery_asset(&delivery_id, asset_id) {
+            Ok(found) => Ok(found.map(|f| f.asset)),
+            Err(e) => {
+                *self.store = None;
+                Err(error_chain(&e))
+            }
+        }
+    }
+
+    fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
+        let (delivery_id, owner) = (self.delivery_id, self.owner);
+        let store = self.store()?;
+        match store.save_progress(delivery_id, owner, progress, now_ms()) {
             Ok(true) => Ok(()),
             Ok(false) => Err(format!(
                 "delivery {} is no longer leased by {}; another worker took it over",

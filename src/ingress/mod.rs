@@ -12,6 +12,7 @@ pub mod http;
 pub mod payload;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod telegram;
 
 use crate::model::ConnectorKind;
 use crate::sessions::SessionError;
@@ -126,6 +127,13 @@ pub enum IngressError {
         kind: ConnectorKind,
         retry_after_ms: u64,
     },
+    /// The request came in a way the connector is not configured for (a webhook on a
+    /// polling Telegram connector).
+    #[error("{detail}")]
+    WrongIngressMode { detail: String },
+    /// An allowlist refused the event (a Telegram chat outside `allowed_chat_ids`).
+    #[error("{detail}")]
+    Forbidden { detail: String },
     #[error("the state root is unavailable ({detail}); retry later")]
     Unavailable { detail: String },
 }

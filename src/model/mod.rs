@@ -41,7 +41,10 @@ impl ConnectorKind {
     /// True when this build serves connectors of this kind (its ingress route exists). The
     /// connector issues of the roadmap each add their kind here, with its route and transport.
     pub fn served(self) -> bool {
-        matches!(self, ConnectorKind::Http | ConnectorKind::External)
+        matches!(
+            self,
+            ConnectorKind::Http | ConnectorKind::Telegram | ConnectorKind::External
+        )
     }
 
     /// The one warning about a configured connector of a kind this build does not serve

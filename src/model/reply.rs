@@ -33,7 +33,10 @@ impl ReplyPlugin {
     /// True when this build has a delivery transport for the plugin; targets of other plugins
     /// are refused when stored (they could only dead-letter).
     pub fn served(self) -> bool {
-        matches!(self, ReplyPlugin::Http | ReplyPlugin::External)
+        matches!(
+            self,
+            ReplyPlugin::Http | ReplyPlugin::Telegram | ReplyPlugin::External
+        )
     }
 
     /// Why a target of an unserved plugin is refused, in the words of

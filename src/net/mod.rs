@@ -12,6 +12,7 @@
 //! connects to a non-loopback address. No other module may build a ureq agent.
 
 pub mod sidecar_api;
+pub mod telegram_api;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};

@@ -11,7 +11,7 @@ use super::router::IngressPath;
 use super::{response, ApiRequest, ApiResponse, App};
 use crate::ingress::http::{self, Inbound};
 use crate::ingress::pipeline::{Done, IngressCtx};
-use crate::ingress::{external, AcceptStatus, Answer, EventOutcome, IngressError};
+use crate::ingress::{external, telegram, AcceptStatus, Answer, EventOutcome, IngressError};
 use crate::metrics::IngressOutcome;
 use crate::model::{now_ms, ConnectorId, ConnectorKind};
 use crate::registry::ConnectorSet;
@@ -38,6 +38,13 @@ pub const ENDPOINTS: &[IngressEndpoint] = &[
         template: "/v1/connectors/http/{name}",
         body_limit: http::BODY_LIMIT,
         accept: http::accept_named,
+    },
+    IngressEndpoint {
+        kind: ConnectorKind::Telegram,
+        path: IngressPath::Webhook,
+        template: "/v1/connectors/telegram/{name}",
+        body_limit: telegram::BODY_LIMIT,
+        accept: telegram::accept_webhook,
     },
     IngressEndpoint {
         kind: ConnectorKind::External,
@@ -90,6 +97,7 @@ pub fn handle(
         writer: &app.writer,
         limiter: &app.limiter,
         sidecars: &app.sidecars,
+        telegram: &app.telegram,
         now_ms: now_ms(),
         now: Instant::now(),
     };

@@ -70,6 +70,9 @@ pub struct App {
     /// The group-commit writer: accepted events, run claims and settlements, delivery rounds.
     pub writer: Arc<GroupWriter>,
     pub limiter: RateLimiter,
+    /// Bot API access of Telegram ingress (clients, callback answers, call counters), shared
+    /// by the webhook and the pollers.
+    pub telegram: Arc<crate::ingress::telegram::TelegramIo>,
     pub admin: AdminAuth,
     phase: AtomicU8,
 }
@@ -98,6 +101,7 @@ impl App {
             leases: Arc::new(Leases::new()),
             writer: parts.writer,
             limiter: RateLimiter::new(),
+            telegram: Arc::new(crate::ingress::telegram::TelegramIo::new(Arc::default())),
             admin: parts.admin,
             phase: AtomicU8::new(Phase::Starting as u8),
         }

@@ -47,6 +47,8 @@ mod serve_runs;
 mod serve_runtime;
 /// `serve` on a full disk: 503 + Retry-After, readiness, honest and rate-limited logs, recovery.
 mod serve_storage;
+/// Telegram webhook ingress against the fake Bot API: auth, updates, media, callbacks.
+mod serve_telegram;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.
 mod state_root;
 /// Repository hygiene: module docs, no dbg!/todo!, commented dependencies.

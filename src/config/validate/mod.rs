@@ -289,7 +289,7 @@ mod tests {
     fn unserved_kinds_and_plugins_are_warned() {
         let text = "[[slack_connectors]]\nname = \"support\"\nsigning_secret_env = \"S\"\nbot_token_env = \"B\"\n\
                     [[http_connectors]]\nname = \"orders\"\nbearer_token_env = \"T\"\n\
-                    default_reply_targets = [{ plugin = \"telegram\", address = \"{\\\"connector\\\":\\\"a\\\",\\\"chat_id\\\":1}\" }]\n\
+                    default_reply_targets = [{ plugin = \"slack\", address = \"{\\\"connector\\\":\\\"support\\\",\\\"channel_id\\\":\\\"C1\\\"}\" }]\n\
                     [[external_connectors]]\nname = \"side\"\nplatform = \"discord\"\nbase_url = \"https://sidecar.example.com\"\nshared_token_env = \"T\"\n";
         let all = parse_str("t.toml", text).diagnostics;
         let unserved: Vec<String> = all
@@ -301,7 +301,7 @@ mod tests {
             unserved,
             [
                 "1:warning slack connector `support` is configured but not served by this build; its webhook answers 404",
-                "8:warning telegram reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)",
+                "8:warning slack reply targets are not served by this build; its deliveries could not be sent (use an `http` or `external` target)",
             ],
             "{all:#?}"
         );

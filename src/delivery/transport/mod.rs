@@ -6,6 +6,7 @@
 
 pub mod external;
 pub mod http;
+pub mod telegram;
 
 use std::sync::Arc;
 
@@ -19,14 +20,23 @@ use crate::registry::Registry;
 ///
 /// `connectors`: the live connector registry the `external` transport looks its connectors up
 /// in (`serve` passes `App.registry`, so reloads apply at once); `None` when the process has no
-/// connector configuration, which makes external attempts retryable
-/// `connector_config_unavailable`. `sidecar_stats` receives the external transport's counters.
+/// connector configuration, which makes external and telegram attempts retryable
+/// `connector_config_unavailable`. `sidecar_stats` receives the external transport's counters,
+/// `telegram_stats` the Bot API calls of the telegram transport.
 pub fn for_this_build(
     connectors: Option<Arc<Registry>>,
     sidecar_stats: Arc<external::SidecarStats>,
+    telegram_stats: Arc<crate::net::telegram_api::ApiStats>,
 ) -> Transports {
     Transports::new()
         .with(ReplyPlugin::Http, Arc::new(http::HttpTransport::new()))
+        .with(
+            ReplyPlugin::Telegram,
+            Arc::new(telegram::TelegramTransport::new(
+                connectors.clone(),
+                telegram_stats,
+            )),
+        )
         .with(
             ReplyPlugin::External,
             Arc::new(external::ExternalTransport::new(connectors, sidecar_stats)),
@@ -39,7 +49,7 @@ mod tests {
 
     #[test]
     fn every_served_plugin_has_a_transport_and_no_other() {
-        let transports = for_this_build(None, Arc::default());
+        let transports = for_this_build(None, Arc::default(), Arc::default());
         for plugin in [
             ReplyPlugin::Http,
             ReplyPlugin::Slack,

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod db;
 pub mod external;
 pub mod fake_sidecar;
+pub mod fake_telegram;
 pub mod http;
 pub mod ingress;
 pub mod problem;
