@@ -49,6 +49,8 @@ mod serve_runtime;
 mod serve_storage;
 /// Telegram webhook ingress against the fake Bot API: auth, updates, media, callbacks.
 mod serve_telegram;
+/// The telegram delivery plugin: chunks, media, progress across SIGKILL, terminal answers.
+mod serve_telegram_delivery;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.
 mod state_root;
 /// Repository hygiene: module docs, no dbg!/todo!, commented dependencies.

@@ -42,6 +42,7 @@ pub fn start(sandbox: &Sandbox, fake: &FakeTelegram, args: &[&str]) -> Daemon {
         .env("TG_SECRET", SECRET)
         .env("KHEISH_DELIVERY_INITIAL_RETRY_MS", "20")
         .env("KHEISH_DELIVERY_MAX_RETRY_MS", "40")
+        .env("KHEISH_DELIVERY_CIRCUIT_FAILURE_THRESHOLD", "0")
         .args(args)
         .start()
 }
