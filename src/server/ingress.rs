@@ -120,10 +120,26 @@ pub fn handle(
     );
 }
 
-/// Maps an ingress answer to its response and counts its outcome: once per request, except
-/// for external answers, which count each event (each item of a batch) in both families.
+/// Maps an ingress answer to its response and counts its outcome ([`count`]).
 fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> ApiResponse {
-    match &answer {
+    count(app, id, &answer);
+    match answer {
+        Ok(answer) => response::answer(&answer),
+        Err(err) => {
+            if let IngressError::Unavailable { detail } = &err {
+                app.out.error(&format!("ingress for {id} failed: {detail}"));
+                let failing = app.writer.health().failure();
+                return response::ingress_error_during(&err, failing.as_ref());
+            }
+            response::ingress_error(&err)
+        }
+    }
+}
+
+/// Counts an ingress answer's outcome: once per request (or polled Telegram update), except
+/// for external answers, which count each event (each item of a batch) in both families.
+pub fn count(app: &App, id: &ConnectorId, answer: &Result<Answer, IngressError>) {
+    match answer {
         Ok(Answer::Events { outcomes, .. }) => {
             for outcome in outcomes {
                 app.metrics.ingress(id, event_outcome(*outcome));
@@ -153,17 +169,6 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
                     _ => {}
                 }
             }
-        }
-    }
-    match answer {
-        Ok(answer) => response::answer(&answer),
-        Err(err) => {
-            if let IngressError::Unavailable { detail } = &err {
-                app.out.error(&format!("ingress for {id} failed: {detail}"));
-                let failing = app.writer.health().failure();
-                return response::ingress_error_during(&err, failing.as_ref());
-            }
-            response::ingress_error(&err)
         }
     }
 }

@@ -51,6 +51,8 @@ mod serve_storage;
 mod serve_telegram;
 /// The telegram delivery plugin: chunks, media, progress across SIGKILL, terminal answers.
 mod serve_telegram_delivery;
+/// Telegram long polling: persisted offsets across restarts, flood waits, skips, reloads.
+mod serve_telegram_polling;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.
 mod state_root;
 /// Repository hygiene: module docs, no dbg!/todo!, commented dependencies.
