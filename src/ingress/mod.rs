@@ -2,7 +2,9 @@
 //! session, deduplicate through the durable receipt, rate-limit, and create the run — receipt,
 //! session, bindings and run in ONE group-committed transaction before the answer.
 //!
-//! `ingress` never sends outbound HTTP and never knows HTTP status codes: it returns
+//! `ingress` sends outbound HTTP only after the dedupe and the rate limit (a pipeline `Stage`:
+//! Telegram media) or after the commit (Telegram callback answers), and never knows HTTP status
+//! codes: it returns
 //! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
