@@ -393,3 +393,60 @@ fn planted_tokens_never_appear_in_views_metrics_or_logs() {
         assert!(!text.contains(SECRET), "{text}");
     }
 }
+
+#[test]
+fn a_rotated_secret_token_is_honoured_during_its_grace_window() {
+    const REF: &str = "connectors.telegram.bot.secret_token";
+    let fake = FakeTelegram::start();
+    let sandbox = Sandbox::new();
+    let rotate = |value: &str, grace: Option<&str>| {
+        let mut cmd = sandbox.cmd();
+        cmd.args(["rotate-secret", REF, "--stdin"]).stdin(value);
+        if let Some(grace) = grace {
+            cmd.args(["--grace", grace]);
+        }
+        cmd.run().success().never_shows(value);
+    };
+    rotate("old-secret", None);
+    let daemon = Daemon::builder(&sandbox)
+        .config(&format!(
+            "[[telegram_connectors]]\nname = \"bot\"\nsecret_token_secret_ref = \"{REF}\"\n\
+             include_self_output = false\napi_base_url = \"{}\"\n\
+             session_policy = {{ create_if_missing = true }}\n",
+            fake.base_url()
+        ))
+        .start();
+    let mut next_id = 0;
+    let mut status_with = |secret: &str| {
+        next_id += 1;
+        post_update(
+            &daemon,
+            "bot",
+            Some(secret),
+            message(next_id, 1, "x").to_string().as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(status_with("old-secret"), 202);
+    assert_eq!(status_with("new-secret"), 401);
+    rotate("new-secret", Some("10m"));
+    wait_until(
+        "the rotated secret",
+        Duration::from_secs(15),
+        || match status_with("new-secret") {
+            202 => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+    assert_eq!(status_with("old-secret"), 202, "the grace window");
+    rotate("newest-secret", None);
+    wait_until(
+        "the replaced secret refused",
+        Duration::from_secs(15),
+        || match status_with("new-secret") {
+            401 => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+    assert_eq!(status_with("old-secret"), 401);
+}
