@@ -84,8 +84,12 @@ pub fn run(ctx: &Context, args: DrainDeliveriesArgs) -> Result<ExitStatus> {
                 None
             }
         };
-        let transports =
-            crate::delivery::transport::for_this_build(connectors, Arc::default(), Arc::default());
+        let transports = crate::delivery::transport::for_this_build(
+            connectors,
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        );
         let observer = Arc::new(CliObserver {
             out: ctx.out.clone(),
             bar: bar.clone(),

@@ -5,15 +5,16 @@
 //! [`StartRefused`], exit 4), read the delivery policy from the environment, open and migrate
 //! the state root, resolve the admin token, start the group-commit writer, raise the open-files
 //! limit, bind, then start the listener's runtime, run handlers, delivery pool, retention timers,
-//! the sidecar supervisor (once the listener accepts) and the secret watcher, and announce
-//! readiness.
+//! the sidecar supervisor (once the listener accepts), the Telegram pollers and the secret
+//! watcher, and announce readiness.
 //!
 //! Shutdown order (SIGTERM/SIGINT): `readyz` says draining, stop accepting and let in-flight
 //! requests finish (10 s at most), stop the handlers, then the delivery pool (in-flight sends
-//! settle), the sidecars (SIGTERM, 10 s, SIGKILL of each child's group), the watcher and the
-//! retention timers, and flush the writer last.
+//! settle), the sidecars (SIGTERM, 10 s, SIGKILL of each child's group), the Telegram pollers,
+//! the watcher and the retention timers, and flush the writer last.
 
 pub mod handlers;
+pub mod pollers;
 pub mod retention;
 pub mod sidecars;
 pub mod watcher;
@@ -143,6 +144,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         .add_collector(sidecar_collector(Arc::clone(&sidecar_stats)));
     app.metrics
         .add_collector(slack_api_collector(Arc::clone(&app.slack_api)));
+    app.metrics
+        .add_collector(telegram_api_collector(Arc::clone(app.telegram.stats())));
     let deliveries = WorkerPool::spawn(WorkerConfig {
         state_root: settings.state_root.clone(),
         workers: usize::from(settings.delivery_workers),
@@ -152,6 +155,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
             Some(Arc::clone(&app.registry)),
             sidecar_stats,
             Arc::clone(&app.slack_api),
+            Arc::clone(app.telegram.stats()),
         )),
         notify: Arc::clone(&app.deliveries_queued),
         filter: ClaimFilter::default(),
@@ -165,8 +169,17 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     // (ingress, credential leases) from its first line.
     let sidecars = sidecars::Supervisor::spawn(Arc::clone(&app), addr, sidecar_timings)
         .context("starting the sidecar supervisor")?;
-    let watcher = watcher::SecretWatcher::spawn(Arc::clone(&app), sidecars.reconciler())
-        .context("starting the secret watcher")?;
+    let pollers =
+        pollers::Pollers::spawn(Arc::clone(&app)).context("starting the telegram pollers")?;
+    let (sidecar_swap, poller_swap) = (sidecars.reconciler(), pollers.reconciler());
+    let watcher = watcher::SecretWatcher::spawn(
+        Arc::clone(&app),
+        Box::new(move || {
+            sidecar_swap.request();
+            poller_swap.request();
+        }),
+    )
+    .context("starting the secret watcher")?;
     let retention = retention::Retention::spawn(
         settings.state_root.clone(),
         settings.receipt_retention,
@@ -201,6 +214,7 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
             Ok(Control::Reload) => {
                 watcher::reload(&app, config_path.as_deref());
                 sidecars.reconciler().request();
+                pollers.reconciler().request();
             }
             Err(_) => break "signal thread ended",
         }
@@ -217,6 +231,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     // After the delivery pool (in-flight sends to sidecars are settled), before the writer:
     // every child gets SIGTERM, then SIGKILL after its stop grace.
     sidecars.shutdown();
+    // Before the writer: a batch in flight gets its commit answers and saves its offset.
+    pollers.shutdown();
     if stuck > 0 {
         out.warn(&format!(
             "{stuck} connection(s) were still open after {DRAIN_GRACE:?}; closed them"
@@ -288,6 +304,25 @@ impl Observer for DaemonObserver {
     fn warn(&self, message: &str) {
         self.0.out.warn(message);
     }
+}
+
+/// Renders the Bot API calls of every Telegram component (ingress media and callback answers,
+/// pollers, the delivery transport) on `/metrics`:
+/// `kheish_telegram_bot_api_calls_total{method,outcome}`.
+fn telegram_api_collector(stats: Arc<crate::net::telegram_api::ApiStats>) -> Collector {
+    Box::new(move |out: &mut Vec<Sample>| {
+        for (method, outcome, n) in stats.snapshot() {
+            out.push(
+                Sample::counter(
+                    "kheish_telegram_bot_api_calls_total",
+                    "Telegram Bot API calls by method and outcome (ok, api_error, rate_limited, transport_error, invalid_response).",
+                    n as f64,
+                )
+                .label("method", method)
+                .label("outcome", outcome),
+            );
+        }
+    })
 }
 
 /// Renders the external transport's counters on `/metrics` (SPEC §13):

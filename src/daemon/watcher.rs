@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use super::sidecars::Reconcile;
 use super::StartRefused;
 use crate::config::{self, Config};
 use crate::model::{now_ms, Diagnostic, Severity};
@@ -112,12 +111,13 @@ pub struct SecretWatcher {
 }
 
 impl SecretWatcher {
-    /// `sidecars` is told after every swap, so supervised children follow the new set.
-    pub fn spawn(app: Arc<App>, sidecars: Reconcile) -> std::io::Result<SecretWatcher> {
+    /// `swapped` is called after every swap, so supervised children and pollers follow the
+    /// new set.
+    pub fn spawn(app: Arc<App>, swapped: Box<dyn Fn() + Send>) -> std::io::Result<SecretWatcher> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("secret-watcher".into())
-            .spawn(move || watch(&app, &sidecars, &stopped))?;
+            .spawn(move || watch(&app, &*swapped, &stopped))?;
         Ok(SecretWatcher { stop, thread })
     }
 
@@ -130,7 +130,7 @@ impl SecretWatcher {
 /// The secret-slot versions and the runtime store version a rebuild looked at.
 type Seen = (Vec<(String, i64, Option<i64>)>, i64);
 
-fn watch(app: &App, sidecars: &Reconcile, stopped: &mpsc::Receiver<()>) {
+fn watch(app: &App, swapped: &dyn Fn(), stopped: &mpsc::Receiver<()>) {
     let state_root: PathBuf = app.state_root.clone();
     // Versions a rebuild already failed on: not retried (or logged) until they change.
     let mut failed_on: Option<Seen> = None;
@@ -175,7 +175,7 @@ fn watch(app: &App, sidecars: &Reconcile, stopped: &mpsc::Receiver<()>) {
                 print_all(&app.out, &next.sources.left_out);
                 let n = next.config.len();
                 app.registry.swap(next);
-                sidecars.request();
+                swapped();
                 app.out.info(&format!("{what} ({n} connectors)"));
             }
             Err(BuildError::Diagnostics(d)) => {

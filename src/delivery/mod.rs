@@ -48,14 +48,15 @@ pub trait ProgressSink {
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String>;
 
     /// The bytes of stored asset `asset_id`, read while the delivery is open and its output
-    /// references the asset (`None` otherwise). Transports that upload attachments (Slack)
-    /// read them here, on the same connection as the progress.
+    /// references the asset (`None` otherwise). Transports that upload attachments (Slack,
+    /// Telegram) read them here, on the same connection as the progress.
     fn asset(
         &mut self,
         asset_id: &str,
     ) -> Result<Option<crate::store::assets::AssetBytes>, String> {
-        let _ = asset_id;
-        Err("this delivery context has no access to stored assets".into())
+        Err(format!(
+            "asset `{asset_id}` cannot be read here: this delivery has no state root"
+        ))
     }
 }
 

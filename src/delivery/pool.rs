@@ -578,12 +578,12 @@ struct StoreProgress<'a> {
 
 impl StoreProgress<'_> {
     fn store(&mut self) -> Result<&Store, String> {
-        match self.store {
-            Some(store) => Ok(store),
-            None => Ok(self
+        Ok(match self.store {
+            Some(store) => store,
+            None => self
                 .store
-                .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?)),
-        }
+                .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?),
+        })
     }
 }
 
@@ -592,9 +592,10 @@ impl ProgressSink for StoreProgress<'_> {
         &mut self,
         asset_id: &str,
     ) -> Result<Option<crate::store::assets::AssetBytes>, String> {
-        let delivery_id = self.delivery_id;
-        match self.store()?.open_delivery_asset(delivery_id, asset_id) {
-            Ok(found) => Ok(found.map(|a| a.asset)),
+        let delivery_id = self.delivery_id.to_string();
+        let store = self.store()?;
+        match store.open_delivery_asset(&delivery_id, asset_id) {
+            Ok(found) => Ok(found.map(|f| f.asset)),
             Err(e) => {
                 *self.store = None;
                 Err(error_chain(&e))
@@ -603,17 +604,12 @@ impl ProgressSink for StoreProgress<'_> {
     }
 
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
+        let (delivery_id, owner) = (self.delivery_id, self.owner);
         let saved = match self.writer {
-            Some(writer) => writer.save_progress(self.delivery_id, self.owner, progress, now_ms()),
-            None => {
-                let store = match self.store {
-                    Some(store) => store,
-                    None => self
-                        .store
-                        .insert(Store::open(self.state_root).map_err(|e| error_chain(&e))?),
-                };
-                store.save_progress(self.delivery_id, self.owner, progress, now_ms())
-            }
+            Some(writer) => writer.save_progress(delivery_id, owner, progress, now_ms()),
+            None => self
+                .store()?
+                .save_progress(delivery_id, owner, progress, now_ms()),
         };
         match saved {
             Ok(true) => Ok(()),

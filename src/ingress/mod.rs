@@ -2,8 +2,9 @@
 //! session, deduplicate through the durable receipt, rate-limit, and create the run — receipt,
 //! session, bindings and run in ONE group-committed transaction before the answer.
 //!
-//! `ingress` calls out only through `net` clients (Slack file downloads) and only after the
-//! rate limit, and never knows HTTP status codes: it returns
+//! `ingress` calls out only through `net` clients and only after the dedupe and the rate limit
+//! (a pipeline `Stage`: Slack file downloads, Telegram media) or after the commit (Telegram
+//! callback answers), and never knows HTTP status codes: it returns
 //! [`Accepted`] or a typed [`IngressError`], and `server::response` maps errors to statuses.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod slack;
+pub mod telegram;
 
 use crate::model::ConnectorKind;
 use crate::sessions::SessionError;
@@ -128,6 +130,10 @@ pub enum IngressError {
         kind: ConnectorKind,
         retry_after_ms: u64,
     },
+    /// The request came in a way the connector is not configured for (a webhook on a
+    /// polling Telegram connector).
+    #[error("{detail}")]
+    WrongIngressMode { detail: String },
     /// An allowlist of the connector refuses the event (403); `detail` names the member,
     /// its value and the list.
     #[error("{detail}")]

@@ -29,7 +29,7 @@ use crate::store::{Store, StoreError};
 
 /// What accepting needs besides the event: reads on this thread, the writer, the limiter, the
 /// live sidecar states (external `child_process` connectors check the event's `instance_id`
-/// against them), and the clock (given, so tests control it).
+/// against them), the Telegram Bot API side, and the clock (given, so tests control it).
 pub struct IngressCtx<'a> {
     pub ops: IngressOps<'a>,
     pub writer: &'a GroupWriter,
@@ -37,6 +37,8 @@ pub struct IngressCtx<'a> {
     pub sidecars: &'a Sidecars,
     /// The Slack Web API clients (file downloads after the rate limit).
     pub slack_api: &'a crate::net::slack_api::SlackClients,
+    /// Bot API access of Telegram ingress (media downloads, callback answers).
+    pub telegram: &'a std::sync::Arc<super::telegram::TelegramIo>,
     pub now_ms: i64,
     pub now: Instant,
 }
@@ -76,10 +78,26 @@ pub struct Event {
     pub rate_bucket: Option<String>,
 }
 
-/// Work a kind does after the event took its rate-limit token and before the write job is
-/// built (SPEC §6.1 step 9: outbound calls such as Slack file downloads come after the rate
-/// limit and before anything durable). It may add assets and input to the event, or refuse it.
-pub type AfterLimit<'a> = Box<dyn FnOnce(&mut Event) -> Result<(), IngressError> + 'a>;
+/// Work a kind does once an event is known to be new and within its rate (SPEC §6.1 step 9:
+/// outbound calls such as Telegram's `getFile` and media downloads come after the dedupe and
+/// the rate limit, before anything durable is written). It may change the event (add assets,
+/// attachments, metadata) or refuse it. Runs on the caller's thread.
+pub trait Stage {
+    fn after_rate_limit(&mut self, event: &mut Event) -> Result<(), IngressError>;
+}
+
+/// One event of [`accept_all_staged`]: the event, its optional [`Stage`], its answer callback.
+pub type StagedEvent = (Event, Option<Box<dyn Stage>>, Done);
+
+/// A closure is a [`Stage`] (Slack's file downloads).
+impl<F> Stage for F
+where
+    F: FnMut(&mut Event) -> Result<(), IngressError>,
+{
+    fn after_rate_limit(&mut self, event: &mut Event) -> Result<(), IngressError> {
+        self(event)
+    }
+}
 
 /// Called exactly once with the answer to an event, possibly later and on another thread (after
 /// the group commit that made it durable).
@@ -89,18 +107,17 @@ pub type Done = Box<dyn FnOnce(Result<Answer, IngressError>) + Send>;
 /// and duplicates, after the commit for new events. The calling thread never waits for the
 /// commit.
 pub fn accept(ctx: &IngressCtx<'_>, event: Event, done: Done) {
-    accept_with(ctx, event, None, done)
+    accept_staged(ctx, event, None, done);
 }
 
-/// [`accept`] with `after_limit` run on this thread once the event is known to be new and has
-/// its rate-limit token (never for duplicates, refusals or rate-limited events).
-pub fn accept_with(
+/// [`accept`] with a kind's [`Stage`] run between the rate limit and the write.
+pub fn accept_staged(
     ctx: &IngressCtx<'_>,
     event: Event,
-    after_limit: Option<AfterLimit<'_>>,
+    stage: Option<&mut dyn Stage>,
     done: Done,
 ) {
-    match prepare(ctx, event, after_limit) {
+    match prepare(ctx, event, stage) {
         Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
         Err(refusal) => done(Err(refusal)),
         Ok(Prepared::Job(mut job)) => {
@@ -117,9 +134,21 @@ pub fn accept_with(
 /// at once, new events after the commit. Two events of one batch that share an event id or a
 /// new session are sorted out inside the transaction, where the later one sees the earlier.
 pub fn accept_all(ctx: &IngressCtx<'_>, events: Vec<(Event, Done)>) {
+    accept_all_staged(
+        ctx,
+        events
+            .into_iter()
+            .map(|(event, done)| (event, None, done))
+            .collect(),
+    );
+}
+
+/// [`accept_all`] with an optional [`Stage`] per event (Telegram polling batches).
+pub fn accept_all_staged(ctx: &IngressCtx<'_>, events: Vec<StagedEvent>) {
     let mut jobs: Vec<Box<dyn WriteJob>> = Vec::with_capacity(events.len());
-    for (event, done) in events {
-        match prepare(ctx, event, None) {
+    for (event, mut stage, done) in events {
+        let stage = stage.as_mut().map(|s| &mut **s as &mut dyn Stage);
+        match prepare(ctx, event, stage) {
             Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
             Err(refusal) => done(Err(refusal)),
             Ok(Prepared::Job(mut job)) => {
@@ -147,7 +176,7 @@ fn unavailable(e: StoreError) -> IngressError {
 fn prepare(
     ctx: &IngressCtx<'_>,
     mut event: Event,
-    after_limit: Option<AfterLimit<'_>>,
+    stage: Option<&mut dyn Stage>,
 ) -> Result<Prepared, IngressError> {
     let connector = event.connector.to_string();
     if let Some(receipt) = &event.receipt {
@@ -177,8 +206,8 @@ fn prepare(
             kind: event.connector.kind,
             retry_after_ms,
         })?;
-    if let Some(after_limit) = after_limit {
-        after_limit(&mut event)?;
+    if let Some(stage) = stage {
+        stage.after_rate_limit(&mut event)?;
     }
 
     let job = AcceptJob {

@@ -32,7 +32,7 @@
 //! (per connector + scope + channel) and of the self reply target.
 //!
 //! Files of a message (authenticated connectors only) are downloaded AFTER the rate limit
-//! (the pipeline's [`AfterLimit`] hook) through [`crate::net::slack_api`]; see
+//! (a pipeline [`Stage`](super::pipeline::Stage)) through [`crate::net::slack_api`]; see
 //! [`attach_files`].
 
 use serde_json::{json, Map, Value};
@@ -41,7 +41,7 @@ use super::auth;
 use super::fingerprint::fingerprint;
 use super::http::Inbound;
 use super::payload::invalid;
-use super::pipeline::{self, AfterLimit, Done, Event, IngressCtx, ReceiptKey};
+use super::pipeline::{self, Done, Event, IngressCtx, ReceiptKey};
 use super::{receipt_key, sha256_hex, Answer, IngressError};
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::run::{new_id, NewAsset, RunInput};
@@ -96,11 +96,11 @@ pub fn accept(ctx: &IngressCtx<'_>, set: &ConnectorSet, name: &str, req: &Inboun
     let clients = ctx.slack_api;
     let now_ms = ctx.now_ms;
     let rt = rt.as_ref();
-    let hook: AfterLimit<'_> = Box::new(move |event: &mut Event| {
+    let mut hook = move |event: &mut Event| {
         attach_files(rt, clients, &files, team.as_deref(), now_ms, event);
         Ok(())
-    });
-    pipeline::accept_with(ctx, event, Some(hook), done);
+    };
+    pipeline::accept_staged(ctx, event, Some(&mut hook), done);
 }
 
 /// Authenticates and parses a request up to the pipeline, without the store: the protocol

@@ -43,7 +43,10 @@ impl ConnectorKind {
     pub fn served(self) -> bool {
         matches!(
             self,
-            ConnectorKind::Http | ConnectorKind::Slack | ConnectorKind::External
+            ConnectorKind::Http
+                | ConnectorKind::Slack
+                | ConnectorKind::Telegram
+                | ConnectorKind::External
         )
     }
 

@@ -35,7 +35,7 @@ impl ReplyPlugin {
     pub fn served(self) -> bool {
         matches!(
             self,
-            ReplyPlugin::Http | ReplyPlugin::Slack | ReplyPlugin::External
+            ReplyPlugin::Http | ReplyPlugin::Slack | ReplyPlugin::Telegram | ReplyPlugin::External
         )
     }
 
@@ -401,13 +401,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_from_json_refuse_unserved_plugins() {
+    fn targets_from_json_take_every_served_plugin() {
         let telegram = serde_json::json!("{\"connector\":\"t\",\"chat_id\":1}");
-        let err = ReplyTarget::from_json("telegram", &telegram).unwrap_err();
-        assert_eq!(
-            err,
-            "`plugin`: telegram reply targets are not served by this build; its deliveries could not be sent (use one of `http`, `slack`, `external`)"
-        );
+        let target = ReplyTarget::from_json("telegram", &telegram).unwrap();
+        assert_eq!(target.plugin, ReplyPlugin::Telegram);
         let external = serde_json::json!({"connector": "sc", "route": "{}"});
         let target = ReplyTarget::from_json("external", &external).unwrap();
         assert_eq!(target.plugin, ReplyPlugin::External);

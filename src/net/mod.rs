@@ -13,6 +13,7 @@
 
 pub mod sidecar_api;
 pub mod slack_api;
+pub mod telegram_api;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use crate::config::{self, Config, ExternalConnector, HttpConnector, SecretField, SlackConnector};
+use crate::config::{
+    self, Config, ExternalConnector, HttpConnector, SecretField, SlackConnector, TelegramConnector,
+};
 use crate::model::{ConnectorId, ConnectorKind, Diagnostic};
 use crate::secrets::{self, Secret, SecretError, SecretSource, SecretStore};
 
@@ -135,6 +137,24 @@ impl SlackRuntime {
     }
 }
 
+/// A Telegram connector ready to serve (SPEC §9).
+#[derive(Debug)]
+pub struct TelegramRuntime {
+    pub id: ConnectorId,
+    pub config: TelegramConnector,
+    /// The bot token: presented on every Bot API call ([`Verifier::current`]).
+    pub bot_token: Option<Verifier>,
+    /// Verifies `X-Telegram-Bot-Api-Secret-Token` on the webhook (with its grace value).
+    pub secret_token: Option<Verifier>,
+}
+
+impl TelegramRuntime {
+    /// True when `chat_id` may be served: `allowed_chat_ids` is empty or lists it.
+    pub fn chat_allowed(&self, chat_id: i64) -> bool {
+        self.config.allowed_chat_ids.is_empty() || self.config.allowed_chat_ids.contains(&chat_id)
+    }
+}
+
 /// Every connector of the running daemon: one immutable snapshot.
 #[derive(Debug, Default)]
 pub struct ConnectorSet {
@@ -142,6 +162,7 @@ pub struct ConnectorSet {
     pub http: HashMap<String, Arc<HttpRuntime>>,
     pub external: HashMap<String, Arc<ExternalRuntime>>,
     pub slack: HashMap<String, Arc<SlackRuntime>>,
+    pub telegram: HashMap<String, Arc<TelegramRuntime>>,
     /// `(secret_ref, updated_at_ms, previous_valid_until_ms)` of every store slot seen at build
     /// time; the watcher rebuilds when the store's list differs.
     pub slot_versions: Vec<(String, i64, Option<i64>)>,
@@ -261,11 +282,25 @@ pub fn build(
         };
         slack.insert(c.common.name.to_string(), Arc::new(runtime));
     }
+    let mut telegram = HashMap::new();
+    for c in &config.telegram {
+        let runtime = TelegramRuntime {
+            id: ConnectorId {
+                kind: ConnectorKind::Telegram,
+                name: c.common.name.clone(),
+            },
+            config: c.clone(),
+            bot_token: verifier(&c.bot_token).map_err(BuildError::Secrets)?,
+            secret_token: verifier(&c.secret_token).map_err(BuildError::Secrets)?,
+        };
+        telegram.insert(c.common.name.to_string(), Arc::new(runtime));
+    }
     Ok(ConnectorSet {
         config,
         http,
         external,
         slack,
+        telegram,
         slot_versions: slot_versions(&slots),
         sources: Sources::default(),
     })
@@ -317,8 +352,9 @@ impl ConnectorSet {
     /// Checks a reply target against the connectors in force (SPEC §11.2: targets are
     /// validated when stored and again when delivered): an `external` target must name an
     /// external connector of this set; a `slack` target a Slack connector of this set whose
-    /// allowlists admit its channel, team and enterprise. The message names the member, never
-    /// a secret.
+    /// allowlists admit its channel, team and enterprise; a `telegram` target a Telegram
+    /// connector of this set, with a chat its `allowed_chat_ids` allows. The message names the
+    /// member, never a secret.
     pub fn check_target(&self, target: &crate::model::reply::ReplyTarget) -> Result<(), String> {
         use crate::model::reply::{ReplyPlugin, TargetAddress};
         if target.plugin == ReplyPlugin::Slack {
@@ -332,6 +368,18 @@ impl ConnectorSet {
                 ));
             };
             return rt.check_address(&address);
+        }
+        if target.plugin == ReplyPlugin::Telegram {
+            let Ok(TargetAddress::Telegram(address)) = target.parsed() else {
+                return Err("a telegram target needs `connector` and `chat_id`".into());
+            };
+            let Some(rt) = self.telegram.get(&address.connector) else {
+                return Err(format!(
+                    "`connector`: no telegram connector named `{}` is configured",
+                    address.connector
+                ));
+            };
+            return check_telegram_chat(rt, &address.chat_id);
         }
         if target.plugin != ReplyPlugin::External {
             return Ok(());
@@ -371,8 +419,30 @@ impl ConnectorSet {
             ConnectorKind::Http => self.http.get(name).map(|rt| &rt.id),
             ConnectorKind::External => self.external.get(name).map(|rt| &rt.id),
             ConnectorKind::Slack => self.slack.get(name).map(|rt| &rt.id),
-            ConnectorKind::Telegram => None,
+            ConnectorKind::Telegram => self.telegram.get(name).map(|rt| &rt.id),
         }
+    }
+}
+
+/// `chat_id` against the `allowed_chat_ids` of `rt` (SPEC §2.3: a non-empty list restricts
+/// outbound targets too). An `@username` cannot be checked against ids, so it is refused when
+/// the list is non-empty.
+pub fn check_telegram_chat(
+    rt: &TelegramRuntime,
+    chat_id: &crate::model::reply::ChatId,
+) -> Result<(), String> {
+    use crate::model::reply::ChatId;
+    let name = &rt.id.name;
+    match chat_id {
+        ChatId::Id(id) if rt.chat_allowed(*id) => Ok(()),
+        ChatId::Id(id) => Err(format!(
+            "`chat_id`: chat {id} is not in telegram connector `{name}`'s allowed_chat_ids"
+        )),
+        ChatId::Username(_) if rt.config.allowed_chat_ids.is_empty() => Ok(()),
+        ChatId::Username(user) => Err(format!(
+            "`chat_id`: `{user}` cannot be checked against telegram connector `{name}`'s \
+             allowed_chat_ids; use the numeric chat id"
+        )),
     }
 }
 

@@ -11,7 +11,7 @@ use super::router::IngressPath;
 use super::{response, ApiRequest, ApiResponse, App};
 use crate::ingress::http::{self, Inbound};
 use crate::ingress::pipeline::{Done, IngressCtx};
-use crate::ingress::{external, slack, AcceptStatus, Answer, EventOutcome, IngressError};
+use crate::ingress::{external, slack, telegram, AcceptStatus, Answer, EventOutcome, IngressError};
 use crate::metrics::IngressOutcome;
 use crate::model::{now_ms, ConnectorId, ConnectorKind};
 use crate::registry::ConnectorSet;
@@ -45,6 +45,13 @@ pub const ENDPOINTS: &[IngressEndpoint] = &[
         template: "/v1/connectors/slack/{name}",
         body_limit: http::BODY_LIMIT,
         accept: slack::accept,
+    },
+    IngressEndpoint {
+        kind: ConnectorKind::Telegram,
+        path: IngressPath::Webhook,
+        template: "/v1/connectors/telegram/{name}",
+        body_limit: telegram::BODY_LIMIT,
+        accept: telegram::accept_webhook,
     },
     IngressEndpoint {
         kind: ConnectorKind::External,
@@ -98,6 +105,7 @@ pub fn handle(
         limiter: &app.limiter,
         sidecars: &app.sidecars,
         slack_api: &app.slack_api,
+        telegram: &app.telegram,
         now_ms: now_ms(),
         now: Instant::now(),
     };
@@ -120,10 +128,26 @@ pub fn handle(
     );
 }
 
-/// Maps an ingress answer to its response and counts its outcome: once per request, except
-/// for external answers, which count each event (each item of a batch) in both families.
+/// Maps an ingress answer to its response and counts its outcome ([`count`]).
 fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> ApiResponse {
-    match &answer {
+    count(app, id, &answer);
+    match answer {
+        Ok(answer) => response::answer(&answer),
+        Err(err) => {
+            if let IngressError::Unavailable { detail } = &err {
+                app.out.error(&format!("ingress for {id} failed: {detail}"));
+                let failing = app.writer.health().failure();
+                return response::ingress_error_during(&err, failing.as_ref());
+            }
+            response::ingress_error(&err)
+        }
+    }
+}
+
+/// Counts an ingress answer's outcome: once per request (or polled Telegram update), except
+/// for external answers, which count each event (each item of a batch) in both families.
+pub fn count(app: &App, id: &ConnectorId, answer: &Result<Answer, IngressError>) {
+    match answer {
         Ok(Answer::Events { outcomes, .. }) => {
             for outcome in outcomes {
                 app.metrics.ingress(id, event_outcome(*outcome));
@@ -153,17 +177,6 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
                     _ => {}
                 }
             }
-        }
-    }
-    match answer {
-        Ok(answer) => response::answer(&answer),
-        Err(err) => {
-            if let IngressError::Unavailable { detail } = &err {
-                app.out.error(&format!("ingress for {id} failed: {detail}"));
-                let failing = app.writer.health().failure();
-                return response::ingress_error_during(&err, failing.as_ref());
-            }
-            response::ingress_error(&err)
         }
     }
 }

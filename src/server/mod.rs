@@ -74,6 +74,9 @@ pub struct App {
     /// Slack Web API clients and their call counters, shared by Slack ingress (file
     /// downloads) and the `slack` delivery transport.
     pub slack_api: Arc<SlackClients>,
+    /// Bot API access of Telegram ingress (clients, callback answers, call counters), shared
+    /// by the webhook and the pollers.
+    pub telegram: Arc<crate::ingress::telegram::TelegramIo>,
     pub admin: AdminAuth,
     phase: AtomicU8,
 }
@@ -103,6 +106,7 @@ impl App {
             writer: parts.writer,
             limiter: RateLimiter::new(),
             slack_api: Arc::default(),
+            telegram: Arc::new(crate::ingress::telegram::TelegramIo::new(Arc::default())),
             admin: parts.admin,
             phase: AtomicU8::new(Phase::Starting as u8),
         }

@@ -190,6 +190,7 @@ pub fn ingress_error_during(err: &IngressError, failing: Option<&StorageFailure>
         E::MissingContent => (400, "missing_content"),
         E::MixedContent => (400, "mixed_content"),
         E::UnknownAsset { .. } => (400, "unknown_asset"),
+        E::WrongIngressMode { .. } => (409, "wrong_ingress_mode"),
         E::SessionUnresolved { .. } => (400, "session_unresolved"),
         E::SessionNotFound { .. } => (409, "session_not_found"),
         E::SessionPolicyConflict { .. } => (409, "session_policy_conflict"),

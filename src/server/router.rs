@@ -418,7 +418,15 @@ mod tests {
             Err(NoRoute::NotFound),
         );
         // Kinds this build does not serve yet have no route.
-        check("POST", "/v1/connectors/telegram/x", Err(NoRoute::NotFound));
+        check(
+            "POST",
+            "/v1/connectors/telegram/x",
+            Ok(Route::Ingress {
+                kind: ConnectorKind::Telegram,
+                name: "x".into(),
+                path: IngressPath::Webhook,
+            }),
+        );
         check(
             "POST",
             "/v1/connectors/slack/x",

@@ -263,6 +263,18 @@ pub const MIGRATIONS: &[Migration] = &[
             ) STRICT, WITHOUT ROWID;
         ",
     },
+    // Version 6: the next `getUpdates` offset of each polling Telegram connector (SPEC §9.2),
+    // written after each processed batch so a restart neither loses nor repeats updates.
+    Migration {
+        name: "telegram poll offsets",
+        sql: "
+            CREATE TABLE telegram_poll_offsets (
+                connector_name TEXT PRIMARY KEY NOT NULL,
+                next_offset    INTEGER NOT NULL,
+                updated_at_ms  INTEGER NOT NULL
+            ) STRICT, WITHOUT ROWID;
+        ",
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.

@@ -16,6 +16,7 @@ pub mod deliveries;
 mod error;
 pub mod health;
 pub mod migrations;
+pub mod poll_offsets;
 pub mod receipts;
 pub mod run_writes;
 pub mod runs;

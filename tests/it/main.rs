@@ -51,6 +51,12 @@ mod serve_slack_delivery;
 mod serve_slack_ingress;
 /// `serve` on a full disk: 503 + Retry-After, readiness, honest and rate-limited logs, recovery.
 mod serve_storage;
+/// Telegram webhook ingress against the fake Bot API: auth, updates, media, callbacks.
+mod serve_telegram;
+/// The telegram delivery plugin: chunks, media, progress across SIGKILL, terminal answers.
+mod serve_telegram_delivery;
+/// Telegram long polling: persisted offsets across restarts, flood waits, skips, reloads.
+mod serve_telegram_polling;
 /// The state root: permissions, migrations, newer-schema refusal, concurrent opens.
 mod state_root;
 /// Repository hygiene: module docs, no dbg!/todo!, commented dependencies.

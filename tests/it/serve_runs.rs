@@ -670,7 +670,7 @@ fn sessions_on_the_control_plane() {
         &unserved,
         400,
         "invalid_reply_target",
-        "telegram reply targets are not served by this build",
+        "no telegram connector named `bot` is configured",
     );
     assert_eq!(targets.json()["reply_targets"].as_array().unwrap().len(), 2);
 

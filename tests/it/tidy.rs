@@ -106,8 +106,8 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "config", "delivery", "leases", "metrics", "model", "net", "notify", "output",
-            "process", "registry", "secrets", "server", "store", "views",
+            "config", "delivery", "ingress", "leases", "metrics", "model", "net", "notify",
+            "output", "process", "registry", "secrets", "server", "store", "views",
         ],
     ),
     ("gen", &["cli"]),

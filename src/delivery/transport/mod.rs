@@ -7,6 +7,7 @@
 pub mod external;
 pub mod http;
 pub mod slack;
+pub mod telegram;
 
 use std::sync::Arc;
 
@@ -21,20 +22,28 @@ use crate::registry::Registry;
 ///
 /// `connectors`: the live connector registry the `external` transport looks its connectors up
 /// in (`serve` passes `App.registry`, so reloads apply at once); `None` when the process has no
-/// connector configuration, which makes external attempts retryable
+/// connector configuration, which makes external and telegram attempts retryable
 /// `connector_config_unavailable`. `sidecar_stats` receives the external transport's counters;
 /// `slack_api` holds the Slack Web API clients and their call counters (shared with Slack
-/// ingress in `serve`).
+/// ingress in `serve`); `telegram_stats` counts the Bot API calls of the telegram transport.
 pub fn for_this_build(
     connectors: Option<Arc<Registry>>,
     sidecar_stats: Arc<external::SidecarStats>,
     slack_api: Arc<SlackClients>,
+    telegram_stats: Arc<crate::net::telegram_api::ApiStats>,
 ) -> Transports {
     Transports::new()
         .with(ReplyPlugin::Http, Arc::new(http::HttpTransport::new()))
         .with(
             ReplyPlugin::Slack,
             Arc::new(slack::SlackTransport::new(connectors.clone(), slack_api)),
+        )
+        .with(
+            ReplyPlugin::Telegram,
+            Arc::new(telegram::TelegramTransport::new(
+                connectors.clone(),
+                telegram_stats,
+            )),
         )
         .with(
             ReplyPlugin::External,
@@ -48,7 +57,7 @@ mod tests {
 
     #[test]
     fn every_served_plugin_has_a_transport_and_no_other() {
-        let transports = for_this_build(None, Arc::default(), Arc::default());
+        let transports = for_this_build(None, Arc::default(), Arc::default(), Arc::default());
         for plugin in [
             ReplyPlugin::Http,
             ReplyPlugin::Slack,

@@ -14,6 +14,7 @@ pub mod db;
 pub mod external;
 pub mod fake_sidecar;
 pub mod fake_slack;
+pub mod fake_telegram;
 pub mod http;
 pub mod ingress;
 pub mod problem;
