@@ -75,6 +75,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     ("store", &["model"]),
     ("net", &["model"]),
     ("process", &[]),
+    ("owner", &[]),
     ("cli", &["model"]),
     ("output", &["cli", "model"]),
     ("metrics", &["model"]),
@@ -86,7 +87,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "delivery",
         &[
-            "config", "model", "net", "notify", "output", "registry", "secrets", "store",
+            "config", "model", "net", "notify", "output", "owner", "registry", "secrets", "store",
         ],
     ),
     (
@@ -106,7 +107,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "config", "delivery", "leases", "metrics", "model", "net", "notify", "output",
+            "config", "delivery", "leases", "metrics", "model", "net", "notify", "output", "owner",
             "process", "registry", "secrets", "server", "store", "views",
         ],
     ),
