@@ -18,6 +18,8 @@ mod delivery;
 mod generated_files;
 /// The read-only control-plane token and token-file re-reads.
 mod serve_admin_tokens;
+/// Claims of crashed processes released at start; live and external claims kept.
+mod serve_claims;
 /// The kill -9 crash test of `serve`'s HTTP ingress.
 mod serve_crash;
 /// Delivery to external sidecars: the `/deliver` contract, manifest cache, asset route, crash.
