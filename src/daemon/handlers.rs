@@ -2,9 +2,9 @@
 //! starts nothing; runs then wait for a worker to claim them through the control plane.
 //!
 //! [`HandlerPool::spawn`] starts `--handler-concurrency` worker threads, each with its own
-//! database connection. A worker claims the oldest claimable run (owner: this process's
-//! `owner::this_process` with the role `echo-worker-N` / `exec-worker-N`), handles it and settles it; when nothing is claimable it waits on
-//! `App::runs_queued` until ingress queues a run, the earliest claim lease expires (an expired
+//! database connection. A worker claims the oldest claimable run (owner: this process, role
+//! `echo-worker-N` / `exec-worker-N`), handles it and settles it; when nothing is claimable it
+//! waits on `App::runs_queued` until ingress queues a run, the earliest claim lease expires (an expired
 //! claim makes a run claimable again without any notification), or 30 s pass. It never polls.
 //! Control-plane claimers (`POST /v1/runs/claim`) may run beside the workers: everyone claims
 //! through the same transaction, oldest run first.
@@ -60,9 +60,7 @@ const STDERR_CAPS: LineCaps = LineCaps {
 /// Lease on top of `--handler-timeout`, so a run is not handed to another worker while its
 /// command is still allowed to run.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// The lease of an `echo` claim. Echo settles in milliseconds; the lease only matters when a
-/// daemon dies between claim and completion, and then it is how long the run waits before a
-/// restarted daemon handles it again — so it is short.
+/// The lease of an `echo` claim: echo settles in milliseconds (a restart frees a crash's claims).
 const ECHO_LEASE: Duration = Duration::from_secs(5);
 /// The longest an idle worker waits without being woken.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
@@ -167,8 +165,6 @@ impl HandlerPool {
             let worker = Worker {
                 app: Arc::clone(&app),
                 store: Store::open(&app.state_root)?,
-                // The claim owner names this process (host, pid, start time), so a restarted
-                // daemon releases the runs of a crashed one at once.
                 owner: owner::this_process(&format!("{label}-worker-{n}")),
                 label: format!("{label}-worker-{n}"),
                 mode: mode.clone(),
@@ -260,9 +256,8 @@ enum ExecEnd {
 struct Worker {
     app: Arc<App>,
     store: Store,
-    /// The run claim owner (`owner::this_process` of the label).
+    /// The run claim owner (this process) and the label of threads and log lines.
     owner: String,
-    /// `echo-worker-N` / `exec-worker-N`: the thread name and the prefix of log lines.
     label: String,
     mode: Mode,
     stop: Arc<AtomicBool>,
@@ -670,7 +665,7 @@ impl Worker {
                 run.run_id,
                 chain(e)
             )),
-            other => self.app.out.error(&format!(
+            other => (self.app.out).error(&format!(
                 "{}: settling run {}: {other}",
                 self.label, run.run_id
             )),
