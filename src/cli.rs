@@ -445,7 +445,7 @@ pub enum SignFormat {
     Headers,
     /// One JSON object.
     Json,
-    /// A ready-to-run curl command.
+    /// A ready-to-run curl command (quiet: -sS; --curl-fail adds --fail-with-body).
     Curl,
 }
 
@@ -509,6 +509,14 @@ pub struct SignArgs {
     /// What to print.
     #[arg(long, value_enum, default_value_t = SignFormat::Headers)]
     pub format: SignFormat,
+
+    /// With --format curl: the command exits non-zero (22) when the answer is an HTTP error,
+    /// still printing its body (curl --fail-with-body, curl 7.76 or newer).
+    ///
+    /// Without it the command exits 0 whatever the status; both print the answer's body and are
+    /// quiet otherwise (curl -sS: no progress meter, errors still shown).
+    #[arg(long)]
+    pub curl_fail: bool,
 
     /// Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time).
     ///
