@@ -324,3 +324,37 @@ fn a_starting_daemon_keeps_the_lease_of_a_live_drain_and_of_an_external_worker()
     let d = admin_get(&daemon, &format!("/v1/deliveries/{first}"));
     assert_eq!(d["status"], "delivered", "{d}");
 }
+
+#[test]
+fn drain_deliveries_takes_over_a_killed_daemons_delivery_at_once() {
+    let receiver = Receiver::start();
+    receiver.set_default(Answer::held());
+    let target = receiver.address("/hook");
+    let sandbox = Sandbox::new();
+    let args = ["--handler", "echo", "--delivery-workers", "1"];
+    let daemon = builder(&sandbox, &target, &args).start();
+    ingest(&daemon, "only", "k-drain");
+    let held = receiver.wait_waiting(1, DEADLINE);
+    let id = delivery_id(&held[0]);
+    daemon.kill();
+    receiver.set_default(Answer::Status(200));
+    receiver.release();
+
+    // Without the release, the drain would wait for the killed daemon's 30 s lease.
+    let out = spawn_drain(&sandbox).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["delivered"], 1, "{summary}");
+    assert!(
+        summary["elapsed_ms"].as_i64().unwrap() < LEASE_MS,
+        "{summary}"
+    );
+    assert!(
+        stderr.contains("released 0 run claim(s) and 1 delivery lease(s)"),
+        "{stderr}"
+    );
+    let requests = receiver.requests_to("/hook");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests.iter().all(|r| delivery_id(r) == id));
+}
