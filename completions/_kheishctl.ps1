@@ -112,6 +112,7 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
             [CompletionResult]::new('--state-root', '--state-root', [CompletionResultType]::ParameterName, 'The state root directory (created 0700 when a command needs to write)')
             [CompletionResult]::new('--connectors-config', '--connectors-config', [CompletionResultType]::ParameterName, 'The TOML connector file')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to color human output; NO_COLOR is honoured under `auto`')
+            [CompletionResult]::new('--curl-fail', '--curl-fail', [CompletionResultType]::ParameterName, 'With --format curl: the command exits non-zero (22) when the answer is an HTTP error, still printing its body (curl --fail-with-body, curl 7.76 or newer)')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Machine-readable output on stdout (one JSON document)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Only log errors')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Only log errors')

@@ -793,7 +793,7 @@ _kheishctl() {
             return 0
             ;;
         kheishctl__subcmd__sign)
-            opts="-q -v -h -V --body --connector --secret-env --secret-file --secret-ref --path --url --method --timestamp --scheme --format --verify --state-root --connectors-config --json --quiet --verbose --color --help --version"
+            opts="-q -v -h -V --body --connector --secret-env --secret-file --secret-ref --path --url --method --timestamp --scheme --format --curl-fail --verify --state-root --connectors-config --json --quiet --verbose --color --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -106,6 +106,7 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
             cand --state-root 'The state root directory (created 0700 when a command needs to write)'
             cand --connectors-config 'The TOML connector file'
             cand --color 'When to color human output; NO_COLOR is honoured under `auto`'
+            cand --curl-fail 'With --format curl: the command exits non-zero (22) when the answer is an HTTP error, still printing its body (curl --fail-with-body, curl 7.76 or newer)'
             cand --json 'Machine-readable output on stdout (one JSON document)'
             cand -q 'Only log errors'
             cand --quiet 'Only log errors'

@@ -100,13 +100,14 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l scheme -d '
 slack\t'X-Slack-Request-Timestamp / X-Slack-Signature: v0=HMAC(v0:TS:BODY)'"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l format -d 'What to print' -r -f -a "headers\t'Two header lines'
 json\t'One JSON object'
-curl\t'A ready-to-run curl command'"
+curl\t'A ready-to-run curl command (quiet: -sS; --curl-fail adds --fail-with-body)'"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l verify -d 'Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time)' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l state-root -d 'The state root directory (created 0700 when a command needs to write)' -r -f -a "(__fish_complete_directories)"
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l connectors-config -d 'The TOML connector file' -r -F
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l color -d 'When to color human output; NO_COLOR is honoured under `auto`' -r -f -a "auto\t''
 always\t''
 never\t''"
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l curl-fail -d 'With --format curl: the command exits non-zero (22) when the answer is an HTTP error, still printing its body (curl --fail-with-body, curl 7.76 or newer)'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -l json -d 'Machine-readable output on stdout (one JSON document)'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -s q -l quiet -d 'Only log errors'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand sign" -s v -l verbose -d 'Log more (debug level); overrides KHEISH_LOG'

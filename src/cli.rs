@@ -110,6 +110,13 @@ pub enum HandlerKind {
     Echo,
 }
 
+/// `serve --help` groups its flags under these headings.
+const SERVE_LISTENER: &str = "Listener";
+const SERVE_HANDLER: &str = "Run handler";
+const SERVE_AUTH: &str = "Control-plane auth";
+const SERVE_DELIVERY: &str = "Delivery";
+const SERVE_RETENTION: &str = "Retention";
+
 /// Run the gateway daemon.
 #[derive(Debug, Args)]
 #[command(
@@ -127,17 +134,18 @@ kheishctl serve --admin-token-file /run/secrets/kheish-admin --workers 16"
 )]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the readiness line names it).
-    #[arg(long, default_value = "127.0.0.1:4000", value_name = "ADDR")]
+    #[arg(help_heading = SERVE_LISTENER, long, default_value = "127.0.0.1:4000", value_name = "ADDR")]
     pub listen: String,
 
     /// Threads for the requests' database work (the listener's blocking pool; default: 4 ×
     /// available cores). Connections and long-polls hold no thread of their own.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(help_heading = SERVE_LISTENER, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
     /// Open connections allowed in all; past it a new connection is answered 503 overloaded and
     /// closed.
     #[arg(
+        help_heading = SERVE_LISTENER,
         long,
         default_value_t = 1024,
         value_name = "N",
@@ -153,6 +161,7 @@ Example: --max-connections 4096"
     /// Open connections allowed from one client address; past it that client's new connections
     /// are answered 503 overloaded and closed.
     #[arg(
+        help_heading = SERVE_LISTENER,
         long,
         default_value_t = 128,
         value_name = "N",
@@ -167,6 +176,7 @@ Example: --max-connections-per-client 512"
     /// A connection must send its whole request head within this (from the connection, or from
     /// the first byte of a later request); else it is closed.
     #[arg(
+        help_heading = SERVE_LISTENER,
         long,
         default_value = "10s",
         value_name = "DURATION",
@@ -182,6 +192,7 @@ Example: --header-timeout 5s"
     /// The whole request, head and body, must arrive within this; a stalled body is answered 408
     /// and the connection closed.
     #[arg(
+        help_heading = SERVE_LISTENER,
         long,
         default_value = "30s",
         value_name = "DURATION",
@@ -196,6 +207,7 @@ Example: --request-timeout 1m"
 
     /// A keep-alive connection may wait this long for its next request before it is closed.
     #[arg(
+        help_heading = SERVE_LISTENER,
         long,
         default_value = "60s",
         value_name = "DURATION",
@@ -207,52 +219,52 @@ Example: --idle-timeout 2m"
     pub idle_timeout: std::time::Duration,
 
     /// How runs are handled.
-    #[arg(long, value_enum, default_value_t = HandlerKind::None)]
+    #[arg(help_heading = SERVE_HANDLER, long, value_enum, default_value_t = HandlerKind::None)]
     pub handler: HandlerKind,
 
     /// With --handler exec: the program, then its arguments, one per flag
     /// (e.g. --handler-command python3 --handler-command handler.py).
-    #[arg(long, value_name = "CMD", required_if_eq("handler", "exec"), value_hint = clap::ValueHint::CommandName)]
+    #[arg(help_heading = SERVE_HANDLER, long, value_name = "CMD", required_if_eq("handler", "exec"), value_hint = clap::ValueHint::CommandName)]
     pub handler_command: Vec<String>,
 
     /// With --handler exec or echo: runs handled at the same time.
-    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(help_heading = SERVE_HANDLER, long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub handler_concurrency: u16,
 
     /// With --handler exec: a run whose command takes longer is killed and failed.
-    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(help_heading = SERVE_HANDLER, long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub handler_timeout: std::time::Duration,
 
     /// Read the admin token from this environment variable.
-    #[arg(long, value_name = "VAR", conflicts_with = "admin_token_file")]
+    #[arg(help_heading = SERVE_AUTH, long, value_name = "VAR", conflicts_with = "admin_token_file")]
     pub admin_token_env: Option<String>,
 
     /// Read the admin token from this file (one trailing newline is stripped). The file is
     /// re-read when it changes, so the token rotates without a restart.
-    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    #[arg(help_heading = SERVE_AUTH, long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub admin_token_file: Option<PathBuf>,
 
     /// Read a read-only control-plane token from this environment variable: accepted on GET
     /// routes only (metrics scrapers, dashboards); writes with it answer 403. Must differ from
     /// the admin token.
-    #[arg(long, value_name = "VAR", conflicts_with = "readonly_token_file")]
+    #[arg(help_heading = SERVE_AUTH, long, value_name = "VAR", conflicts_with = "readonly_token_file")]
     pub readonly_token_env: Option<String>,
 
     /// Read the read-only token from this file (re-read when it changes).
-    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    #[arg(help_heading = SERVE_AUTH, long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub readonly_token_file: Option<PathBuf>,
 
     /// Delivery worker threads sending queued output to reply targets (0 disables delivery in
     /// this daemon; `drain-deliveries` can still send).
-    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    #[arg(help_heading = SERVE_DELIVERY, long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
     pub delivery_workers: u16,
 
     /// How long submitted ingress receipts are kept.
-    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(help_heading = SERVE_RETENTION, long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
     pub receipt_retention: std::time::Duration,
 
     /// At most this many receipts are kept per connector (oldest pruned first).
-    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    #[arg(help_heading = SERVE_RETENTION, long, default_value_t = 100_000, value_name = "N")]
     pub receipt_max_per_connector: u64,
 }
 
@@ -445,7 +457,7 @@ pub enum SignFormat {
     Headers,
     /// One JSON object.
     Json,
-    /// A ready-to-run curl command.
+    /// A ready-to-run curl command (quiet: -sS; --curl-fail adds --fail-with-body).
     Curl,
 }
 
@@ -509,6 +521,14 @@ pub struct SignArgs {
     /// What to print.
     #[arg(long, value_enum, default_value_t = SignFormat::Headers)]
     pub format: SignFormat,
+
+    /// With --format curl: the command exits non-zero (22) when the answer is an HTTP error,
+    /// still printing its body (curl --fail-with-body, curl 7.76 or newer).
+    ///
+    /// Without it the command exits 0 whatever the status; both print the answer's body and are
+    /// quiet otherwise (curl -sS: no progress meter, errors still shown).
+    #[arg(long)]
+    pub curl_fail: bool,
 
     /// Check this signature instead of printing one: exit 0 on match, 1 on mismatch (constant time).
     ///
@@ -756,5 +776,50 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_serve_flag_has_its_heading() {
+        let mut cli = super::Cli::command();
+        let serve = cli.find_subcommand_mut("serve").unwrap();
+        let mut seen = Vec::new();
+        for arg in serve.get_arguments().filter(|a| !a.is_global_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let heading = arg
+                .get_help_heading()
+                .unwrap_or_else(|| panic!("--{long} has no help heading"));
+            seen.push((heading, long));
+        }
+        for (heading, flag) in [
+            ("Listener", "listen"),
+            ("Listener", "idle-timeout"),
+            ("Run handler", "handler-command"),
+            ("Control-plane auth", "admin-token-file"),
+            ("Delivery", "delivery-workers"),
+            ("Retention", "receipt-retention"),
+        ] {
+            assert!(
+                seen.contains(&(heading, flag)),
+                "--{flag} under {heading}: {seen:?}"
+            );
+        }
+        let help = serve.render_long_help().to_string();
+        let positions: Vec<usize> = [
+            "\nListener:\n",
+            "\nRun handler:\n",
+            "\nControl-plane auth:\n",
+            "\nDelivery:\n",
+            "\nRetention:\n",
+        ]
+        .iter()
+        .map(|h| {
+            help.find(h)
+                .unwrap_or_else(|| panic!("{h:?} missing:\n{help}"))
+        })
+        .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{help}");
     }
 }

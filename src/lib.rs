@@ -14,6 +14,7 @@
 //! - [`registry`]: the live connector set with resolved secrets, swapped atomically on reload.
 //! - [`leases`]: credential leases of `child_process` sidecars (issued per spawn, checked per fetch).
 //! - [`ingress`]: the inbound pipeline (auth, payload rules, sessions, receipts, runs).
+//! - [`owner`]: claim owners naming a process of this host (host, pid, start time), and their liveness.
 //! - [`process`]: child processes: cleared env, own process group, capped capture, TERM then KILL.
 //! - [`daemon`]: the composition of `serve`: start and shutdown order, handlers, watcher, retention.
 //! - [`metrics`]: in-memory counters and histograms, rendered as Prometheus text.
@@ -38,6 +39,7 @@ pub mod model;
 pub mod net;
 pub mod notify;
 pub mod output;
+pub mod owner;
 pub mod process;
 pub mod registry;
 pub mod secrets;

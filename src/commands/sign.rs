@@ -12,6 +12,9 @@
 //!   standard input, so the printed command reads it from standard input too, and a comment line
 //!   above it says to pipe the same bytes in again.
 //! - `--path` without `--url` makes curl target `http://127.0.0.1:4000` (the `serve` default).
+//! - The curl command is quiet (`-sS`: no progress meter, errors still shown) and prints the
+//!   answer's body; it exits non-zero on an HTTP error status only with `--curl-fail`
+//!   (`--fail-with-body`, which needs curl 7.76 or newer, so it is not the default).
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -44,6 +47,12 @@ pub fn run(ctx: &Context, args: SignArgs) -> Result<ExitStatus> {
     } else {
         args.format
     };
+    if args.curl_fail && (format != SignFormat::Curl || args.verify.is_some()) {
+        return Err(usage(
+            "`--curl-fail` only applies to the printed curl command: use it with `--format curl` \
+(without `--json` or `--verify`)",
+        ));
+    }
     let method = normalize_method(&args.method).map_err(usage)?;
     let timestamp = timestamp(&args, scheme)?;
     let target = request_target(&args, scheme, format)?;
@@ -96,6 +105,7 @@ pub fn run(ctx: &Context, args: SignArgs) -> Result<ExitStatus> {
                 ],
                 body: &args.body,
                 bearer: key.bearer.as_ref(),
+                fail: args.curl_fail,
             };
             for line in curl.render()? {
                 ctx.out.line(&line)?;
@@ -535,6 +545,8 @@ struct CurlCommand<'a> {
     body: &'a Path,
     /// The connector's bearer token source; the value itself is never printed.
     bearer: Option<&'a SecretSource>,
+    /// `--curl-fail`: exit non-zero on an HTTP error status (`--fail-with-body`).
+    fail: bool,
 }
 
 impl CurlCommand<'_> {
@@ -542,7 +554,11 @@ impl CurlCommand<'_> {
     fn render(&self) -> Result<Vec<String>> {
         let mut comments = Vec::new();
         let mut args: Vec<String> = vec![
-            "curl --path-as-is".to_string(),
+            if self.fail {
+                "curl -sS --fail-with-body --path-as-is".to_string()
+            } else {
+                "curl -sS --path-as-is".to_string()
+            },
             format!("-X {}", shell_quote(self.method)),
             format!("-H {}", shell_quote("Content-Type: application/json")),
         ];
@@ -741,6 +757,7 @@ mod tests {
             ],
             body: Path::new(body),
             bearer: bearer.as_ref(),
+            fail: false,
         }
         .render()
         .expect("renders")
@@ -751,7 +768,7 @@ mod tests {
         assert_eq!(
             curl("payload.json", None),
             [
-                "curl --path-as-is \\",
+                "curl -sS --path-as-is \\",
                 "  -X POST \\",
                 "  -H 'Content-Type: application/json' \\",
                 "  -H 'X-Kheish-Timestamp: 1710000000' \\",

@@ -2,9 +2,9 @@
 //! starts nothing; runs then wait for a worker to claim them through the control plane.
 //!
 //! [`HandlerPool::spawn`] starts `--handler-concurrency` worker threads, each with its own
-//! database connection. A worker claims the oldest claimable run (owner `echo-worker-N` /
-//! `exec-worker-N`), handles it and settles it; when nothing is claimable it waits on
-//! `App::runs_queued` until ingress queues a run, the earliest claim lease expires (an expired
+//! database connection. A worker claims the oldest claimable run (owner: this process, role
+//! `echo-worker-N` / `exec-worker-N`), handles it and settles it; when nothing is claimable it
+//! waits on `App::runs_queued` until ingress queues a run, the earliest claim lease expires (an expired
 //! claim makes a run claimable again without any notification), or 30 s pass. It never polls.
 //! Control-plane claimers (`POST /v1/runs/claim`) may run beside the workers: everyone claims
 //! through the same transaction, oldest run first.
@@ -42,6 +42,7 @@ use crate::model::now_ms;
 use crate::model::reply::ReplyTarget;
 use crate::model::run::{Run, RunInput, RunStatus, Session};
 use crate::output::LogLevel;
+use crate::owner;
 use crate::process::{self, Captured, LineCaps, Signal};
 use crate::server::App;
 use crate::store::run_writes::{Finish, Finished};
@@ -59,9 +60,7 @@ const STDERR_CAPS: LineCaps = LineCaps {
 /// Lease on top of `--handler-timeout`, so a run is not handed to another worker while its
 /// command is still allowed to run.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// The lease of an `echo` claim. Echo settles in milliseconds; the lease only matters when a
-/// daemon dies between claim and completion, and then it is how long the run waits before a
-/// restarted daemon handles it again — so it is short.
+/// The lease of an `echo` claim: echo settles in milliseconds (a restart frees a crash's claims).
 const ECHO_LEASE: Duration = Duration::from_secs(5);
 /// The longest an idle worker waits without being woken.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
@@ -166,7 +165,8 @@ impl HandlerPool {
             let worker = Worker {
                 app: Arc::clone(&app),
                 store: Store::open(&app.state_root)?,
-                owner: format!("{label}-worker-{n}"),
+                owner: owner::this_process(&format!("{label}-worker-{n}")),
+                label: format!("{label}-worker-{n}"),
                 mode: mode.clone(),
                 stop: Arc::clone(&pool.stop),
                 events: rx,
@@ -174,7 +174,7 @@ impl HandlerPool {
                 next_token: 0,
             };
             let thread = std::thread::Builder::new()
-                .name(worker.owner.clone())
+                .name(worker.label.clone())
                 .spawn(move || worker.run())
                 .map_err(HandlerError::Thread)?;
             pool.workers.push((thread, tx));
@@ -256,7 +256,9 @@ enum ExecEnd {
 struct Worker {
     app: Arc<App>,
     store: Store,
+    /// The run claim owner (this process) and the label of threads and log lines.
     owner: String,
+    label: String,
     mode: Mode,
     stop: Arc<AtomicBool>,
     events: mpsc::Receiver<Event>,
@@ -301,7 +303,7 @@ impl Worker {
                 Err(e) => {
                     self.app
                         .out
-                        .error(&format!("{}: claiming a run: {}", self.owner, chain(&e)));
+                        .error(&format!("{}: claiming a run: {}", self.label, chain(&e)));
                     let g = self.app.runs_queued.generation();
                     if !self.stopping() {
                         self.app.runs_queued.wait_past(g, ERROR_BACKOFF);
@@ -354,7 +356,7 @@ impl Worker {
                 for run in runs {
                     self.app
                         .out
-                        .debug(&format!("{}: handling run {}", self.owner, run.run_id));
+                        .debug(&format!("{}: handling run {}", self.label, run.run_id));
                     self.exec(&run, &command, timeout);
                 }
             }
@@ -372,7 +374,7 @@ impl Worker {
                 self.app.out.debug(&format!(
                     "run {} completed by {}{}",
                     run.run_id,
-                    self.owner,
+                    self.label,
                     if with_output { "" } else { " (no output)" }
                 ));
             }
@@ -476,7 +478,7 @@ impl Worker {
         }
         let waiter_tx = self.events_tx.clone();
         let waiter = std::thread::Builder::new()
-            .name(format!("{}-wait", self.owner))
+            .name(format!("{}-wait", self.label))
             .spawn(move || {
                 let status = child.wait();
                 let _ = waiter_tx.send(Event::Exited { token, status });
@@ -569,7 +571,7 @@ impl Worker {
     ) -> io::Result<()> {
         if let Some(mut stdin) = child.stdin.take() {
             std::thread::Builder::new()
-                .name(format!("{}-stdin", self.owner))
+                .name(format!("{}-stdin", self.label))
                 .spawn(move || {
                     // A command that does not read its input closes the pipe: not an error.
                     let _ = stdin.write_all(&input);
@@ -578,7 +580,7 @@ impl Worker {
         if let Some(stdout) = child.stdout.take() {
             let tx = self.events_tx.clone();
             std::thread::Builder::new()
-                .name(format!("{}-stdout", self.owner))
+                .name(format!("{}-stdout", self.label))
                 .spawn(move || {
                     let captured = process::read_capped(stdout, MAX_STDOUT_BYTES);
                     let _ = tx.send(Event::Stdout { token, captured });
@@ -588,7 +590,7 @@ impl Worker {
             let out = self.app.out.clone();
             let run_id = run.run_id.clone();
             std::thread::Builder::new()
-                .name(format!("{}-stderr", self.owner))
+                .name(format!("{}-stderr", self.label))
                 .spawn(move || {
                     let wanted = out.enabled(LogLevel::Debug);
                     let dropped = process::for_each_line(stderr, STDERR_CAPS, wanted, |line| {
@@ -655,17 +657,17 @@ impl Worker {
             // The lease ran out and someone else claimed (or finished) the run.
             RunError::Conflict { .. } | RunError::NotFound { .. } => self.app.out.warn(&format!(
                 "{}: result for run {} dropped: {err}",
-                self.owner, run.run_id
+                self.label, run.run_id
             )),
             RunError::Store(e) => self.app.out.error(&format!(
                 "{}: settling run {} (it is handled again when its lease expires): {}",
-                self.owner,
+                self.label,
                 run.run_id,
                 chain(e)
             )),
-            other => self.app.out.error(&format!(
+            other => (self.app.out).error(&format!(
                 "{}: settling run {}: {other}",
-                self.owner, run.run_id
+                self.label, run.run_id
             )),
         }
     }

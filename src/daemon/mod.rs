@@ -3,10 +3,11 @@
 //!
 //! Start order: resolve the connector set (fail closed: a bad config or a missing secret is
 //! [`StartRefused`], exit 4), read the delivery policy from the environment, open and migrate
-//! the state root, resolve the admin token, start the group-commit writer, raise the open-files
-//! limit, bind, then start the listener's runtime, run handlers, delivery pool, retention timers,
-//! the sidecar supervisor (once the listener accepts), the Telegram pollers and the secret
-//! watcher, and announce readiness.
+//! the state root, release the claims of processes of this host that are gone (a crashed
+//! daemon's runs and deliveries move again at once), resolve the admin token, start the
+//! group-commit writer, raise the open-files limit, bind, then start the listener's runtime,
+//! run handlers, delivery pool, retention timers, the sidecar supervisor (once the listener
+//! accepts), the Telegram pollers and the secret watcher, and announce readiness.
 //!
 //! Shutdown order (SIGTERM/SIGINT): `readyz` says draining, stop accepting and let in-flight
 //! requests finish (10 s at most), stop the handlers, then the delivery pool (in-flight sends
@@ -30,7 +31,7 @@ use crate::delivery::pool::DEFAULT_LEASE;
 use crate::delivery::retention::DeliveryRetention;
 use crate::delivery::transport;
 use crate::delivery::transport::external::SidecarStats;
-use crate::delivery::{Observer, WorkerConfig, WorkerPool};
+use crate::delivery::{self, Observer, WorkerConfig, WorkerPool};
 use crate::metrics::{Collector, Sample};
 use crate::net::slack_api::SlackClients;
 use crate::notify::Notify;
@@ -98,7 +99,14 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
     let sidecar_timings =
         sidecars::Timings::from_env(&env).map_err(|e| StartRefused(e.to_string()))?;
     // Opening here creates the state root and migrates it before any thread needs it.
-    Store::open(&settings.state_root)?;
+    let store = Store::open(&settings.state_root)?;
+    // Before handlers and delivery workers start: the claims of a crashed daemon (or drain) of
+    // this host are released now, not after their lease (issue 15).
+    let released = delivery::release_claims_of_gone_processes(&store)?;
+    if !released.is_empty() {
+        out.warn(&delivery::released_message(&released));
+    }
+    drop(store);
     let (token, origin) = admin::resolve_token(
         settings.admin_token_env.as_deref(),
         settings.admin_token_file.as_deref(),

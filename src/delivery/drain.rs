@@ -18,6 +18,8 @@ use super::policy::RetryPolicy;
 use super::pool::{start_pool, AttemptEvent, Observer, Transports, Until, WorkerConfig};
 use crate::model::now_ms;
 use crate::notify::Notify;
+use crate::owner;
+use crate::store::claims::ReleasedClaims;
 use crate::store::deliveries::ClaimFilter;
 use crate::store::{Store, StoreError};
 
@@ -79,6 +81,10 @@ pub fn drain(
     let started = Instant::now();
     let deadline = cfg.timeout.map(|t| started + t);
     let store = Store::open(&cfg.state_root)?;
+    let released = release_claims_of_gone_processes(&store)?;
+    if !released.is_empty() {
+        cfg.observer.warn(&released_message(&released));
+    }
     let open_at_start = store.count_open(&cfg.filter, now_ms())?.pending;
     let (events_tx, events_rx) = mpsc::channel::<AttemptEvent>();
     let filter = cfg.filter.clone();
@@ -141,6 +147,31 @@ pub fn drain(
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         timed_out: deadline.is_some_and(|d| Instant::now() >= d) && remaining.due > 0,
     })
+}
+
+/// Releases at once the run claims and delivery leases whose owner is a process of this host
+/// that no longer exists (`owner::is_gone`), so a crashed daemon's or drain's targets move again
+/// now instead of after their lease. `serve` and `drain-deliveries` call it when they start.
+pub fn release_claims_of_gone_processes(store: &Store) -> Result<ReleasedClaims, StoreError> {
+    store.release_claims_of(&owner::is_gone, now_ms())
+}
+
+/// The log line for claims released by [`release_claims_of_gone_processes`].
+pub fn released_message(released: &ReleasedClaims) -> String {
+    let pids: Vec<String> = released
+        .owners
+        .iter()
+        .filter_map(|o| owner::ProcessOwner::parse(o))
+        .map(|o| format!("{} (pid {})", o.role, o.pid))
+        .collect();
+    format!(
+        "released {} run claim(s) and {} delivery lease(s) held by process(es) of this host that \
+         are gone: {}; their runs and deliveries go on now (a delivery in flight at the crash is \
+         sent again with the same Idempotency-Key)",
+        released.runs,
+        released.deliveries,
+        pids.join(", ")
+    )
 }
 
 /// The counter of the tally a label belongs to (`delivered`, `retryable`, or a dead letter).

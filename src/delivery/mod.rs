@@ -19,7 +19,10 @@ use crate::store::{Store, StoreError};
 
 use policy::{Next, RetryPolicy};
 
-pub use drain::{drain, DrainConfig, DrainProgress, DrainSummary};
+pub use drain::{
+    drain, release_claims_of_gone_processes, released_message, DrainConfig, DrainProgress,
+    DrainSummary,
+};
 pub use pool::{Observer, Transports, WorkerConfig, WorkerPool};
 
 /// The result of one attempt to send a delivery (SPEC §11.3).

@@ -34,6 +34,7 @@ use super::{outcome_label, settlement_for, AttemptOutcome, ProgressSink, Transpo
 use crate::model::now_ms;
 use crate::model::reply::ReplyPlugin;
 use crate::notify::Notify;
+use crate::owner;
 use crate::store::deliveries::{ClaimFilter, Claimed, SettleOutcome, Settlement, TargetPacing};
 use crate::store::writer::GroupWriter;
 use crate::store::{Store, StoreError};
@@ -120,8 +121,8 @@ pub struct WorkerConfig {
     pub state_root: PathBuf,
     /// Worker threads; 0 starts none.
     pub workers: usize,
-    /// Start of each worker's lease owner name; a process id, a random tag and the worker
-    /// index are appended so owners never collide across processes.
+    /// The role in the pool's lease owner (`serve`, `drain`); a random tag is appended and the
+    /// whole is wrapped in this process's owner (`owner::this_process`).
     pub owner_prefix: String,
     pub policy: RetryPolicy,
     pub transports: Arc<Transports>,
@@ -153,13 +154,13 @@ impl fmt::Debug for WorkerPool {
     }
 }
 
-/// A lease owner unique to this process and call: `PREFIX-PID-RANDOM-INDEX`.
-fn owner_names(prefix: &str, n: usize) -> Vec<String> {
+/// The lease owner of one pool: this process's owner (`owner::this_process`: host, pid, start
+/// time, so a restarted daemon can release the claims of a pool whose process is gone) with the
+/// role `PREFIX-RANDOM`, unique to the call, so two pools of one process never settle each
+/// other's claims.
+fn pool_owner(prefix: &str) -> String {
     let tag: u32 = rand::random();
-    let pid = std::process::id();
-    (0..n)
-        .map(|idx| format!("{prefix}-{pid}-{tag:08x}-{idx}"))
-        .collect()
+    owner::this_process(&format!("{prefix}-{tag:08x}"))
 }
 
 fn lease_ms(lease: Duration) -> i64 {
@@ -229,7 +230,7 @@ pub(super) fn start_pool(
     stop: &Arc<AtomicBool>,
     until: Until,
 ) -> Vec<PoolThread> {
-    let owner: Arc<str> = owner_names(&cfg.owner_prefix, 1).remove(0).into();
+    let owner: Arc<str> = pool_owner(&cfg.owner_prefix).into();
     let (jobs_tx, jobs_rx) = mpsc::channel::<Claimed>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     let (done_tx, done_rx) = mpsc::channel::<Sent>();

@@ -11,6 +11,7 @@
 //! `IMMEDIATE` transaction (see [`migrations`]).
 
 pub mod assets;
+pub mod claims;
 pub mod connectors;
 pub mod deliveries;
 mod error;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::support::ingress::{start_gateway, BEARER, HMAC, ORDERS};
 use crate::support::{Run, Sandbox};
 
 // SPEC §7.2 fixed vector.
@@ -136,7 +137,7 @@ fn curl_format_is_a_ready_to_run_command() {
     let run = sign(&sandbox, &["--url", &url, "--format", "curl"]);
     run.success();
     let expected = format!(
-        "curl --path-as-is \\\n  -X POST \\\n  -H 'Content-Type: application/json' \\\n  \
+        "curl -sS --path-as-is \\\n  -X POST \\\n  -H 'Content-Type: application/json' \\\n  \
 -H 'X-Kheish-Timestamp: {TS}' \\\n  -H 'X-Kheish-Signature: {SIG}' \\\n  \
 --data-binary @{} \\\n  '{url}'\n",
         body.display()
@@ -538,4 +539,106 @@ fn sig_of(path: &str) -> String {
         BODY.as_bytes(),
     )["v1=".len()..]
         .to_string()
+}
+
+/// Runs a printed command through `sh` in the sandbox, with only PATH and `env` set; returns
+/// (exit code, stdout, stderr).
+fn run_through_sh(sandbox: &Sandbox, script: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg(script)
+        .current_dir(sandbox.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        sh.env(k, v);
+    }
+    let out = sh.output().expect("running sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sign --connector orders --url URL --format curl ARGS` against a running gateway's connector
+/// file, with `hmac` as the connector's HMAC secret.
+fn sign_curl(sandbox: &Sandbox, url: &str, body: &Path, hmac: &str, extra: &[&str]) -> String {
+    let mut cmd = sandbox.cmd();
+    cmd.arg("--connectors-config")
+        .arg(sandbox.path().join("connectors.toml"))
+        .args(["sign", "--connector", "orders", "--url", url, "--body"])
+        .arg(body)
+        .args(["--format", "curl"])
+        .args(extra)
+        .env("ORDERS_HMAC", hmac)
+        .env("ORDERS_BEARER", BEARER);
+    let run = cmd.run();
+    run.success().never_shows(hmac).never_shows(BEARER);
+    run.stdout()
+}
+
+#[test]
+fn the_printed_curl_command_runs_quietly_and_ingress_verifies_it() {
+    let (sandbox, daemon) = start_gateway();
+    let url = format!("http://{}{ORDERS}", daemon.addr);
+    let body = sandbox.write(
+        "payload.json",
+        r#"{"content":"from curl","idempotency_key":"curl-1"}"#,
+    );
+    let env = [("ORDERS_BEARER", BEARER)];
+
+    // Signed with the connector's secret: accepted (the connector requires bearer AND HMAC).
+    let script = sign_curl(&sandbox, &url, &body, HMAC, &[]);
+    assert!(script.starts_with("curl -sS --path-as-is \\\n"), "{script}");
+    let (code, stdout, stderr) = run_through_sh(&sandbox, &script, &env);
+    assert_eq!(code, 0, "{script}\n{stdout}\n{stderr}");
+    // Quiet: no progress meter (curl draws one on stderr when stdout is not a terminal).
+    assert_eq!(stderr, "", "{script}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).expect(&stdout);
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    let run_id = answer["run_id"].as_str().unwrap();
+    let run = daemon.admin("GET", &format!("/v1/runs/{run_id}"), None);
+    assert_eq!(run.status, 200, "{}", run.text());
+
+    // Signed with another secret: ingress refuses it. Without --curl-fail the command still
+    // exits 0 (the body says why); with it, curl exits 22 and prints the body too.
+    let wrong = "not-the-connector-secret";
+    let fresh = sandbox.write(
+        "payload2.json",
+        r#"{"content":"bad signature","idempotency_key":"curl-2"}"#,
+    );
+    for (extra, expected_code) in [(&[][..], 0), (&["--curl-fail"][..], 22)] {
+        let script = sign_curl(&sandbox, &url, &fresh, wrong, extra);
+        if expected_code == 22 {
+            assert!(
+                script.starts_with("curl -sS --fail-with-body --path-as-is \\\n"),
+                "{script}"
+            );
+        }
+        let (code, stdout, stderr) = run_through_sh(&sandbox, &script, &env);
+        assert_eq!(code, expected_code, "{script}\n{stdout}\n{stderr}");
+        let problem: serde_json::Value = serde_json::from_str(&stdout).expect(&stdout);
+        assert_eq!(problem["status"], 401, "{problem}");
+        if expected_code == 22 {
+            assert!(stderr.contains("401"), "{stderr}");
+        } else {
+            assert_eq!(stderr, "");
+        }
+    }
+}
+
+#[test]
+fn curl_fail_needs_the_curl_format() {
+    let sandbox = Sandbox::new();
+    for extra in [
+        &["--path", PATH, "--curl-fail"][..],
+        &["--path", PATH, "--format", "json", "--curl-fail"][..],
+        &["--path", PATH, "--json", "--format", "curl", "--curl-fail"][..],
+    ] {
+        sign(&sandbox, extra)
+            .status(2)
+            .stderr_contains("`--curl-fail` only applies to the printed curl command");
+    }
 }

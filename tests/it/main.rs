@@ -16,8 +16,12 @@ mod cli_validate;
 mod delivery;
 /// `completions/` and `man/` match what the clap definition renders.
 mod generated_files;
+/// docs/json-output.md: every documented `--json` shape against the real output.
+mod json_output;
 /// The read-only control-plane token and token-file re-reads.
 mod serve_admin_tokens;
+/// Claims of crashed processes released at start; live and external claims kept.
+mod serve_claims;
 /// The kill -9 crash test of `serve`'s HTTP ingress.
 mod serve_crash;
 /// Delivery to external sidecars: the `/deliver` contract, manifest cache, asset route, crash.

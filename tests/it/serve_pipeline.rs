@@ -44,9 +44,8 @@ fn start(sandbox: &Sandbox) -> Daemon {
         .args(&["--handler", "echo", "--delivery-workers", "4"])
         .env("KHEISH_DELIVERY_INITIAL_RETRY_MS", "10")
         .env("KHEISH_DELIVERY_MAX_RETRY_MS", "50")
-        // A killed daemon's delivery leases are waited out before a restart takes the targets
-        // over (recovering them at once is issue 15); keep that wait short here.
-        .env("KHEISH_DELIVERY_LEASE_MS", "3000")
+        // The default 30 s delivery lease: a restart releases a killed daemon's leases at once
+        // (their owner is a process that is gone), so nothing waits for them here.
         .start()
 }
 

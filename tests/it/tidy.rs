@@ -75,6 +75,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     ("store", &["model"]),
     ("net", &["model"]),
     ("process", &[]),
+    ("owner", &[]),
     ("cli", &["model"]),
     ("output", &["cli", "model"]),
     ("metrics", &["model"]),
@@ -86,7 +87,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
     (
         "delivery",
         &[
-            "config", "model", "net", "notify", "output", "registry", "secrets", "store",
+            "config", "model", "net", "notify", "output", "owner", "registry", "secrets", "store",
         ],
     ),
     (
@@ -107,7 +108,7 @@ const ALLOWED_IMPORTS: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "config", "delivery", "ingress", "leases", "metrics", "model", "net", "notify",
-            "output", "process", "registry", "secrets", "server", "store", "views",
+            "output", "owner", "process", "registry", "secrets", "server", "store", "views",
         ],
     ),
     ("gen", &["cli"]),
