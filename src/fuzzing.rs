@@ -15,7 +15,9 @@ use crate::ingress::http::{authenticate, check_payload, Inbound};
 use crate::ingress::IngressError;
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::{ConnectorId, ConnectorKind};
-use crate::registry::{ExternalRuntime, HttpRuntime, SidecarStatus, Sidecars, Verifier};
+use crate::registry::{
+    ExternalRuntime, HttpRuntime, SidecarStatus, Sidecars, SlackRuntime, TelegramRuntime, Verifier,
+};
 use crate::secrets::Secret;
 
 /// The clock the fuzzed requests are judged against.
@@ -322,6 +324,140 @@ pub fn runtime_document(data: &[u8]) {
     }
 }
 
+/// The Slack signing secret of the fuzzed connectors (a test value).
+const SLACK_SECRET: &str = "fuzz-slack-signing";
+
+/// A Slack connector with allowlists (so the 403 paths are reachable) and an open one.
+fn slack_runtimes() -> &'static [SlackRuntime; 2] {
+    static RUNTIMES: OnceLock<[SlackRuntime; 2]> = OnceLock::new();
+    RUNTIMES.get_or_init(|| {
+        let runtime = |toml: &str, signed: bool| {
+            let loaded = parse_str("fuzz.toml", toml);
+            assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+            let config = loaded.config.slack[0].clone();
+            SlackRuntime {
+                id: ConnectorId {
+                    kind: ConnectorKind::Slack,
+                    name: config.common.name.clone(),
+                },
+                signing_secret: signed.then(|| Verifier::single(Secret::new(SLACK_SECRET.into()))),
+                bot_token: Some(Verifier::single(Secret::new("xoxb-fuzz".into()))),
+                team_bot_tokens: Default::default(),
+                config,
+            }
+        };
+        [
+            runtime(
+                "[[slack_connectors]]\nname = \"grid\"\nsigning_secret_env = \"S\"\nbot_token_env = \"B\"\n\
+                 allowed_team_ids = [\"T1\"]\nallowed_channel_ids = [\"C1\"]\nallowed_enterprise_ids = [\"E1\"]\n\
+                 [slack_connectors.session_policy]\ncreate_if_missing = true\n",
+                true,
+            ),
+            runtime(
+                "[[slack_connectors]]\nname = \"open\"\nallow_unauthenticated_ingress = true\n\
+                 include_self_output = false\n",
+                false,
+            ),
+        ]
+    })
+}
+
+/// Slack Events API requests on arbitrary bytes: the envelope as the body, once unsigned and
+/// once signed correctly (so the parser behind the signature is reached). An unsigned request
+/// to the signed connector is refused as unauthorized; a correctly signed one is never; a
+/// message event carries a receipt of this connector and a 64-hex fingerprint; a protocol
+/// answer is a JSON object.
+pub fn slack_events(data: &[u8]) {
+    use crate::ingress::slack::{parse_request, Parsed};
+    let ts = NOW_MS / 1000;
+    let signature = auth::slack_v0_signature(SLACK_SECRET.as_bytes(), ts, data);
+    let signed = [
+        (auth::SLACK_TIMESTAMP_HEADER.to_string(), ts.to_string()),
+        (auth::SLACK_SIGNATURE_HEADER.to_string(), signature),
+    ];
+    for rt in slack_runtimes() {
+        for headers in [&[][..], &signed[..]] {
+            let req = Inbound {
+                method: "POST",
+                target: "/v1/connectors/slack/x",
+                headers,
+                body: data,
+            };
+            match parse_request(rt, &req, NOW_MS) {
+                Ok(Parsed::Answer(body)) => assert!(body.is_object(), "{body}"),
+                Ok(Parsed::Message(m)) => {
+                    let receipt = m.event.receipt.as_ref().expect("a message has a receipt");
+                    assert!(receipt.key.starts_with(&format!("slack:{}:", rt.id.name)));
+                    assert_eq!(m.event.fingerprint.len(), 64);
+                }
+                Err(e) => {
+                    let unsigned_to_signed = headers.is_empty() && rt.signing_secret.is_some();
+                    assert_eq!(
+                        matches!(e, IngressError::Unauthorized { .. }),
+                        unsigned_to_signed,
+                        "{e:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A Telegram connector with an `allowed_chat_ids` list (the 403 path) and an open one.
+fn telegram_runtimes() -> &'static [TelegramRuntime; 2] {
+    static RUNTIMES: OnceLock<[TelegramRuntime; 2]> = OnceLock::new();
+    RUNTIMES.get_or_init(|| {
+        let runtime = |toml: &str| {
+            let loaded = parse_str("fuzz.toml", toml);
+            assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+            let config = loaded.config.telegram[0].clone();
+            TelegramRuntime {
+                id: ConnectorId {
+                    kind: ConnectorKind::Telegram,
+                    name: config.common.name.clone(),
+                },
+                bot_token: Some(Verifier::single(Secret::new("123:fuzz".into()))),
+                secret_token: None,
+                config,
+            }
+        };
+        [
+            runtime(
+                "[[telegram_connectors]]\nname = \"bot\"\nbot_token_env = \"B\"\nsecret_token_env = \"S\"\n\
+                 allowed_chat_ids = [42]\n",
+            ),
+            runtime("[[telegram_connectors]]\nname = \"open\"\nbot_token_env = \"B\"\nallow_unauthenticated_ingress = true\n"),
+        ]
+    })
+}
+
+/// Telegram updates on arbitrary bytes: as a webhook body (one update) and as a `getUpdates`
+/// answer (`{"ok":true,"result":[updates…]}`, each element read like a webhook update). Each
+/// update is run, skipped with its own `update_id`, or refused with a typed ingress error.
+pub fn telegram_updates(data: &[u8]) {
+    use crate::ingress::telegram::check_update;
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let mut updates = vec![value.clone()];
+    if let Some(result) = value.get("result").and_then(|r| r.as_array()) {
+        updates.extend(result.iter().cloned());
+    }
+    for rt in telegram_runtimes() {
+        for update in &updates {
+            match check_update(rt, update) {
+                Ok((update_id, _)) => {
+                    assert_eq!(
+                        Some(update_id),
+                        update.get("update_id").and_then(|u| u.as_i64())
+                    );
+                }
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +504,16 @@ mod tests {
             }
             run(&input);
         }
+    }
+
+    #[test]
+    fn slack_events_hold_on_seeds_and_mutations() {
+        exercise("slack_events", slack_events);
+    }
+
+    #[test]
+    fn telegram_updates_hold_on_seeds_and_mutations() {
+        exercise("telegram_updates", telegram_updates);
     }
 
     #[test]

@@ -300,6 +300,17 @@ fn skipped(reason: &str, update_id: i64) -> Read {
     }))
 }
 
+/// What [`read_update`] made of an update, for the fuzz checks (`crate::fuzzing`): its
+/// `update_id` and whether it is run (`true`) or answered as skipped (`false`); or the typed
+/// refusal.
+#[doc(hidden)]
+pub fn check_update(rt: &TelegramRuntime, update: &Value) -> Result<(i64, bool), IngressError> {
+    match read_update(rt, update)? {
+        Read::Event(u) => Ok((u.update_id, true)),
+        Read::Skip(body) => Ok((body["update_id"].as_i64().unwrap_or_default(), false)),
+    }
+}
+
 /// Reads an update object: `update_id`, the handled type, chat, content and the allowlist.
 fn read_update(rt: &TelegramRuntime, update: &Value) -> Result<Read, IngressError> {
     let Value::Object(obj) = update else {
