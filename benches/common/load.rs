@@ -263,7 +263,10 @@ impl Daemon {
         serve_args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let config_path = work.join(format!("connectors-{}.toml", config.len()));
+        // One file per distinct config text (a file named by length alone could hold another
+        // config of the same length).
+        let digest = kheishctl::ingress::sha256_hex(config.as_bytes());
+        let config_path = work.join(format!("connectors-{}.toml", &digest[..16]));
         if !config_path.exists() {
             std::fs::write(&config_path, config).unwrap();
         }
@@ -288,13 +291,24 @@ impl Daemon {
             .args(serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting kheishctl serve");
+        // The log is drained (and dropped) so serve never blocks on a full pipe; kept only to
+        // explain a failed start.
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("serve did not become ready ({e}): {line:?}"));
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            let _ = child.wait();
+            let log = log.join().unwrap_or_default();
+            panic!("serve did not become ready ({e}): {line:?}\n--- serve log\n{log}")
+        });
         let addr = ready["listen"].as_str().unwrap().parse().unwrap();
         Daemon {
             child,
