@@ -692,3 +692,69 @@ fn shared_files_are_downloaded_after_the_rate_limit_or_recorded_as_skipped() {
         assert!(!connectors.contains(secret));
     }
 }
+
+#[test]
+fn a_rotated_signing_secret_verifies_during_its_grace_window() {
+    const REF: &str = "connectors.slack.rot.signing_secret";
+    let sandbox = crate::support::Sandbox::new();
+    let rotate = |value: &str, grace: Option<&str>| {
+        let mut cmd = sandbox.cmd();
+        cmd.args(["rotate-secret", REF, "--stdin"]).stdin(value);
+        if let Some(grace) = grace {
+            cmd.args(["--grace", grace]);
+        }
+        cmd.run().success().never_shows(value);
+    };
+    rotate("old-signing-secret-0001", None);
+    let daemon = crate::support::daemon::Daemon::builder(&sandbox)
+        .config(&format!(
+            "[[slack_connectors]]\nname = \"rot\"\nsigning_secret_secret_ref = \"{REF}\"\n\
+             include_self_output = false\nsession_policy = {{ create_if_missing = true }}\n"
+        ))
+        .start();
+    let mut n = 0;
+    let mut status_signed_with = |secret: &str| {
+        n += 1;
+        let body = envelope(&format!("EvRot{n}"), message("C1", &format!("1.{n}"), "hi"))
+            .to_string()
+            .into_bytes();
+        let ts = now_secs();
+        let headers = vec![
+            ("Content-Type".to_string(), "application/json".to_string()),
+            ("X-Slack-Request-Timestamp".to_string(), ts.to_string()),
+            (
+                "X-Slack-Signature".to_string(),
+                kheishctl::ingress::auth::slack_v0_signature(secret.as_bytes(), ts, &body),
+            ),
+        ];
+        post_raw(&daemon, "rot", &headers, &body).status
+    };
+    assert_eq!(status_signed_with("old-signing-secret-0001"), 202);
+    assert_eq!(status_signed_with("new-signing-secret-0002"), 401);
+    rotate("new-signing-secret-0002", Some("10m"));
+    crate::support::wait::wait_until(
+        "the rotated signing secret",
+        std::time::Duration::from_secs(15),
+        || match status_signed_with("new-signing-secret-0002") {
+            202 => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+    assert_eq!(
+        status_signed_with("old-signing-secret-0001"),
+        202,
+        "the grace window"
+    );
+    rotate("newest-signing-secret-0003", None);
+    crate::support::wait::wait_until(
+        "the replaced signing secret refused",
+        std::time::Duration::from_secs(15),
+        || match status_signed_with("new-signing-secret-0002") {
+            401 => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+    assert_eq!(status_signed_with("old-signing-secret-0001"), 401);
+    let (_, stderr) = daemon.stop();
+    assert!(!stderr.contains("signing-secret-000"), "{stderr}");
+}
