@@ -367,7 +367,7 @@ fn sidecar_collector(stats: Arc<SidecarStats>) -> Collector {
 /// http_error|failed`), ingress file downloads and the `slack` transport's calls alike.
 fn slack_api_collector(clients: Arc<SlackClients>) -> Collector {
     Box::new(move |out: &mut Vec<Sample>| {
-        for (method, outcome, n) in clients.stats().all() {
+        for (method, outcome, n) in clients.stats().snapshot() {
             out.push(
                 Sample::counter(
                     "kheish_slack_api_calls_total",

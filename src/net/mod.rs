@@ -24,6 +24,35 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+/// API calls by method and outcome, for `/metrics`: the platform clients (`slack_api`,
+/// `telegram_api`) count every call here, with their own fixed method and outcome names, so the
+/// series stay bounded.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl CallStats {
+    pub fn record(&self, method: &'static str, outcome: &'static str) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((method, outcome))
+            .or_default() += 1;
+    }
+
+    /// `(method, outcome, count)` of every pair seen, sorted.
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((m, o), n)| (*m, *o, *n))
+            .collect()
+    }
+}
+
 /// The `User-Agent` of every outbound request.
 pub const USER_AGENT: &str = concat!("kheishctl/", env!("CARGO_PKG_VERSION"));
 

@@ -16,7 +16,6 @@
 //!
 //! Every call is counted by method and outcome in [`ApiStats`] (`/metrics`).
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -43,32 +42,8 @@ pub const METHODS: [&str; 5] = [
 /// The `outcome` label values of [`ApiStats`].
 pub const OUTCOMES: [&str; 5] = ["ok", "slack_error", "rate_limited", "http_error", "failed"];
 
-/// Web API calls by method and outcome, for `/metrics`. Labels are the fixed sets above.
-#[derive(Debug, Default)]
-pub struct ApiStats {
-    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-}
-
-impl ApiStats {
-    fn count(&self, method: &'static str, outcome: &'static str) {
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((method, outcome))
-            .or_default() += 1;
-    }
-
-    /// `(method, outcome, count)` for every pair seen, sorted.
-    pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|((m, o), n)| (*m, *o, *n))
-            .collect()
-    }
-}
+/// Web API calls by method and outcome, for `/metrics` (labels: the fixed sets above).
+pub type ApiStats = super::CallStats;
 
 /// The clients of a process, one per `api_base_url`, sharing one [`ApiStats`]: ingress (file
 /// downloads) and the `slack` delivery transport take theirs from here, so keep-alive
@@ -347,7 +322,7 @@ impl SlackApi {
                 .host_str()
                 .is_some_and(|h| SLACK_FILE_HOSTS.contains(&h.to_ascii_lowercase().as_str()));
         if !slack_host && !self.on_base_host(&url) {
-            self.stats.count(METHOD, "failed");
+            self.stats.record(METHOD, "failed");
             return Err(ApiError::Refused {
                 method: METHOD,
                 detail: format!(
@@ -369,17 +344,17 @@ impl SlackApi {
                 let retry_after = retry_after(&response);
                 let _ = read_capped(response.body_mut(), MAX_API_BODY_BYTES);
                 if (200..300).contains(&status) {
-                    self.stats.count(METHOD, "ok");
+                    self.stats.record(METHOD, "ok");
                     Ok(())
                 } else if status == 429 {
-                    self.stats.count(METHOD, "rate_limited");
+                    self.stats.record(METHOD, "rate_limited");
                     Err(ApiError::RateLimited {
                         method: METHOD,
                         target,
                         retry_after,
                     })
                 } else {
-                    self.stats.count(METHOD, "http_error");
+                    self.stats.record(METHOD, "http_error");
                     Err(ApiError::Status {
                         method: METHOD,
                         target,
@@ -449,11 +424,11 @@ impl SlackApi {
         };
         let status = response.status().as_u16();
         if (300..400).contains(&status) {
-            self.stats.count(METHOD, "http_error");
+            self.stats.record(METHOD, "http_error");
             return Err(DownloadError::Redirected);
         }
         if !(200..300).contains(&status) {
-            self.stats.count(
+            self.stats.record(
                 METHOD,
                 if status == 429 {
                     "rate_limited"
@@ -471,20 +446,20 @@ impl SlackApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_bytes) {
-            self.stats.count(METHOD, "ok");
+            self.stats.record(METHOD, "ok");
             return Err(DownloadError::TooLarge);
         }
         match read_capped(response.body_mut(), max_bytes) {
             Ok(Some(data)) => {
-                self.stats.count(METHOD, "ok");
+                self.stats.record(METHOD, "ok");
                 Ok(data)
             }
             Ok(None) => {
-                self.stats.count(METHOD, "ok");
+                self.stats.record(METHOD, "ok");
                 Err(DownloadError::TooLarge)
             }
             Err(e) => {
-                self.stats.count(METHOD, "failed");
+                self.stats.record(METHOD, "failed");
                 Err(DownloadError::Failed(format!(
                     "reading the file from `{target}` failed: {}",
                     classify_io_reason(&e, &target)
@@ -518,7 +493,7 @@ impl SlackApi {
         let retry_after = retry_after(&response);
         let body = read_capped(response.body_mut(), MAX_API_BODY_BYTES);
         if status == 429 {
-            self.stats.count(method, "rate_limited");
+            self.stats.record(method, "rate_limited");
             return Err(ApiError::RateLimited {
                 method,
                 target: self.target.clone(),
@@ -526,7 +501,7 @@ impl SlackApi {
             });
         }
         if !(200..300).contains(&status) {
-            self.stats.count(method, "http_error");
+            self.stats.record(method, "http_error");
             return Err(ApiError::Status {
                 method,
                 target: self.target.clone(),
@@ -538,12 +513,12 @@ impl SlackApi {
             _ => None,
         };
         let Some(Value::Object(answer)) = value else {
-            self.stats.count(method, "failed");
+            self.stats.record(method, "failed");
             return Err(self.invalid(method, "not a JSON object"));
         };
         match answer.get("ok").and_then(Value::as_bool) {
             Some(true) => {
-                self.stats.count(method, "ok");
+                self.stats.record(method, "ok");
                 Ok(Value::Object(answer))
             }
             Some(false) => {
@@ -553,14 +528,14 @@ impl SlackApi {
                     .map(sanitize)
                     .unwrap_or_else(|| "unknown_error".into());
                 if error == "ratelimited" || error == "rate_limited" {
-                    self.stats.count(method, "rate_limited");
+                    self.stats.record(method, "rate_limited");
                     return Err(ApiError::RateLimited {
                         method,
                         target: self.target.clone(),
                         retry_after,
                     });
                 }
-                self.stats.count(method, "slack_error");
+                self.stats.record(method, "slack_error");
                 Err(ApiError::Slack {
                     method,
                     target: self.target.clone(),
@@ -568,7 +543,7 @@ impl SlackApi {
                 })
             }
             None => {
-                self.stats.count(method, "failed");
+                self.stats.record(method, "failed");
                 Err(self.invalid(method, "`ok` is missing"))
             }
         }
@@ -583,7 +558,7 @@ impl SlackApi {
     }
 
     fn request_failed(&self, method: &'static str, e: &ureq::Error, target: &str) -> ApiError {
-        self.stats.count(method, "failed");
+        self.stats.record(method, "failed");
         let class = classify(e);
         ApiError::Request {
             method,

@@ -46,33 +46,8 @@ pub const OUTCOMES: [&str; 5] = [
     "invalid_response",
 ];
 
-/// Bot API calls by method and outcome, for `/metrics`. Methods are the fixed names of this
-/// client, outcomes the fixed [`OUTCOMES`], so the series stay bounded.
-#[derive(Debug, Default)]
-pub struct ApiStats {
-    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-}
-
-impl ApiStats {
-    fn record(&self, method: &'static str, outcome: &'static str) {
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((method, outcome))
-            .or_default() += 1;
-    }
-
-    /// `(method, outcome, count)` of every pair seen, sorted.
-    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|((m, o), n)| (*m, *o, *n))
-            .collect()
-    }
-}
+/// Bot API calls by method and outcome, for `/metrics` (outcomes: the fixed [`OUTCOMES`]).
+pub type ApiStats = super::CallStats;
 
 /// Why a Bot API call failed. Messages name the redacted endpoint, never the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
