@@ -23,6 +23,31 @@ pub struct SessionRequest {
     pub created_by: String,
 }
 
+impl SessionRequest {
+    /// The request of an event whose session follows from where it was said (a Slack thread,
+    /// a Telegram chat): the connector's `fixed_session_id`, the natural id, and as binding keys
+    /// the natural id plus the connector's `additional_binding_keys`. `connector` is `KIND/NAME`.
+    pub fn natural(
+        common: &crate::config::Common,
+        connector: &str,
+        natural: String,
+        unresolved_hint: &str,
+    ) -> SessionRequest {
+        let mut keys = vec![natural.clone()];
+        keys.extend(common.binding_keys.iter().cloned());
+        keys.sort();
+        keys.dedup();
+        SessionRequest {
+            explicit: common.fixed_session_id.clone(),
+            natural_id: Some(natural),
+            binding_keys: keys,
+            unresolved_hint: unresolved_hint.to_string(),
+            policy: common.session_policy.clone(),
+            created_by: format!("connector:{connector}"),
+        }
+    }
+}
+
 /// The resolved session: an existing one, or one to create in the accepting transaction.
 #[derive(Debug, Clone)]
 pub enum Resolution {

@@ -386,18 +386,12 @@ fn event_callback(
     let (key, key_sha256) = receipt_key(ConnectorKind::Slack, name, &raw_key);
     let fingerprint = fingerprint(envelope);
     let natural = format!("slack:{name}:{prefix}{channel}:{root_ts}");
-    let mut keys = vec![natural.clone()];
-    keys.extend(rt.config.common.binding_keys.iter().cloned());
-    keys.sort();
-    keys.dedup();
-    let session = SessionRequest {
-        explicit: rt.config.common.fixed_session_id.clone(),
-        natural_id: Some(natural),
-        binding_keys: keys,
-        unresolved_hint: "a Slack message always resolves its channel's session".into(),
-        policy: rt.config.common.session_policy.clone(),
-        created_by: format!("connector:{}", rt.id),
-    };
+    let session = SessionRequest::natural(
+        &rt.config.common,
+        &rt.id.to_string(),
+        natural,
+        "a Slack message always resolves its channel's session",
+    );
 
     let mut metadata = Map::new();
     let mut put = |k: &str, v: Option<String>| {

@@ -483,18 +483,12 @@ fn event(rt: &TelegramRuntime, u: Update) -> Event {
     let connector = rt.id.to_string();
     let (key, key_sha256) = receipt_key(ConnectorKind::Telegram, name, &u.update_id.to_string());
     let natural = natural_session_id(name, u.chat_id, u.message_thread_id);
-    let mut keys = vec![natural.clone()];
-    keys.extend(rt.config.common.binding_keys.iter().cloned());
-    keys.sort();
-    keys.dedup();
-    let session = SessionRequest {
-        explicit: rt.config.common.fixed_session_id.clone(),
-        natural_id: Some(natural),
-        binding_keys: keys,
-        unresolved_hint: "the update names no chat".into(),
-        policy: rt.config.common.session_policy.clone(),
-        created_by: format!("connector:{connector}"),
-    };
+    let session = SessionRequest::natural(
+        &rt.config.common,
+        &connector,
+        natural,
+        "the update names no chat",
+    );
     let mut metadata = Map::new();
     let mut put = |k: &str, v: Value| {
         metadata.insert(k.to_string(), v);
