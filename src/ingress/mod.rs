@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod slack;
 pub mod telegram;
+pub mod telegram_io;
 
 use crate::model::ConnectorKind;
 use crate::sessions::SessionError;

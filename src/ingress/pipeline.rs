@@ -38,7 +38,7 @@ pub struct IngressCtx<'a> {
     /// The Slack Web API clients (file downloads after the rate limit).
     pub slack_api: &'a crate::net::slack_api::SlackClients,
     /// Bot API access of Telegram ingress (media downloads, callback answers).
-    pub telegram: &'a std::sync::Arc<super::telegram::TelegramIo>,
+    pub telegram: &'a std::sync::Arc<super::telegram_io::TelegramIo>,
     pub now_ms: i64,
     pub now: Instant,
 }

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::router::IngressPath;
 use super::{response, ApiRequest, ApiResponse, App};
 use crate::ingress::http::{self, Inbound};
 use crate::ingress::pipeline::{Done, IngressCtx};
@@ -16,6 +15,30 @@ use crate::metrics::IngressOutcome;
 use crate::model::{now_ms, ConnectorId, ConnectorKind};
 use crate::registry::ConnectorSet;
 use crate::store::Store;
+
+/// Which ingress endpoint of a connector a request is for: the path segments after
+/// `/v1/connectors/{kind}/{name}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressPath {
+    /// `/v1/connectors/{kind}/{name}`: the webhook of http, slack and telegram connectors.
+    Webhook,
+    /// `/v1/connectors/external/{name}/events`: one sidecar event.
+    Events,
+    /// `/v1/connectors/external/{name}/events/batch`: up to 64 sidecar events.
+    EventsBatch,
+}
+
+impl IngressPath {
+    /// The path from the segments after the connector name.
+    pub(super) fn parse(rest: &[&str]) -> Option<IngressPath> {
+        match rest {
+            [] => Some(IngressPath::Webhook),
+            ["events"] => Some(IngressPath::Events),
+            ["events", "batch"] => Some(IngressPath::EventsBatch),
+            _ => None,
+        }
+    }
+}
 
 /// One served ingress endpoint: a connector kind and a path under its connectors.
 pub struct IngressEndpoint {

@@ -2,34 +2,11 @@
 //! paths with the wrong method are 405 with an `Allow` list. Path segments are percent-decoded
 //! once here; handlers get plain strings.
 
+use super::ingress::IngressPath;
 use crate::model::ConnectorKind;
 
 /// Body cap of control-plane requests.
 pub const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
-
-/// Which ingress endpoint of a connector a request is for: the path segments after
-/// `/v1/connectors/{kind}/{name}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IngressPath {
-    /// `/v1/connectors/{kind}/{name}`: the webhook of http, slack and telegram connectors.
-    Webhook,
-    /// `/v1/connectors/external/{name}/events`: one sidecar event.
-    Events,
-    /// `/v1/connectors/external/{name}/events/batch`: up to 64 sidecar events.
-    EventsBatch,
-}
-
-impl IngressPath {
-    /// The path from the segments after the connector name.
-    fn parse(rest: &[&str]) -> Option<IngressPath> {
-        match rest {
-            [] => Some(IngressPath::Webhook),
-            ["events"] => Some(IngressPath::Events),
-            ["events", "batch"] => Some(IngressPath::EventsBatch),
-            _ => None,
-        }
-    }
-}
 
 /// Every route the daemon serves (SPEC §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -310,7 +310,7 @@ impl Service {
         &self,
         kind: crate::model::ConnectorKind,
         name: String,
-        path: router::IngressPath,
+        path: super::ingress::IngressPath,
         req: ApiRequest,
     ) -> (ApiResponse, Option<String>) {
         let (tx, rx) = oneshot::channel();
