@@ -256,8 +256,26 @@ fn poll(app: &Arc<App>, stats: &Stats, name: &str, rx: &Receiver<Msg>, tx: &Send
         }
     };
     backoff = BACKOFF_START;
+    // The offset after the last committed batch, not yet written to the state root: it is
+    // written while the next `getUpdates` is in flight (one commit overlapped with the network
+    // call), or when the loop ends. Safe either way: a batch is committed before the fetch that
+    // confirms it to Telegram, and a lost write only means a batch fetched again, which its
+    // receipts answer.
+    let mut unsaved: Option<i64> = None;
+    let flush = |unsaved: &mut Option<i64>| {
+        if let Some(next) = unsaved.take() {
+            if let Err(e) = store.save_poll_offset(name, next, now_ms()) {
+                app.out.error(&format!(
+                    "{label}: cannot save its offset: {e}; the batch may be fetched again"
+                ));
+            }
+        }
+    };
     loop {
-        let Some(rt) = runtime(app, name) else { return };
+        let Some(rt) = runtime(app, name) else {
+            flush(&mut unsaved);
+            return;
+        };
         let api = match app.telegram.api(&rt) {
             Ok(api) => api,
             Err(why) => {
@@ -281,6 +299,7 @@ fn poll(app: &Arc<App>, stats: &Stats, name: &str, rx: &Receiver<Msg>, tx: &Send
             }
             continue;
         }
+        flush(&mut unsaved);
         // Each fetch is awaited before the next starts, so the answer received is this one.
         let fetched = match rx.recv() {
             Ok(Msg::Fetched(result)) => result,
@@ -314,20 +333,14 @@ fn poll(app: &Arc<App>, stats: &Stats, name: &str, rx: &Receiver<Msg>, tx: &Send
         match process(app, stats, &store, &rt, name, batch, rx) {
             Some(next) => {
                 if Some(next) != offset {
-                    if let Err(e) = store.save_poll_offset(name, next, now_ms()) {
-                        // Not confirmed to Telegram either: the batch comes again and is
-                        // answered by its receipts.
-                        app.out
-                            .error(&format!("{label}: cannot save its offset: {e}"));
-                        if wait_or_stop(rx, backoff) {
-                            return;
-                        }
-                        continue;
-                    }
+                    unsaved = Some(next);
                     offset = Some(next);
                 }
             }
-            None => return,
+            None => {
+                flush(&mut unsaved);
+                return;
+            }
         }
     }
 }
