@@ -5,8 +5,8 @@
 //!     a private-chat text message over 64 chats with `X-Telegram-Bot-Api-Secret-Token`, against
 //!     signed HTTP-connector ingress (bearer + HMAC). Accepted events/s from `/metrics`.
 //!     Target: ≥ 0.8x the HTTP figure.
-//! (b) Polling: a fake Bot API in this process answers `getUpdates` with 100 new updates per
-//!     call (from the requested `offset`); a polling connector ingests for `BENCH_SECONDS`.
+//! (b) Polling: a fake Bot API in this process (a `TCP_NODELAY` socket, see [`FakeUpdates`])
+//!     answers `getUpdates` with 100 new updates per call (from the requested `offset`); a polling connector ingests for `BENCH_SECONDS`.
 //!     Updates/s accepted. Target: ≥ 0.5x the webhook figure of (a).
 //! (c) Delivery: N queued `telegram` deliveries over 64 chats drained by
 //!     `serve --delivery-workers 16` into a no-op `sendMessage` (one chunk each), against wrk
@@ -250,53 +250,87 @@ end
 }
 
 /// A Bot API whose `getUpdates` answers 100 new text updates from the requested `offset`.
+///
+/// A plain `TcpListener` with `TCP_NODELAY` rather than tiny_http: tiny_http leaves Nagle on,
+/// and a 25 KB answer's last segment then waits for the client's delayed ACK (~40 ms a call),
+/// which would measure the fake, not the poller. One keep-alive connection at a time (the
+/// poller's client).
 struct FakeUpdates {
     addr: std::net::SocketAddr,
-    server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeUpdates {
     fn start() -> FakeUpdates {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let addr = server.server_addr().to_ip().unwrap();
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+            let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Acquire) {
-                    let Ok(mut rq) = server.recv() else { continue };
-                    let mut body = String::new();
-                    let _ = rq.as_reader().read_to_string(&mut body);
-                    let offset = serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["offset"].as_i64())
-                        .unwrap_or(1);
-                    let from = offset.max(1);
-                    let mut updates = String::from(r#"{"ok":true,"result":["#);
-                    for k in 0..100 {
-                        let id = from + k;
-                        let chat = 1000 + id % CHATS as i64;
-                        if k > 0 {
-                            updates.push(',');
-                        }
-                        let _ = write!(
-                            updates,
-                            r#"{{"update_id":{id},"message":{{"message_id":{id},"from":{{"id":{chat},"is_bot":false,"first_name":"B"}},"chat":{{"id":{chat},"type":"private"}},"date":1700000000,"text":"polled {id}"}}}}"#
-                        );
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        return;
                     }
-                    updates.push_str("]}");
-                    let header =
-                        tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
-                    let _ =
-                        rq.respond(tiny_http::Response::from_string(updates).with_header(header));
+                    let Ok(stream) = conn else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        let mut head_ok = false;
+                        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                            let l = line.trim_end().to_ascii_lowercase();
+                            if l.is_empty() {
+                                head_ok = true;
+                                break;
+                            }
+                            if let Some(v) = l.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            line.clear();
+                        }
+                        if !head_ok {
+                            break;
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        let offset = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["offset"].as_i64())
+                            .unwrap_or(1)
+                            .max(1);
+                        let mut updates = String::from(r#"{"ok":true,"result":["#);
+                        for k in 0..100 {
+                            let id = offset + k;
+                            let chat = 1000 + id % CHATS as i64;
+                            if k > 0 {
+                                updates.push(',');
+                            }
+                            let _ = write!(
+                                updates,
+                                r#"{{"update_id":{id},"message":{{"message_id":{id},"from":{{"id":{chat},"is_bot":false,"first_name":"B"}},"chat":{{"id":{chat},"type":"private"}},"date":1700000000,"text":"polled {id}"}}}}"#
+                            );
+                        }
+                        updates.push_str("]}");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{updates}",
+                            updates.len()
+                        );
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
                 }
             })
         };
         FakeUpdates {
             addr,
-            server,
             stop,
             thread: Some(thread),
         }
@@ -304,7 +338,8 @@ impl FakeUpdates {
 
     fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        self.server.unblock();
+        // Wake the accept loop.
+        let _ = std::net::TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
