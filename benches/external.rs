@@ -18,7 +18,7 @@
 #[path = "common/load.rs"]
 mod load;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use load::{env_num, metric, wrk, Daemon, WrkResult, CONNECTIONS, TOKEN, WRK_THREADS};
 
@@ -77,7 +77,16 @@ fn main() -> std::process::ExitCode {
     ];
     let mut results = Vec::new();
     for (set, target, connector) in runs {
-        let script = write_script(work, set, target);
+        let script = load::write_replay_script(
+            work,
+            set,
+            target,
+            &[
+                ("Authorization", &format!("Bearer {TOKEN}")),
+                ("Content-Type", "application/json"),
+            ],
+            &[],
+        );
         let state_root = work.join(format!("state-{set}"));
         let daemon = Daemon::start_in(&state_root, work, &config(), &["-q"], &[], &[]);
         let series = format!(
@@ -174,37 +183,4 @@ fn write_bodies(dir: &Path, set: &str, per_thread: usize, body: impl Fn(usize, u
         }
         std::fs::write(dir.join(format!("{set}-{t}.txt")), out).unwrap();
     }
-}
-
-/// A wrk script that posts the bodies of a set to `target` in order with the bearer token.
-fn write_script(dir: &Path, set: &str, target: &str) -> PathBuf {
-    let script = format!(
-        r#"
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  local file = io.open(args[1] .. "/" .. args[2] .. "-" .. tid .. ".txt")
-  reqs = {{}}
-  for line in file:lines() do
-    reqs[#reqs + 1] = wrk.format("POST", "{target}", {{
-      ["Authorization"] = "Bearer {TOKEN}",
-      ["Content-Type"] = "application/json",
-    }}, line)
-  end
-  file:close()
-  i = 0
-end
-function request()
-  i = i + 1
-  if i > #reqs then i = 1 end
-  return reqs[i]
-end
-"#
-    );
-    let path = dir.join(format!("{set}.lua"));
-    std::fs::write(&path, script).unwrap();
-    path
 }

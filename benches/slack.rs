@@ -18,7 +18,7 @@
 mod load;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kheishctl::ingress::auth::slack_v0_signature;
 use load::{env_num, metric, wrk, Daemon, CONNECTIONS, WRK_THREADS};
@@ -43,7 +43,13 @@ fn main() -> std::process::ExitCode {
     });
     let http_script = load::write_script(work, http_target);
     write_slack_requests(work, per_thread);
-    let slack_script = write_slack_script(work, "/v1/connectors/slack/bench");
+    let slack_script = load::write_replay_script(
+        work,
+        "slack",
+        "/v1/connectors/slack/bench",
+        &[("Content-Type", "application/json")],
+        &["X-Slack-Signature", "X-Slack-Request-Timestamp"],
+    );
 
     let runs = [
         ("http", http_script, "http/bench"),
@@ -123,38 +129,4 @@ fn write_slack_requests(dir: &Path, per_thread: usize) {
         }
         std::fs::write(dir.join(format!("slack-{t}.txt")), out).unwrap();
     }
-}
-
-fn write_slack_script(dir: &Path, target: &str) -> PathBuf {
-    let script = format!(
-        r#"
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  local file = io.open(args[1] .. "/" .. args[2] .. "-" .. tid .. ".txt")
-  reqs = {{}}
-  for line in file:lines() do
-    local sig, ts, body = line:match("([^\t]*)\t([^\t]*)\t(.*)")
-    reqs[#reqs + 1] = wrk.format("POST", "{target}", {{
-      ["Content-Type"] = "application/json",
-      ["X-Slack-Request-Timestamp"] = ts,
-      ["X-Slack-Signature"] = sig,
-    }}, body)
-  end
-  file:close()
-  i = 0
-end
-function request()
-  i = i + 1
-  if i > #reqs then i = 1 end
-  return reqs[i]
-end
-"#
-    );
-    let path = dir.join("slack.lua");
-    std::fs::write(&path, script).unwrap();
-    path
 }

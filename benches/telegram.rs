@@ -21,7 +21,7 @@
 mod load;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +52,16 @@ fn main() -> std::process::ExitCode {
     });
     let http_script = load::write_script(work, http_target);
     write_updates(work, per_thread);
-    let tg_script = write_webhook_script(work, "/v1/connectors/telegram/hook");
+    let tg_script = load::write_replay_script(
+        work,
+        "tg",
+        "/v1/connectors/telegram/hook",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Telegram-Bot-Api-Secret-Token", SECRET),
+        ],
+        &[],
+    );
     let mut rates = Vec::new();
     for (set, script, connector) in [
         ("http", http_script, "http/bench"),
@@ -215,38 +224,6 @@ fn write_updates(dir: &Path, per_thread: usize) {
         }
         std::fs::write(dir.join(format!("tg-{t}.txt")), out).unwrap();
     }
-}
-
-fn write_webhook_script(dir: &Path, target: &str) -> PathBuf {
-    let script = format!(
-        r#"
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  local file = io.open(args[1] .. "/" .. args[2] .. "-" .. tid .. ".txt")
-  reqs = {{}}
-  for body in file:lines() do
-    reqs[#reqs + 1] = wrk.format("POST", "{target}", {{
-      ["Content-Type"] = "application/json",
-      ["X-Telegram-Bot-Api-Secret-Token"] = "{SECRET}",
-    }}, body)
-  end
-  file:close()
-  i = 0
-end
-function request()
-  i = i + 1
-  if i > #reqs then i = 1 end
-  return reqs[i]
-end
-"#
-    );
-    let path = dir.join("tg.lua");
-    std::fs::write(&path, script).unwrap();
-    path
 }
 
 /// A Bot API whose `getUpdates` answers 100 new text updates from the requested `offset`.

@@ -56,6 +56,44 @@ pub fn write_requests(
 
 /// The wrk script that sends the pre-signed requests of a set, in order, each once (then wraps).
 pub fn write_script(dir: &Path, target: &str) -> PathBuf {
+    write_replay_script(
+        dir,
+        "signed",
+        target,
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Content-Type", "application/json"),
+        ],
+        &["X-Kheish-Signature", "X-Kheish-Timestamp"],
+    )
+}
+
+/// A wrk script (`<name>.lua`) that replays the request files of a set (`<set>-<thread>.txt`,
+/// the set given to [`wrk`]): each line is `field \t … \t body`, the fields being the values of
+/// the `line_headers` in order; every request is a POST to `target` with `fixed` headers too.
+/// Requests go out in file order, each once, then wrap.
+pub fn write_replay_script(
+    dir: &Path,
+    name: &str,
+    target: &str,
+    fixed: &[(&str, &str)],
+    line_headers: &[&str],
+) -> PathBuf {
+    let vars: Vec<String> = (0..line_headers.len()).map(|k| format!("f{k}")).collect();
+    let pattern = "([^\\t]*)\\t".repeat(line_headers.len()) + "(.*)";
+    let mut headers = String::new();
+    for (k, v) in fixed {
+        let _ = writeln!(headers, "      [\"{k}\"] = \"{v}\",");
+    }
+    for (k, var) in line_headers.iter().zip(&vars) {
+        let _ = writeln!(headers, "      [\"{k}\"] = {var},");
+    }
+    let locals = vars
+        .iter()
+        .map(String::as_str)
+        .chain(["body"])
+        .collect::<Vec<_>>()
+        .join(", ");
     let script = format!(
         r#"
 local counter = 0
@@ -67,13 +105,9 @@ function init(args)
   local file = io.open(args[1] .. "/" .. args[2] .. "-" .. tid .. ".txt")
   reqs = {{}}
   for line in file:lines() do
-    local sig, ts, body = line:match("([^\t]*)\t([^\t]*)\t(.*)")
+    local {locals} = line:match("{pattern}")
     reqs[#reqs + 1] = wrk.format("POST", "{target}", {{
-      ["Authorization"] = "Bearer {TOKEN}",
-      ["Content-Type"] = "application/json",
-      ["X-Kheish-Timestamp"] = ts,
-      ["X-Kheish-Signature"] = sig,
-    }}, body)
+{headers}    }}, body)
   end
   file:close()
   i = 0
@@ -85,7 +119,7 @@ function request()
 end
 "#
     );
-    let path = dir.join("signed.lua");
+    let path = dir.join(format!("{name}.lua"));
     std::fs::write(&path, script).unwrap();
     path
 }
