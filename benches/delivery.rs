@@ -80,6 +80,9 @@ fn main() -> std::process::ExitCode {
 
     // Baseline: wrk against the sink.
     let base_rps = wrk(work, &format!("http://{}/sink/0", sink.addr), wrk_seconds);
+    // The transport's own ceiling: the same sends with no queue at all.
+    sink.reset(200);
+    let ceiling_rps = transport_ceiling(&sink, wrk_seconds);
 
     // (a) serve with 16 workers drains N deliveries.
     let root_a = work.join("state-a");
@@ -184,6 +187,10 @@ fn main() -> std::process::ExitCode {
         "  (a) wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{wrk_seconds}s against the sink (baseline): {base_rps:.0} req/s"
     );
     println!(
+        "      the http transport alone ({WORKERS} threads sending without a queue, {wrk_seconds} s): {ceiling_rps:.0} req/s = {:.2}x wrk: the most any queue can reach with this transport",
+        ceiling_rps / base_rps.max(1.0)
+    );
+    println!(
         "      serve --delivery-workers {WORKERS}: {drained} of {n_deliveries} delivered in {:.2} s = {serve_rate:.0} deliveries/s (ready after {:.0} ms; metric delivered = {})",
         elapsed.as_secs_f64(),
         common::ms(ready_after),
@@ -219,6 +226,71 @@ fn main() -> std::process::ExitCode {
         println!("{line}");
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Requests/s of [`WORKERS`] threads calling the daemon's own `http` transport in a loop (the
+/// bench's delivery envelope, the 256 sink targets), with no queue, claim or settlement: the
+/// ceiling of what any delivery pool built on this transport can reach on this machine.
+fn transport_ceiling(sink: &Sink, seconds: u64) -> f64 {
+    use kheishctl::delivery::transport::http::HttpTransport;
+    use kheishctl::delivery::{AttemptOutcome, ProgressSink, Transport};
+    use kheishctl::model::delivery::{Delivery, DeliveryJob, DeliveryStatus};
+
+    struct NoProgress;
+    impl ProgressSink for NoProgress {
+        fn save(&mut self, _: &serde_json::Value) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let transport = Arc::new(HttpTransport::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..WORKERS.parse::<usize>().unwrap())
+        .map(|t| {
+            let (transport, stop, sent) = (transport.clone(), stop.clone(), sent.clone());
+            let addr = sink.addr;
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Acquire) {
+                    let address = format!(
+                        r#"{{"url":"http://{addr}/sink/{}","allow_private_network":true}}"#,
+                        i % TARGETS
+                    );
+                    let target = ReplyTarget::new(ReplyPlugin::Http, &address).unwrap().0;
+                    let job = DeliveryJob {
+                        delivery: Delivery {
+                            target_key: address.clone(),
+                            ..Delivery::sample(
+                                &format!("dlv_0192f3a4b5c6_{i:016x}"),
+                                target,
+                                DeliveryStatus::Pending,
+                            )
+                        },
+                        attempt: 1,
+                        content: Some("echo: order 17 shipped".into()),
+                        parts: None,
+                        assets: Vec::new(),
+                    };
+                    let outcome = transport.deliver(&job, &mut NoProgress);
+                    assert!(
+                        matches!(outcome, AttemptOutcome::Delivered { .. }),
+                        "the sink refused a ceiling send: {outcome:?}"
+                    );
+                    sent.fetch_add(1, Ordering::AcqRel);
+                    i += 16;
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    pace(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Release);
+    let n = sent.load(Ordering::Acquire);
+    let elapsed = t0.elapsed();
+    for thread in threads {
+        thread.join().expect("a ceiling thread");
+    }
+    n as f64 / elapsed.as_secs_f64()
 }
 
 /// Blocks the bench thread for `d` without `thread::sleep` (disallowed crate-wide): a receive

@@ -126,11 +126,10 @@ pub fn referenced_asset_ids(parts: &[Value]) -> Vec<String> {
     ids
 }
 
-#[cfg(test)]
 impl Delivery {
     /// A delivery of `run_1`'s output `out_1` (session `sess`, connector `http/orders`) to
     /// `target` in `status`, with every optional member empty and times 0: the one fixture
-    /// unit tests build on (`..Delivery::sample(..)`).
+    /// unit tests and benches build on (`..Delivery::sample(..)`).
     pub fn sample(id: &str, target: ReplyTarget, status: DeliveryStatus) -> Delivery {
         Delivery {
             delivery_id: id.into(),

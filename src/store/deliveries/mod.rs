@@ -152,6 +152,14 @@ macro_rules! delivery_columns {
 const COLUMNS: &str = delivery_columns!("d.");
 /// [`delivery_from_row`]'s columns for `RETURNING`.
 const RETURNING: &str = delivery_columns!("");
+/// A delivery by `seq` with its output's `content` (column 26) and `parts` (27): what a claim
+/// hands to a sender.
+const CLAIMED_ROW: &str = concat!(
+    "SELECT ",
+    delivery_columns!("d."),
+    ", o.content, o.parts FROM deliveries d JOIN run_outputs o ON o.output_id = d.output_id
+     WHERE d.seq = ?1"
+);
 
 fn conversion(idx: usize, msg: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, msg.into())
@@ -378,7 +386,10 @@ mod test_support {
             .settle(owner, c, s, now, &TargetPacing::default())
             .unwrap()
         {
-            SettleOutcome::Settled { delivery, .. } => *delivery,
+            SettleOutcome::Settled { .. } => store
+                .get_delivery(&c.job.delivery.delivery_id)
+                .unwrap()
+                .expect("the settled delivery"),
             other => panic!("not settled: {other:?}"),
         }
     }

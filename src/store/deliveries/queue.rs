@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{cached_exec, cached_row, delivery_from_row, CachedExt, RETURNING};
+use super::{cached_exec, delivery_from_row, CachedExt, CLAIMED_ROW};
 use crate::model::delivery::{referenced_asset_ids, Delivery, DeliveryJob, DeliveryStatus};
 use crate::model::ConnectorKind;
 use crate::store::assets::asset_infos;
@@ -93,9 +93,8 @@ pub enum Settlement {
 /// What [`Store::settle`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SettleOutcome {
-    /// The settlement was written; `delivery` is the row after it.
+    /// The settlement was written (read the row with `Store::get_delivery` when needed).
     Settled {
-        delivery: Box<Delivery>,
         /// This failure opened the target's circuit.
         circuit_opened: bool,
     },
@@ -118,6 +117,23 @@ pub struct OpenCounts {
     pub pending: u64,
 }
 
+/// The end of a delivered attempt (`Store::settle_in`: ?1 now, ?2 seq, ?3 owner, ?4 status).
+const SETTLE_DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', delivered_at_ms = ?1,
+        last_http_status = ?4, attempts = attempts + 1, lease_owner = NULL,
+        lease_expires_at_ms = NULL, updated_at_ms = ?1
+    WHERE seq = ?2 AND lease_owner = ?3 AND status IN ('pending', 'retrying')";
+/// A retry (?4 at, ?5 reason, ?6 code, ?7 http status).
+const SETTLE_RETRY: &str = "UPDATE deliveries SET status = 'retrying', next_attempt_at_ms = ?4,
+        last_error = ?5, last_error_code = ?6, last_http_status = ?7, attempts = attempts + 1,
+        lease_owner = NULL, lease_expires_at_ms = NULL, updated_at_ms = ?1
+    WHERE seq = ?2 AND lease_owner = ?3 AND status IN ('pending', 'retrying')";
+/// A dead letter (?4 reason, ?5 code, ?6 http status).
+const SETTLE_DEAD_LETTER: &str = "UPDATE deliveries SET status = 'dead_lettered',
+        dead_lettered_at_ms = ?1, last_error = ?4, last_error_code = ?5, last_http_status = ?6,
+        attempts = attempts + 1, lease_owner = NULL, lease_expires_at_ms = NULL,
+        updated_at_ms = ?1
+    WHERE seq = ?2 AND lease_owner = ?3 AND status IN ('pending', 'retrying')";
+
 impl Store {
     /// Claims the head of one due, unpaused, unleased (or lease-expired) target for `owner`
     /// until `now_ms + lease_ms`, leasing the target and its head delivery. Targets due longest
@@ -131,31 +147,41 @@ impl Store {
     ) -> Result<Option<Claimed>, StoreError> {
         let op = "claiming a delivery";
         let tx = self.begin(op)?;
-        let claimed = self.claim_in(&tx, owner, lease_ms, now_ms, filter)?;
+        let claimed = self
+            .claim_many_in(&tx, owner, lease_ms, now_ms, filter, 1)?
+            .pop();
         tx.commit().map_err(|e| self.err(op, e))?;
         Ok(claimed)
     }
 
-    /// The body of [`Store::claim_next`] inside the caller's write transaction.
-    fn claim_in(
+    /// Claims the heads of up to `want` due targets inside the caller's write transaction, due
+    /// longest first. The due targets are found by ONE walk of `delivery_targets_due` per call
+    /// (a walk per claim re-read every leased target at the front of that index each time).
+    fn claim_many_in(
         &self,
         tx: &Connection,
         owner: &str,
         lease_ms: i64,
         now_ms: i64,
         filter: &ClaimFilter,
-    ) -> Result<Option<Claimed>, StoreError> {
+        want: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let op = "claiming a delivery";
         let (kind, name) = match &filter.connector {
             Some((kind, name)) => (Some(kind.as_str()), Some(name.as_str())),
             None => (None, None),
         };
         let expires = now_ms.saturating_add(lease_ms.max(1));
+        let mut claims = Vec::with_capacity(want);
         // A head that is not open (which only a bug or a hand edit can cause) is repaired by
-        // moving the head on; a few rounds bound the work.
+        // moving the head on and looking again; a few rounds bound the work.
         for _ in 0..8 {
-            let candidate: Option<(String, i64)> = tx
-                .query_row_cached(
+            if claims.len() >= want {
+                break;
+            }
+            let limit = i64::try_from(want - claims.len()).unwrap_or(i64::MAX);
+            let candidates: Vec<(String, i64)> = tx
+                .prepare_cached(
                     "SELECT t.target_key, t.head_seq FROM delivery_targets t
                      WHERE (?1 OR (t.next_attempt_at_ms <= ?2 AND t.paused_until_ms <= ?2))
                        AND (t.lease_owner IS NULL OR t.lease_expires_at_ms < ?2)
@@ -163,74 +189,102 @@ impl Store {
                        AND (?4 IS NULL OR EXISTS (SELECT 1 FROM deliveries d
                             WHERE d.seq = t.head_seq AND d.connector_kind = ?4
                               AND d.connector_name = ?5))
-                     ORDER BY t.next_attempt_at_ms LIMIT 1",
-                    params![filter.ignore_backoff, now_ms, filter.plugin, kind, name],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                     ORDER BY t.next_attempt_at_ms LIMIT ?6",
                 )
-                .optional()
+                .and_then(|mut stmt| {
+                    stmt.query_map(
+                        params![
+                            filter.ignore_backoff,
+                            now_ms,
+                            filter.plugin,
+                            kind,
+                            name,
+                            limit
+                        ],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )?
+                    .collect()
+                })
                 .map_err(|e| self.err(op, e))?;
-            let Some((key, head_seq)) = candidate else {
-                return Ok(None);
-            };
-            let leased = tx
-                .query_row_cached(
-                    &format!(
-                        "UPDATE deliveries SET lease_owner = ?1, lease_expires_at_ms = ?2,
-                             updated_at_ms = ?3
-                         WHERE seq = ?4 AND status IN ('pending', 'retrying')
-                         RETURNING {RETURNING}"
-                    ),
-                    params![owner, expires, now_ms, head_seq],
-                    delivery_from_row,
-                )
-                .optional()
-                .map_err(|e| self.err(op, e))?;
-            let Some((seq, delivery)) = leased else {
-                self.advance_head(tx, &key, false, 0)?;
-                continue;
-            };
-            cached_exec(
-                tx,
-                "UPDATE delivery_targets SET lease_owner = ?1, lease_expires_at_ms = ?2
-                 WHERE target_key = ?3",
-                params![owner, expires, key],
-            )
-            .map_err(|e| self.err(op, e))?;
-            let (content, parts): (Option<String>, Option<String>) = tx
-                .query_row_cached(
-                    "SELECT content, parts FROM run_outputs WHERE output_id = ?1",
-                    [&delivery.output_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .map_err(|e| self.err(op, e))?;
-            let parts = parts
-                .map(|text| serde_json::from_str::<Vec<Value>>(&text))
-                .transpose()
-                .map_err(|e| {
-                    self.err(
-                        op,
-                        rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e)),
-                    )
-                })?;
-            let assets = match parts.as_deref().map(referenced_asset_ids) {
-                Some(ids) if !ids.is_empty() => {
-                    asset_infos(tx, &ids).map_err(|e| self.err(op, e))?
+            if candidates.is_empty() {
+                break;
+            }
+            let mut repaired = false;
+            for (key, head_seq) in candidates {
+                match self.lease_head(tx, owner, expires, now_ms, &key, head_seq)? {
+                    Some(claimed) => claims.push(claimed),
+                    None => {
+                        self.advance_head(tx, &key, false, 0, false)?;
+                        repaired = true;
+                    }
                 }
-                _ => Vec::new(),
-            };
-            return Ok(Some(Claimed {
-                job: DeliveryJob {
-                    attempt: delivery.attempts.saturating_add(1),
-                    delivery,
-                    content,
-                    parts,
-                    assets,
-                },
-                lease_expires_at_ms: expires,
-                seq,
-            }));
+            }
+            if !repaired {
+                break;
+            }
         }
-        Ok(None)
+        Ok(claims)
+    }
+
+    /// Leases delivery `head_seq`, the head of target `key`, and the target itself to `owner`
+    /// until `expires`, and reads what sending it needs. `None` (nothing written) when that
+    /// delivery is not open.
+    fn lease_head(
+        &self,
+        tx: &Connection,
+        owner: &str,
+        expires: i64,
+        now_ms: i64,
+        key: &str,
+        head_seq: i64,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let op = "claiming a delivery";
+        let leased = cached_exec(
+            tx,
+            "UPDATE deliveries SET lease_owner = ?1, lease_expires_at_ms = ?2, updated_at_ms = ?3
+             WHERE seq = ?4 AND status IN ('pending', 'retrying')",
+            params![owner, expires, now_ms, head_seq],
+        )
+        .map_err(|e| self.err(op, e))?;
+        if leased == 0 {
+            return Ok(None);
+        }
+        cached_exec(
+            tx,
+            "UPDATE delivery_targets SET lease_owner = ?1, lease_expires_at_ms = ?2
+             WHERE target_key = ?3",
+            params![owner, expires, key],
+        )
+        .map_err(|e| self.err(op, e))?;
+        let ((seq, delivery), content, parts): ((i64, Delivery), Option<String>, Option<String>) =
+            tx.query_row_cached(CLAIMED_ROW, [head_seq], |row| {
+                Ok((delivery_from_row(row)?, row.get(26)?, row.get(27)?))
+            })
+            .map_err(|e| self.err(op, e))?;
+        let parts = parts
+            .map(|text| serde_json::from_str::<Vec<Value>>(&text))
+            .transpose()
+            .map_err(|e| {
+                self.err(
+                    op,
+                    rusqlite::Error::FromSqlConversionFailure(27, Type::Text, Box::new(e)),
+                )
+            })?;
+        let assets = match parts.as_deref().map(referenced_asset_ids) {
+            Some(ids) if !ids.is_empty() => asset_infos(tx, &ids).map_err(|e| self.err(op, e))?,
+            _ => Vec::new(),
+        };
+        Ok(Some(Claimed {
+            job: DeliveryJob {
+                attempt: delivery.attempts.saturating_add(1),
+                delivery,
+                content,
+                parts,
+                assets,
+            },
+            lease_expires_at_ms: expires,
+            seq,
+        }))
     }
 
     /// Writes the end of an attempt, if `owner` still holds the delivery's lease. Delivered and
@@ -331,13 +385,11 @@ impl Store {
                 pacing,
             )?);
         }
-        let mut claims = Vec::with_capacity(claim);
-        while claims.len() < claim {
-            match self.claim_in(tx, owner, lease_ms, now_ms, filter)? {
-                Some(claimed) => claims.push(claimed),
-                None => break,
-            }
-        }
+        let claims = if claim > 0 {
+            self.claim_many_in(tx, owner, lease_ms, now_ms, filter, claim)?
+        } else {
+            Vec::new()
+        };
         Ok((outcomes, claims))
     }
 
@@ -352,56 +404,21 @@ impl Store {
         pacing: &TargetPacing,
     ) -> Result<SettleOutcome, StoreError> {
         let op = "settling a delivery";
-        let current: Option<(Option<String>, String)> = tx
-            .query_row_cached(
-                "SELECT lease_owner, status FROM deliveries WHERE seq = ?1",
-                [claimed.seq],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(op, e))?;
-        let delivery_id = &claimed.job.delivery.delivery_id;
-        let status = current
-            .as_ref()
-            .and_then(|(_, s)| DeliveryStatus::parse(s))
-            .unwrap_or(DeliveryStatus::DeadLettered);
-        let current_owner = current.and_then(|(o, _)| o);
-        if current_owner.as_deref() != Some(owner) || !status.is_open() {
-            return Ok(SettleOutcome::LeaseLost {
-                delivery_id: delivery_id.clone(),
-                current_owner,
-                status,
-            });
-        }
         let key = &claimed.job.delivery.target_key;
-        let failures: i64 = tx
-            .query_row_cached(
-                "SELECT consecutive_failures FROM delivery_targets WHERE target_key = ?1",
-                [key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(op, e))?
-            .unwrap_or(0);
-        let set_delivery = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
-            cached_row(
-                tx,
-                &format!(
-                    "UPDATE deliveries SET {sql}, attempts = attempts + 1, lease_owner = NULL,
-                         lease_expires_at_ms = NULL, updated_at_ms = ?1
-                     WHERE seq = ?2 RETURNING {RETURNING}"
-                ),
-                p,
-                delivery_from_row,
-            )
-            .map(|(_, d)| d)
-            .map_err(|e| self.err(op, e))
+        // Failures in a row so far: only a failure needs them (a success resets them).
+        let failures = || -> Result<i64, StoreError> {
+            Ok(tx
+                .query_row_cached(
+                    "SELECT consecutive_failures FROM delivery_targets WHERE target_key = ?1",
+                    [key],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(op, e))?
+                .unwrap_or(0))
         };
         // (failure counter after this attempt, whether the circuit opens)
-        let bump = |failed: bool| -> (i64, bool) {
-            if !failed {
-                return (failures, false);
-            }
+        let bump = |failures: i64| -> (i64, bool) {
             let n = failures + 1;
             if pacing.circuit_threshold > 0 && n >= pacing.circuit_threshold {
                 (0, true)
@@ -416,22 +433,20 @@ impl Store {
         } else {
             0
         };
-        let (delivery, circuit_opened) = match settlement {
+        // Each UPDATE writes only while `owner` holds the lease of the still open delivery
+        // (?1 now, ?2 seq, ?3 owner); no row changed means the lease was lost.
+        let seq = &claimed.seq;
+        let circuit_opened = match &settlement {
             Settlement::Delivered { http_status } => {
-                let delivery = set_delivery(
-                    "status = 'delivered', delivered_at_ms = ?1, last_http_status = ?3",
-                    &[&now_ms, &claimed.seq, &http_status],
-                )?;
-                if failures != 0 {
-                    cached_exec(
-                        tx,
-                        "UPDATE delivery_targets SET consecutive_failures = 0 WHERE target_key = ?1",
-                        [key],
-                    )
-                    .map_err(|e| self.err(op, e))?;
+                if !self.close_attempt(
+                    tx,
+                    SETTLE_DELIVERED,
+                    &[&now_ms, seq, &owner, http_status],
+                )? {
+                    return self.lease_lost(tx, claimed);
                 }
-                self.advance_head(tx, key, true, not_before)?;
-                (delivery, false)
+                self.advance_head(tx, key, true, not_before, true)?;
+                false
             }
             Settlement::Retry {
                 at_ms,
@@ -439,12 +454,14 @@ impl Store {
                 reason,
                 http_status,
             } => {
-                let delivery = set_delivery(
-                    "status = 'retrying', next_attempt_at_ms = ?3, last_error = ?4,
-                         last_error_code = ?5, last_http_status = ?6",
-                    &[&now_ms, &claimed.seq, &at_ms, &reason, &code, &http_status],
-                )?;
-                let (failures, opened) = bump(true);
+                if !self.close_attempt(
+                    tx,
+                    SETTLE_RETRY,
+                    &[&now_ms, seq, &owner, at_ms, reason, code, http_status],
+                )? {
+                    return self.lease_lost(tx, claimed);
+                }
+                let (failures, opened) = bump(failures()?);
                 cached_exec(
                     tx,
                     "UPDATE delivery_targets SET next_attempt_at_ms = MAX(?2, ?6), lease_owner = NULL,
@@ -454,7 +471,7 @@ impl Store {
                     params![key, at_ms, failures, opened, pause_until, not_before],
                 )
                 .map_err(|e| self.err(op, e))?;
-                (delivery, opened)
+                opened
             }
             Settlement::DeadLetter {
                 code,
@@ -462,12 +479,18 @@ impl Store {
                 http_status,
                 retryable,
             } => {
-                let delivery = set_delivery(
-                    "status = 'dead_lettered', dead_lettered_at_ms = ?1, last_error = ?3,
-                         last_error_code = ?4, last_http_status = ?5",
-                    &[&now_ms, &claimed.seq, &reason, &code, &http_status],
-                )?;
-                let (failures, opened) = bump(retryable);
+                if !self.close_attempt(
+                    tx,
+                    SETTLE_DEAD_LETTER,
+                    &[&now_ms, seq, &owner, reason, code, http_status],
+                )? {
+                    return self.lease_lost(tx, claimed);
+                }
+                let (failures, opened) = if *retryable {
+                    bump(failures()?)
+                } else {
+                    (failures()?, false)
+                };
                 cached_exec(
                     tx,
                     "UPDATE delivery_targets SET consecutive_failures = ?2,
@@ -476,25 +499,57 @@ impl Store {
                     params![key, failures, opened, pause_until],
                 )
                 .map_err(|e| self.err(op, e))?;
-                self.advance_head(tx, key, true, not_before)?;
-                (delivery, opened)
+                self.advance_head(tx, key, true, not_before, false)?;
+                opened
             }
         };
-        Ok(SettleOutcome::Settled {
-            delivery: Box::new(delivery),
-            circuit_opened,
+        Ok(SettleOutcome::Settled { circuit_opened })
+    }
+
+    /// Runs one of the `SETTLE_*` updates; `false` when it changed nothing (the lease is lost).
+    fn close_attempt(
+        &self,
+        tx: &Connection,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<bool, StoreError> {
+        let n = cached_exec(tx, sql, params).map_err(|e| self.err("settling a delivery", e))?;
+        Ok(n == 1)
+    }
+
+    /// What a settlement that found its lease gone reports: who holds the delivery now and its
+    /// status.
+    fn lease_lost(&self, tx: &Connection, claimed: &Claimed) -> Result<SettleOutcome, StoreError> {
+        let current: Option<(Option<String>, String)> = tx
+            .query_row_cached(
+                "SELECT lease_owner, status FROM deliveries WHERE seq = ?1",
+                [claimed.seq],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err("settling a delivery", e))?;
+        let status = current
+            .as_ref()
+            .and_then(|(_, s)| DeliveryStatus::parse(s))
+            .unwrap_or(DeliveryStatus::DeadLettered);
+        Ok(SettleOutcome::LeaseLost {
+            delivery_id: claimed.job.delivery.delivery_id.clone(),
+            current_owner: current.and_then(|(o, _)| o),
+            status,
         })
     }
 
     /// Inside `conn`'s transaction: makes the oldest open delivery of `key` its head (due at its
     /// own due time, unleased), or deletes the target row when none is left. `closed_one`: the
-    /// old head was just closed, so the open count drops by one.
+    /// old head was just closed, so the open count drops by one; `delivered`: it was delivered,
+    /// which ends a run of failures.
     fn advance_head(
         &self,
         conn: &Connection,
         key: &str,
         closed_one: bool,
         not_before: i64,
+        delivered: bool,
     ) -> Result<(), StoreError> {
         let op = "advancing a target's queue";
         // The condition matches `deliveries_open_by_target`'s, so this walks that index.
@@ -513,9 +568,10 @@ impl Store {
                 conn,
                 "UPDATE delivery_targets SET head_seq = ?2, next_attempt_at_ms = MAX(?3, ?5),
                      lease_owner = NULL, lease_expires_at_ms = NULL,
-                     open_count = MAX(open_count - ?4, 1)
+                     open_count = MAX(open_count - ?4, 1),
+                     consecutive_failures = CASE WHEN ?6 THEN 0 ELSE consecutive_failures END
                  WHERE target_key = ?1",
-                params![key, seq, due, i64::from(closed_one), not_before],
+                params![key, seq, due, i64::from(closed_one), not_before, delivered],
             ),
             None => cached_exec(
                 conn,
