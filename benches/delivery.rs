@@ -243,54 +243,38 @@ fn transport_ceiling(sink: &Sink, seconds: u64) -> f64 {
         }
     }
     let transport = Arc::new(HttpTransport::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..WORKERS.parse::<usize>().unwrap())
-        .map(|t| {
-            let (transport, stop, sent) = (transport.clone(), stop.clone(), sent.clone());
-            let addr = sink.addr;
-            std::thread::spawn(move || {
-                let mut i = t;
-                while !stop.load(Ordering::Acquire) {
-                    let address = format!(
-                        r#"{{"url":"http://{addr}/sink/{}","allow_private_network":true}}"#,
-                        i % TARGETS
-                    );
-                    let target = ReplyTarget::new(ReplyPlugin::Http, &address).unwrap().0;
-                    let job = DeliveryJob {
-                        delivery: Delivery {
-                            target_key: address.clone(),
-                            ..Delivery::sample(
-                                &format!("dlv_0192f3a4b5c6_{i:016x}"),
-                                target,
-                                DeliveryStatus::Pending,
-                            )
-                        },
-                        attempt: 1,
-                        content: Some("echo: order 17 shipped".into()),
-                        parts: None,
-                        assets: Vec::new(),
-                    };
-                    let outcome = transport.deliver(&job, &mut NoProgress);
-                    assert!(
-                        matches!(outcome, AttemptOutcome::Delivered { .. }),
-                        "the sink refused a ceiling send: {outcome:?}"
-                    );
-                    sent.fetch_add(1, Ordering::AcqRel);
-                    i += 16;
-                }
-            })
-        })
-        .collect();
-    let t0 = Instant::now();
-    pace(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Release);
-    let n = sent.load(Ordering::Acquire);
-    let elapsed = t0.elapsed();
-    for thread in threads {
-        thread.join().expect("a ceiling thread");
-    }
-    n as f64 / elapsed.as_secs_f64()
+    let addr = sink.addr;
+    load::rate_of_threads(WORKERS.parse().unwrap(), seconds, |t| {
+        let transport = transport.clone();
+        let mut i = t;
+        move || {
+            let address = format!(
+                r#"{{"url":"http://{addr}/sink/{}","allow_private_network":true}}"#,
+                i % TARGETS
+            );
+            let target = ReplyTarget::new(ReplyPlugin::Http, &address).unwrap().0;
+            let job = DeliveryJob {
+                delivery: Delivery {
+                    target_key: address.clone(),
+                    ..Delivery::sample(
+                        &format!("dlv_0192f3a4b5c6_{i:016x}"),
+                        target,
+                        DeliveryStatus::Pending,
+                    )
+                },
+                attempt: 1,
+                content: Some("echo: order 17 shipped".into()),
+                parts: None,
+                assets: Vec::new(),
+            };
+            let outcome = transport.deliver(&job, &mut NoProgress);
+            assert!(
+                matches!(outcome, AttemptOutcome::Delivered { .. }),
+                "the sink refused a ceiling send: {outcome:?}"
+            );
+            i += 16;
+        }
+    })
 }
 
 /// Blocks the bench thread for `d` without `thread::sleep` (disallowed crate-wide): a receive

@@ -48,6 +48,16 @@ fn main() -> std::process::ExitCode {
     );
 
     let base_rps = wrk(work, &format!("http://{}/deliver", sidecar.addr), seconds);
+    let ceiling = load::ureq_ceiling(
+        &format!("http://{}/deliver", sidecar.addr),
+        DELIVER_BODY,
+        &[
+            ("Idempotency-Key", "kheish:dlv_bench"),
+            ("X-Kheish-External-Protocol-Version", "1"),
+        ],
+        16,
+        seconds,
+    );
 
     let root = work.join("state");
     let config = config(&sidecar);
@@ -78,6 +88,10 @@ fn main() -> std::process::ExitCode {
     println!();
     println!(
         "  wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s POST /deliver on the sidecar (baseline): {base_rps:.0} req/s"
+    );
+    println!(
+        "  16 threads posting through one ureq agent, no queue (the client's ceiling): {ceiling:.0} req/s = {:.2}x wrk",
+        ceiling / base_rps.max(1.0)
     );
     println!(
         "  serve --delivery-workers {WORKERS}: {got} of {n} delivered in {:.2} s = {rate:.0} deliveries/s (metric committed = {committed:.0}; manifest fetches {manifests})",

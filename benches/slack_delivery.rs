@@ -58,6 +58,13 @@ fn main() -> std::process::ExitCode {
         (2, 16),
         seconds,
     );
+    let ceiling = load::ureq_ceiling(
+        &format!("http://{}/api/chat.postMessage", api.addr),
+        POST_BODY,
+        &[("Authorization", "Bearer xoxb-bench-token")],
+        16,
+        seconds,
+    );
 
     let root = work.join("state");
     let config = format!(
@@ -93,6 +100,10 @@ fn main() -> std::process::ExitCode {
     println!();
     println!(
         "  wrk -t2 -c16 -d{seconds}s POST /api/chat.postMessage (baseline): {base_rps:.0} req/s"
+    );
+    println!(
+        "  16 threads posting through one ureq agent, no queue (the client's ceiling): {ceiling:.0} req/s = {:.2}x wrk",
+        ceiling / base_rps.max(1.0)
     );
     println!(
         "  serve --delivery-workers {WORKERS}: {got} of {n} posted in {:.2} s = {rate:.0} deliveries/s",

@@ -460,6 +460,81 @@ pub fn wrk_post(
     rps
 }
 
+/// Requests/s of `threads` threads POSTing `body` (with `headers`) to `url` for `seconds` through
+/// one keep-alive ureq agent, the outbound client every delivery transport uses, with no queue
+/// at all: the ceiling of any delivery pool of that many senders on this machine, measured
+/// beside wrk so a delivery ratio can be read against what the client alone reaches.
+#[allow(dead_code)] // not every bench that includes this file sends deliveries
+pub fn ureq_ceiling(
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+    threads: usize,
+    seconds: u64,
+) -> f64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    rate_of_threads(threads, seconds, |_| {
+        let (agent, url, body, headers) = (
+            agent.clone(),
+            url.to_string(),
+            body.to_string(),
+            headers.clone(),
+        );
+        move || {
+            let mut request = agent
+                .post(url.as_str())
+                .header("Content-Type", "application/json");
+            for (k, v) in &headers {
+                request = request.header(k.as_str(), v.as_str());
+            }
+            let mut response = request.send(body.as_bytes()).expect("a ceiling request");
+            assert!(response.status().is_success(), "the no-op endpoint refused");
+            let _ = response.body_mut().read_to_vec();
+        }
+    })
+}
+
+/// Calls of `threads` threads per second, each thread running its own `make(index)` closure
+/// in a loop for `seconds`.
+#[allow(dead_code)] // not every bench that includes this file uses it
+pub fn rate_of_threads<F: FnMut() + Send + 'static>(
+    threads: usize,
+    seconds: u64,
+    make: impl Fn(usize) -> F,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let (stop, calls) = (stop.clone(), calls.clone());
+            let mut call = make(i);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    call();
+                    calls.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(seconds));
+    stop.store(true, Ordering::Release);
+    let n = calls.load(Ordering::Acquire);
+    let elapsed = t0.elapsed();
+    for worker in workers {
+        worker.join().expect("a load thread");
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
 /// The bench connector of queue-filling benches: unauthenticated, one session for all.
 pub const QUEUE_CONNECTOR: &str = "[[http_connectors]]\nname = \"bench\"\nallow_unauthenticated_ingress = true\ndefault_binding_keys = [\"bench\"]\n[http_connectors.session_policy]\ncreate_if_missing = true\n";
 

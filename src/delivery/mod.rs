@@ -48,7 +48,21 @@ pub enum AttemptOutcome {
 /// Records per-step progress of a multi-step send (Slack, Telegram) durably, so a retry never
 /// repeats a step that already succeeded. The http transport does not use it.
 pub trait ProgressSink {
+    /// Writes `progress` and returns once it is durable: for a marker that must be on disk
+    /// before the next external call (an upload about to be completed, whose outcome after a
+    /// crash must be known).
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String>;
+
+    /// Records `progress` after a step has FINISHED, in order with this delivery's other
+    /// writes but without waiting for its commit: `serve`'s group-commit writer applies it before
+    /// the attempt's settlement (queued later), so a retry always reads it, and a crash loses it
+    /// only together with everything the same commit would have written, exactly as when the
+    /// crash had come before a waited save. What is given up is the early notice of a lease
+    /// lost in the middle of a send (the settlement still refuses to write then). Defaults to
+    /// [`ProgressSink::save`].
+    fn note(&mut self, progress: &serde_json::Value) -> Result<(), String> {
+        self.save(progress)
+    }
 
     /// The bytes of stored asset `asset_id`, read while the delivery is open and its output
     /// references the asset (`None` otherwise). Transports that upload attachments (Slack,

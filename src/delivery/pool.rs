@@ -54,7 +54,7 @@ const FOREIGN_LEASE_POLL: Duration = Duration::from_millis(20);
 /// The dispatcher asks for a WAL checkpoint after this many commits.
 const CHECKPOINT_EVERY: u64 = 64;
 /// Deliveries kept claimed per sender thread (see `dispatcher_loop`).
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 8;
 
 /// Code of a delivery whose plugin has no transport in this build.
 pub const PLUGIN_UNAVAILABLE: &str = "plugin_unavailable";
@@ -623,6 +623,17 @@ impl ProgressSink for StoreProgress<'_> {
                 *self.store = None;
                 Err(error_chain(&e))
             }
+        }
+    }
+
+    fn note(&mut self, progress: &serde_json::Value) -> Result<(), String> {
+        match self.writer {
+            Some(writer) => {
+                // The answer is not waited for (see `ProgressSink::note`).
+                drop(writer.queue_progress(self.delivery_id, self.owner, progress, now_ms()));
+                Ok(())
+            }
+            None => self.save(progress),
         }
     }
 }

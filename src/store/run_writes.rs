@@ -357,15 +357,18 @@ impl WriteJob for ProgressJob {
 }
 
 impl GroupWriter {
-    /// [`Store::save_progress`] in the writer's next batch; returns once it is durable. `false`
-    /// when the lease is no longer `owner`'s.
-    pub fn save_progress(
+    /// [`Store::save_progress`] queued for the writer's next batch. Jobs are applied in the
+    /// order they were queued, so any later job of this delivery (its settlement) commits with
+    /// it or after it. The receiver gets the answer of [`GroupWriter::save_progress`] once it is
+    /// durable; dropping it is how a caller does not wait (a save refused because the lease is
+    /// lost is then dropped: the settlement is refused too).
+    pub fn queue_progress(
         &self,
         delivery_id: &str,
         owner: &str,
         progress: &serde_json::Value,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> mpsc::Receiver<Result<bool, StoreError>> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.submit(Box::new(ProgressJob {
             delivery_id: delivery_id.to_string(),
@@ -375,6 +378,19 @@ impl GroupWriter {
             saved: None,
             reply,
         }));
+        answer
+    }
+
+    /// [`Store::save_progress`] in the writer's next batch; returns once it is durable. `false`
+    /// when the lease is no longer `owner`'s.
+    pub fn save_progress(
+        &self,
+        delivery_id: &str,
+        owner: &str,
+        progress: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let answer = self.queue_progress(delivery_id, owner, progress, now_ms);
         answer.recv().unwrap_or_else(|_| {
             Err(StoreError::Busy {
                 path: self.db_path().to_string(),
@@ -417,6 +433,68 @@ mod tests {
             status: RunStatus::Completed,
             error: None,
         }
+    }
+
+    #[test]
+    fn a_queued_progress_commits_before_the_later_settlement_and_a_retry_reads_it() {
+        use crate::store::deliveries::fixture::{http, queue};
+        use crate::store::deliveries::{ClaimFilter, Settlement, TargetPacing};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        queue(
+            &store,
+            "run_p",
+            &[http("https://example.com/p")],
+            &["two steps"],
+        );
+        drop(store);
+        let (writer, _) = writer(dir.path());
+        let (filter, pacing) = (ClaimFilter::default(), TargetPacing::default());
+        let (_, claims) = writer
+            .settle_and_claim("w", &[], 1, 60_000, T0, &filter, &pacing)
+            .unwrap();
+        let claimed = claims.into_iter().next().expect("the delivery is claimed");
+        let id = claimed.job.delivery.delivery_id.clone();
+        // Not waited for: the settlement queued after it is what the sender waits on.
+        drop(writer.queue_progress(&id, "w", &serde_json::json!({"steps_done": 1}), T0 + 1));
+        let retry = Settlement::Retry {
+            at_ms: T0 + 2,
+            code: "http_status_503".into(),
+            reason: "step 2 failed".into(),
+            http_status: Some(503),
+        };
+        writer
+            .settle_and_claim(
+                "w",
+                &[(claimed, retry)],
+                0,
+                60_000,
+                T0 + 1,
+                &filter,
+                &pacing,
+            )
+            .unwrap();
+        let (_, again) = writer
+            .settle_and_claim("w", &[], 1, 60_000, T0 + 3, &filter, &pacing)
+            .unwrap();
+        let again = again.into_iter().next().expect("the retry is claimed");
+        assert_eq!(
+            again.job.delivery.progress,
+            Some(serde_json::json!({"steps_done": 1})),
+            "the retry resumes after the finished step"
+        );
+        // A note by an owner that lost the lease is dropped, not written.
+        drop(writer.queue_progress(&id, "other", &serde_json::json!({"steps_done": 9}), T0 + 4));
+        writer
+            .save_progress(&id, "w", &serde_json::json!({"steps_done": 2}), T0 + 5)
+            .unwrap();
+        let stored = Store::open(dir.path())
+            .unwrap()
+            .get_delivery(&id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.progress, Some(serde_json::json!({"steps_done": 2})));
     }
 
     #[test]

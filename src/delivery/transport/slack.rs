@@ -227,7 +227,7 @@ impl Sender<'_> {
             }
             state.done = idx + 1;
             state.completing = None;
-            if let Err(why) = self.progress.save(&state.to_json()) {
+            if let Err(why) = self.progress.note(&state.to_json()) {
                 return retryable(
                     "progress_not_saved",
                     format!(

@@ -290,7 +290,7 @@ impl TelegramTransport {
                 "steps": steps.len(),
                 "message_ids": message_ids,
             });
-            if let Err(why) = progress.save(&saved) {
+            if let Err(why) = progress.note(&saved) {
                 return AttemptOutcome::Retryable {
                     code: "progress_not_saved".into(),
                     reason: format!(
