@@ -113,7 +113,7 @@ fn redacted_url(url: &url::Url) -> String {
         rest.push_str(query);
     }
     let digest = Sha256::digest(rest.as_bytes());
-    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(&digest[..4]);
     format!("{base}/<redacted:{hex}>")
 }
 
@@ -505,7 +505,7 @@ mod tests {
 
     fn fp(rest: &str) -> String {
         let digest = Sha256::digest(rest.as_bytes());
-        digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..4])
     }
 
     #[test]

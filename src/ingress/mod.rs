@@ -164,12 +164,7 @@ impl From<SessionError> for IngressError {
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The stored receipt key and the full key digest for a raw key (SPEC §6.3). Raw keys are

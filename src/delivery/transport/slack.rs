@@ -315,7 +315,7 @@ impl Sender<'_> {
 pub fn client_msg_id(delivery_id: &str, idx: usize) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(format!("{delivery_id}:{idx}").as_bytes());
-    let h: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let h: String = hex::encode(&d[..16]);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -80,11 +80,7 @@ pub fn target_key(target: &ReplyTarget) -> String {
     hasher.update(target.plugin.as_str().as_bytes());
     hasher.update(b"\n");
     hasher.update(target.address.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(hasher.finalize())
 }
 
 /// The delivery columns, in the order [`delivery_from_row`] reads them, each prefixed with `$p`
