@@ -54,12 +54,15 @@ pub trait ProgressSink {
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String>;
 
     /// Records `progress` after a step has FINISHED, in order with this delivery's other
-    /// writes but without waiting for its commit: `serve`'s group-commit writer applies it before
-    /// the attempt's settlement (queued later), so a retry always reads it, and a crash loses it
-    /// only together with everything the same commit would have written, exactly as when the
-    /// crash had come before a waited save. What is given up is the early notice of a lease
-    /// lost in the middle of a send (the settlement still refuses to write then). Defaults to
-    /// [`ProgressSink::save`].
+    /// writes but without waiting for its commit before the next step: `serve`'s group-commit
+    /// writer applies it before the attempt's settlement (queued later), so a retry reads it.
+    /// The answer is read one step late, at the next `note` or `save`: a note that could not
+    /// be written, or was refused because the lease was lost, ends the attempt there, so a
+    /// retry repeats at most two steps (one with a waited save) and a lost lease stops the
+    /// sends one step later than with a waited save. The last note of an attempt is not
+    /// waited for: if its batch fails, the settlement queued after it is in the same or a
+    /// later batch, and a retry re-sends that one step, as after a failed waited save.
+    /// Defaults to [`ProgressSink::save`].
     fn note(&mut self, progress: &serde_json::Value) -> Result<(), String> {
         self.save(progress)
     }

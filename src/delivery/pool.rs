@@ -575,9 +575,45 @@ struct StoreProgress<'a> {
     writer: Option<&'a GroupWriter>,
     delivery_id: &'a str,
     owner: &'a str,
+    /// The answer of the last note, not yet read (see [`StoreProgress::settle_last_note`]).
+    last_note: Option<mpsc::Receiver<Result<bool, StoreError>>>,
 }
 
 impl StoreProgress<'_> {
+    /// Waits for the answer of the previous note, if any: a note is read one step late, so
+    /// its commit overlaps the next step's network call, yet a note the writer failed to
+    /// write or refused (the lease was lost) stops the attempt at the next step boundary,
+    /// and a retry repeats at most the step after the last note known to be written.
+    fn settle_last_note(&mut self) -> Result<(), String> {
+        let Some(answer) = self.last_note.take() else {
+            return Ok(());
+        };
+        let written = answer.recv().unwrap_or_else(|_| {
+            Err(StoreError::Busy {
+                path: self.state_root.display().to_string(),
+                op: "saving delivery progress".into(),
+                detail: Some("the writer stopped".into()),
+            })
+        });
+        self.saved(written)
+    }
+
+    /// Maps the answer of a progress write.
+    fn saved(&mut self, written: Result<bool, StoreError>) -> Result<(), String> {
+        match written {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "delivery {} is no longer leased by {}; another worker took it over",
+                self.delivery_id, self.owner
+            )),
+            Err(e) => {
+                // Reopen next time: the connection may be what failed.
+                *self.store = None;
+                Err(error_chain(&e))
+            }
+        }
+    }
+
     fn store(&mut self) -> Result<&Store, String> {
         Ok(match self.store {
             Some(store) => store,
@@ -605,6 +641,7 @@ impl ProgressSink for StoreProgress<'_> {
     }
 
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String> {
+        self.settle_last_note()?;
         let (delivery_id, owner) = (self.delivery_id, self.owner);
         let saved = match self.writer {
             Some(writer) => writer.save_progress(delivery_id, owner, progress, now_ms()),
@@ -612,25 +649,17 @@ impl ProgressSink for StoreProgress<'_> {
                 .store()?
                 .save_progress(delivery_id, owner, progress, now_ms()),
         };
-        match saved {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!(
-                "delivery {} is no longer leased by {}; another worker took it over",
-                self.delivery_id, self.owner
-            )),
-            Err(e) => {
-                // Reopen next time: the connection may be what failed.
-                *self.store = None;
-                Err(error_chain(&e))
-            }
-        }
+        self.saved(saved)
     }
 
     fn note(&mut self, progress: &serde_json::Value) -> Result<(), String> {
         match self.writer {
             Some(writer) => {
-                // The answer is not waited for (see `ProgressSink::note`).
-                drop(writer.queue_progress(self.delivery_id, self.owner, progress, now_ms()));
+                self.settle_last_note()?;
+                // Read at the next note or save (see `settle_last_note`); the last note of an
+                // attempt is not waited for (`ProgressSink::note`).
+                self.last_note =
+                    Some(writer.queue_progress(self.delivery_id, self.owner, progress, now_ms()));
                 Ok(())
             }
             None => self.save(progress),
@@ -677,6 +706,7 @@ fn attempt(
         writer,
         delivery_id: &job.delivery.delivery_id,
         owner,
+        last_note: None,
     };
     panic::catch_unwind(AssertUnwindSafe(|| transport.deliver(job, &mut sink))).unwrap_or_else(
         |_| AttemptOutcome::Retryable {
@@ -863,6 +893,67 @@ mod tests {
     use crate::delivery::drain;
     use crate::model::delivery::DeliveryStatus;
     use crate::store::deliveries::fixture::*;
+
+    #[test]
+    fn a_refused_note_ends_the_attempt_at_the_next_step_boundary() {
+        use crate::delivery::ProgressSink;
+        use crate::store::deliveries::{ClaimFilter, TargetPacing};
+
+        let (tmp, store) = store();
+        let ids = queue(&store, "run_n", &[http("https://n.example/")], &["steps"]);
+        let writer = GroupWriter::start(tmp.path(), Box::new(|_| {})).unwrap();
+        let (_, claims) = writer
+            .settle_and_claim(
+                "w",
+                &[],
+                1,
+                60_000,
+                T0,
+                &ClaimFilter::default(),
+                &TargetPacing::default(),
+            )
+            .unwrap();
+        assert_eq!(claims.len(), 1);
+        let mut progress_store = None;
+        let mut sink = StoreProgress {
+            state_root: tmp.path(),
+            store: &mut progress_store,
+            writer: Some(&writer),
+            delivery_id: &ids[0],
+            owner: "w",
+            last_note: None,
+        };
+        sink.note(&serde_json::json!({"steps_done": 1})).unwrap();
+        sink.note(&serde_json::json!({"steps_done": 2})).unwrap();
+        // The first note is known written once the second is queued; the second may or may
+        // not be yet.
+        let steps = |store: &Store| get(store, &ids[0]).progress.unwrap()["steps_done"].clone();
+        assert!([1, 2].contains(&steps(&store).as_i64().unwrap()));
+        sink.settle_last_note().unwrap();
+        assert_eq!(steps(&store), 2);
+        // Another worker takes the delivery over (its lease expired): the next note is refused,
+        // and the sender learns it one step later, before a third step would be sent.
+        store
+            .conn()
+            .execute(
+                "UPDATE deliveries SET lease_owner = 'other' WHERE delivery_id = ?1",
+                [&ids[0]],
+            )
+            .unwrap();
+        sink.note(&serde_json::json!({"steps_done": 3})).unwrap();
+        let stopped = sink.note(&serde_json::json!({"steps_done": 4}));
+        assert!(
+            stopped
+                .as_ref()
+                .is_err_and(|e| e.contains("no longer leased")),
+            "{stopped:?}"
+        );
+        assert_eq!(
+            steps(&store),
+            2,
+            "nothing is written for an owner that lost the lease"
+        );
+    }
 
     #[test]
     fn shutdown_gives_back_claimed_deliveries_that_were_not_sent() {
