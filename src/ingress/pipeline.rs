@@ -146,9 +146,18 @@ pub fn accept_all(ctx: &IngressCtx<'_>, events: Vec<(Event, Done)>) {
 /// [`accept_all`] with an optional [`Stage`] per event (Telegram polling batches).
 pub fn accept_all_staged(ctx: &IngressCtx<'_>, events: Vec<StagedEvent>) {
     let mut jobs: Vec<Box<dyn WriteJob>> = Vec::with_capacity(events.len());
-    for (event, mut stage, done) in events {
+    // Every event's reads in ONE read snapshot, before any rate token or stage: a snapshot
+    // keeps the connection's page cache warm across the batch (each autocommit read after a
+    // commit elsewhere starts from an emptied cache).
+    let looked: Vec<Looked> = ctx.ops.in_read_snapshot(|| {
+        events
+            .iter()
+            .map(|(event, _, _)| look_up(ctx, event))
+            .collect()
+    });
+    for ((event, mut stage, done), looked) in events.into_iter().zip(looked) {
         let stage = stage.as_mut().map(|s| &mut **s as &mut dyn Stage);
-        match prepare(ctx, event, stage) {
+        match finish(ctx, event, stage, looked) {
             Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
             Err(refusal) => done(Err(refusal)),
             Ok(Prepared::Job(mut job)) => {
@@ -175,27 +184,63 @@ fn unavailable(e: StoreError) -> IngressError {
 /// Everything before the transaction, in the spec's order; see the module docs.
 fn prepare(
     ctx: &IngressCtx<'_>,
-    mut event: Event,
+    event: Event,
     stage: Option<&mut dyn Stage>,
 ) -> Result<Prepared, IngressError> {
+    let looked = ctx.ops.in_read_snapshot(|| look_up(ctx, &event));
+    finish(ctx, event, stage, looked)
+}
+
+/// What the reads before the rate limit found: an answer already (a receipt hit, a session
+/// error, an unreadable store), or how the event's session resolves.
+enum Looked {
+    Answered(Result<Prepared, IngressError>),
+    Resolved(Resolution),
+}
+
+/// The reads of [`prepare`]: the receipt (a hit is answered without a rate token) and the
+/// session (errors are answered before the rate limit).
+fn look_up(ctx: &IngressCtx<'_>, event: &Event) -> Looked {
     let connector = event.connector.to_string();
     if let Some(receipt) = &event.receipt {
-        if let Some(existing) = ctx.ops.receipt(&receipt.key).map_err(unavailable)? {
-            return answer_existing(
-                ctx.writer,
-                &existing,
-                &event.fingerprint,
-                &connector,
-                ctx.now_ms,
-            )
-            .map(Prepared::Answer);
+        match ctx.ops.receipt(&receipt.key) {
+            Err(e) => return Looked::Answered(Err(unavailable(e))),
+            Ok(Some(existing)) => {
+                return Looked::Answered(
+                    answer_existing(
+                        ctx.writer,
+                        &existing,
+                        &event.fingerprint,
+                        &connector,
+                        ctx.now_ms,
+                    )
+                    .map(Prepared::Answer),
+                )
+            }
+            Ok(None) => {}
         }
     }
     // Read-only pre-check so that session errors are answered before the rate limit. An
     // existing session is trusted by the writer (sessions are never deleted); a new one is
     // resolved again inside the transaction, where another event may just have created it.
-    let pre_resolved = sessions::resolve(&ctx.ops, &event.session, ctx.now_ms)?;
+    match sessions::resolve(&ctx.ops, &event.session, ctx.now_ms) {
+        Ok(resolution) => Looked::Resolved(resolution),
+        Err(e) => Looked::Answered(Err(e.into())),
+    }
+}
 
+/// The rest of [`prepare`] after [`look_up`]: the rate limit, the kind's stage, the job.
+fn finish(
+    ctx: &IngressCtx<'_>,
+    mut event: Event,
+    stage: Option<&mut dyn Stage>,
+    looked: Looked,
+) -> Result<Prepared, IngressError> {
+    let pre_resolved = match looked {
+        Looked::Answered(answer) => return answer,
+        Looked::Resolved(resolution) => resolution,
+    };
+    let connector = event.connector.to_string();
     let bucket = match &event.rate_bucket {
         Some(within) => format!("{connector}/{within}"),
         None => connector.clone(),

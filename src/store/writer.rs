@@ -150,6 +150,20 @@ impl IngressOps<'_> {
         self.conn
     }
 
+    /// Runs `reads` inside one read transaction of this connection (one snapshot), so its
+    /// page cache stays warm across them: in WAL mode each autocommit read that follows a
+    /// commit by another connection starts from an emptied cache. Without a snapshot (the
+    /// connection is already in a transaction, or `BEGIN` failed) the reads run as they are.
+    pub fn in_read_snapshot<T>(&self, reads: impl FnOnce() -> T) -> T {
+        let began = self.conn.is_autocommit() && cached(self.conn, "BEGIN").is_ok();
+        let out = reads();
+        if began {
+            // A read-only transaction: ending it cannot lose anything.
+            let _ = cached(self.conn, "COMMIT");
+        }
+        out
+    }
+
     /// The receipt stored under `receipt_key`, if any.
     pub fn receipt(&self, receipt_key: &str) -> Result<Option<Receipt>, StoreError> {
         let sql = format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE receipt_key = ?1");
@@ -734,6 +748,27 @@ mod tests {
     use super::*;
     use crate::model::run::{NewSession, RunInput};
     use std::sync::mpsc::Sender;
+
+    #[test]
+    fn a_read_snapshot_ends_itself_and_leaves_an_open_transaction_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let ops = store.ingress_ops();
+        let found = ops.in_read_snapshot(|| {
+            assert!(
+                !store.conn().is_autocommit(),
+                "the reads share one transaction"
+            );
+            ops.receipt("http:orders:absent").unwrap()
+        });
+        assert_eq!(found, None);
+        assert!(store.conn().is_autocommit(), "the snapshot was ended");
+        // Inside a caller's transaction the reads join it and it stays open.
+        store.conn().execute_batch("BEGIN").unwrap();
+        ops.in_read_snapshot(|| ops.receipt("http:orders:absent").unwrap());
+        assert!(!store.conn().is_autocommit());
+        store.conn().execute_batch("ROLLBACK").unwrap();
+    }
 
     struct Insert {
         run_id: String,
