@@ -53,16 +53,16 @@ pub trait ProgressSink {
     /// crash must be known).
     fn save(&mut self, progress: &serde_json::Value) -> Result<(), String>;
 
-    /// Records `progress` after a step has FINISHED, in order with this delivery's other
-    /// writes but without waiting for its commit before the next step: `serve`'s group-commit
-    /// writer applies it before the attempt's settlement (queued later), so a retry reads it.
-    /// The answer is read one step late, at the next `note` or `save`: a note that could not
-    /// be written, or was refused because the lease was lost, ends the attempt there, so a
-    /// retry repeats at most two steps (one with a waited save) and a lost lease stops the
-    /// sends one step later than with a waited save. The last note of an attempt is not
-    /// waited for: if its batch fails, the settlement queued after it is in the same or a
-    /// later batch, and a retry re-sends that one step, as after a failed waited save.
-    /// Defaults to [`ProgressSink::save`].
+    /// Records `progress` after the LAST step of an attempt, in order with this delivery's
+    /// other writes but without waiting for its commit: `serve`'s group-commit writer applies
+    /// it before the attempt's settlement (queued later), so a retry reads it, and a crash
+    /// before that commit re-sends the step as a crash just before a waited [`save`] would
+    /// have. A step before the last must use [`save`]: the next step may not start before its
+    /// progress is durable, or a crash during the next step would re-send it. A note's answer
+    /// is read at the next `note` or `save`, where a failed or refused (lease lost) note ends
+    /// the attempt. Defaults to [`save`].
+    ///
+    /// [`save`]: ProgressSink::save
     fn note(&mut self, progress: &serde_json::Value) -> Result<(), String> {
         self.save(progress)
     }

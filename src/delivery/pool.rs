@@ -580,10 +580,9 @@ struct StoreProgress<'a> {
 }
 
 impl StoreProgress<'_> {
-    /// Waits for the answer of the previous note, if any: a note is read one step late, so
-    /// its commit overlaps the next step's network call, yet a note the writer failed to
-    /// write or refused (the lease was lost) stops the attempt at the next step boundary,
-    /// and a retry repeats at most the step after the last note known to be written.
+    /// Waits for the answer of the previous note, if any: a transport that notes and then
+    /// writes progress again learns here that the note could not be written or was refused
+    /// (the lease was lost), and ends the attempt.
     fn settle_last_note(&mut self) -> Result<(), String> {
         let Some(answer) = self.last_note.take() else {
             return Ok(());
@@ -656,8 +655,8 @@ impl ProgressSink for StoreProgress<'_> {
         match self.writer {
             Some(writer) => {
                 self.settle_last_note()?;
-                // Read at the next note or save (see `settle_last_note`); the last note of an
-                // attempt is not waited for (`ProgressSink::note`).
+                // Read at the next note or save, if any (see `settle_last_note`); the note of
+                // an attempt's last step is not waited for (`ProgressSink::note`).
                 self.last_note =
                     Some(writer.queue_progress(self.delivery_id, self.owner, progress, now_ms()));
                 Ok(())

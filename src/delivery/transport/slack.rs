@@ -227,7 +227,15 @@ impl Sender<'_> {
             }
             state.done = idx + 1;
             state.completing = None;
-            if let Err(why) = self.progress.note(&state.to_json()) {
+            // A step before the last is saved (waited): the next step must not start before
+            // it is durable, or a crash during that step would re-send this one. The last
+            // step's progress is only noted; the settlement is queued after it.
+            let saved = if state.done == steps.len() {
+                self.progress.note(&state.to_json())
+            } else {
+                self.progress.save(&state.to_json())
+            };
+            if let Err(why) = saved {
                 return retryable(
                     "progress_not_saved",
                     format!(

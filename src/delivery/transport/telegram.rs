@@ -290,7 +290,14 @@ impl TelegramTransport {
                 "steps": steps.len(),
                 "message_ids": message_ids,
             });
-            if let Err(why) = progress.note(&saved) {
+            // Waited before the next chunk (a crash while sending it must not re-send this
+            // one); the last chunk's progress is only noted, its settlement queued after it.
+            let written = if idx + 1 == steps.len() {
+                progress.note(&saved)
+            } else {
+                progress.save(&saved)
+            };
+            if let Err(why) = written {
                 return AttemptOutcome::Retryable {
                     code: "progress_not_saved".into(),
                     reason: format!(
