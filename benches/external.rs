@@ -20,7 +20,7 @@ mod load;
 
 use std::path::Path;
 
-use load::{env_num, metric, wrk, Daemon, WrkResult, CONNECTIONS, TOKEN, WRK_THREADS};
+use load::{env_num, Daemon, WrkResult, CONNECTIONS, TOKEN, WRK_THREADS};
 
 const BATCH: usize = 64;
 
@@ -89,22 +89,11 @@ fn main() -> std::process::ExitCode {
         );
         let state_root = work.join(format!("state-{set}"));
         let daemon = Daemon::start_in(&state_root, work, &config(), &["-q"], &[], &[]);
-        let series = format!(
-            "kheish_ingress_requests_total{{connector=\"{connector}\",outcome=\"accepted\"}}"
-        );
-        let before = daemon.metrics();
-        let run = wrk(
-            &script,
-            &format!("http://{}", daemon.addr),
-            work,
-            set,
-            seconds,
-        );
-        let after = daemon.metrics();
+        let measured = load::Measured::wrk(&daemon, &script, work, set, seconds);
         daemon.stop();
-        let events = metric(&after, &series) - metric(&before, &series);
-        let commits = metric(&after, "kheish_store_commits_total")
-            - metric(&before, "kheish_store_commits_total");
+        let events = measured.accepted(connector);
+        let commits = measured.grew("kheish_store_commits_total");
+        let run = measured.run;
         results.push((set, run, events, commits));
     }
 

@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use kheishctl::ingress::auth::slack_v0_signature;
-use load::{env_num, metric, wrk, Daemon, CONNECTIONS, WRK_THREADS};
+use load::{env_num, Daemon, CONNECTIONS, WRK_THREADS};
 
 /// The signing secret of the benchmark's Slack connector.
 const SIGNING: &str = "bench-slack-signing-secret-0123456789";
@@ -66,20 +66,9 @@ fn main() -> std::process::ExitCode {
             &[],
             &[("BENCH_SLACK", SIGNING)],
         );
-        let series = format!(
-            "kheish_ingress_requests_total{{connector=\"{connector}\",outcome=\"accepted\"}}"
-        );
-        let before = daemon.metrics();
-        let run = wrk(
-            &script,
-            &format!("http://{}", daemon.addr),
-            work,
-            set,
-            seconds,
-        );
-        let after = daemon.metrics();
+        let measured = load::Measured::wrk(&daemon, &script, work, set, seconds);
         daemon.stop();
-        let events = metric(&after, &series) - metric(&before, &series);
+        let (run, events) = (&measured.run, measured.accepted(connector));
         println!(
             "  {set:<6} req/s {:>9.0}  p50 {:>7.2} ms  p99 {:>7.2} ms  non-2xx {:>6}  accepted events/s {:>9.0}",
             run.rps,

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kheishctl::model::reply::{ReplyPlugin, ReplyTarget};
-use load::{env_num, metric, wrk, Daemon, CONNECTIONS, WRK_THREADS};
+use load::{env_num, metric, Daemon, CONNECTIONS, WRK_THREADS};
 
 const SECRET: &str = "bench-telegram-secret-token";
 const BOT: &str = "123456:bench-bot-token";
@@ -75,20 +75,9 @@ fn main() -> std::process::ExitCode {
             &["--delivery-workers", "0"],
             &[("BENCH_TG_SECRET", SECRET), ("BENCH_TG_BOT", BOT)],
         );
-        let series = format!(
-            "kheish_ingress_requests_total{{connector=\"{connector}\",outcome=\"accepted\"}}"
-        );
-        let before = daemon.metrics();
-        let run = wrk(
-            &script,
-            &format!("http://{}", daemon.addr),
-            work,
-            set,
-            seconds,
-        );
-        let after = daemon.metrics();
+        let measured = load::Measured::wrk(&daemon, &script, work, set, seconds);
         daemon.stop();
-        let rate = (metric(&after, &series) - metric(&before, &series)) / seconds as f64;
+        let (run, rate) = (&measured.run, measured.accepted(connector) / seconds as f64);
         println!(
             "  (a) {set:<5} req/s {:>9.0}  p99 {:>7.2} ms  non-2xx {:>6}  accepted events/s {rate:>9.0}",
             run.rps, run.p99_ms, run.non_2xx

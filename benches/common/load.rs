@@ -376,6 +376,41 @@ impl Daemon {
     }
 }
 
+/// One wrk run against a daemon with the daemon's `/metrics` before and after it.
+pub struct Measured {
+    pub run: WrkResult,
+    before: String,
+    after: String,
+}
+
+impl Measured {
+    /// Runs wrk with the request set `set` (`script`) against `daemon` for `seconds`.
+    pub fn wrk(daemon: &Daemon, script: &Path, work: &Path, set: &str, seconds: u64) -> Measured {
+        let before = daemon.metrics();
+        let run = wrk(
+            script,
+            &format!("http://{}", daemon.addr),
+            work,
+            set,
+            seconds,
+        );
+        let after = daemon.metrics();
+        Measured { run, before, after }
+    }
+
+    /// How much series `name` grew during the run.
+    pub fn grew(&self, name: &str) -> f64 {
+        metric(&self.after, name) - metric(&self.before, name)
+    }
+
+    /// Events of `connector` (`KIND/NAME`) accepted during the run.
+    pub fn accepted(&self, connector: &str) -> f64 {
+        self.grew(&format!(
+            "kheish_ingress_requests_total{{connector=\"{connector}\",outcome=\"accepted\"}}"
+        ))
+    }
+}
+
 /// Sum of the samples whose line starts with `name` (exact series including labels).
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -464,7 +499,6 @@ pub fn wrk_post(
 /// one keep-alive ureq agent, the outbound client every delivery transport uses, with no queue
 /// at all: the ceiling of any delivery pool of that many senders on this machine, measured
 /// beside wrk so a delivery ratio can be read against what the client alone reaches.
-#[allow(dead_code)] // not every bench that includes this file sends deliveries
 pub fn ureq_ceiling(
     url: &str,
     body: &str,
@@ -503,7 +537,6 @@ pub fn ureq_ceiling(
 
 /// Calls of `threads` threads per second, each thread running its own `make(index)` closure
 /// in a loop for `seconds`.
-#[allow(dead_code)] // not every bench that includes this file uses it
 pub fn rate_of_threads<F: FnMut() + Send + 'static>(
     threads: usize,
     seconds: u64,
