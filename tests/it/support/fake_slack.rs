@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -103,16 +103,7 @@ struct State {
     held: Vec<tiny_http::Request>,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+type Shared = super::shared::Shared<State>;
 
 /// See the module docs.
 pub struct FakeSlack {
@@ -126,10 +117,7 @@ impl FakeSlack {
     pub fn start() -> FakeSlack {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding fake Slack"));
         let addr = server.server_addr().to_ip().expect("an IP address");
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(State::default()));
         let thread = {
             let server = Arc::clone(&server);
             let shared = Arc::clone(&shared);

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -118,16 +118,7 @@ struct State {
     offsets: Vec<Option<i64>>,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+type Shared = super::shared::Shared<State>;
 
 /// See the module docs.
 pub struct FakeTelegram {
@@ -142,13 +133,10 @@ impl FakeTelegram {
         let server =
             Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding fake telegram"));
         let addr = server.server_addr().to_ip().expect("an IP address");
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                next_message_id: 1000,
-                ..State::default()
-            }),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(State {
+            next_message_id: 1000,
+            ..State::default()
+        }));
         let (srv, sh) = (Arc::clone(&server), Arc::clone(&shared));
         let accept = std::thread::spawn(move || {
             while let Ok(request) = srv.recv() {

@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingress;
 pub mod problem;
 pub mod receiver;
+pub mod shared;
 pub mod slack;
 pub mod wait;
 

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,16 +116,7 @@ struct State {
     threads: Vec<JoinHandle<()>>,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+type Shared = super::shared::Shared<State>;
 
 /// The fake webhook target. See the module docs.
 pub struct Receiver {
@@ -139,10 +130,7 @@ impl Receiver {
     pub fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake receiver");
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(State::default()));
         let for_accept = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
             .name("receiver-accept".into())
