@@ -104,10 +104,23 @@ pub fn resolve(
     req: &SessionRequest,
     now_ms: i64,
 ) -> Result<Resolution, SessionError> {
+    resolve_noting_bindings(ops, req, now_ms).map(|(resolution, _)| resolution)
+}
+
+/// [`resolve`], and whether every binding key of `req` is already bound to the resolved
+/// session. Bindings are never re-bound or removed, so when that holds the accepting
+/// transaction has no binding to write and skips the inserts.
+pub fn resolve_noting_bindings(
+    ops: &IngressOps<'_>,
+    req: &SessionRequest,
+    now_ms: i64,
+) -> Result<(Resolution, bool), SessionError> {
+    let mut keys_bound = req.binding_keys.is_empty();
     let session_id = match &req.explicit {
         Some(id) => id.clone(),
         None => {
             let bound = ops.bound_sessions(&req.binding_keys)?;
+            keys_bound = bound.len() == req.binding_keys.len();
             let mut ids: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
             ids.sort();
             ids.dedup();
@@ -134,16 +147,19 @@ pub fn resolve(
             if existing.policy != wanted {
                 return Err(SessionError::PolicyConflict { session_id });
             }
-            Ok(Resolution::Existing(existing))
+            Ok((Resolution::Existing(existing), keys_bound))
         }
-        None if req.policy.create_if_missing => Ok(Resolution::New(NewSession {
-            session_id,
-            created_by: req.created_by.clone(),
-            policy: wanted,
-            reply_targets: Vec::new(),
-            metadata: Default::default(),
-            now_ms,
-        })),
+        None if req.policy.create_if_missing => Ok((
+            Resolution::New(NewSession {
+                session_id,
+                created_by: req.created_by.clone(),
+                policy: wanted,
+                reply_targets: Vec::new(),
+                metadata: Default::default(),
+                now_ms,
+            }),
+            false,
+        )),
         None => Err(SessionError::NotFound { session_id }),
     }
 }
@@ -227,5 +243,21 @@ mod tests {
             resolve(&ops, &req(Some("s3"), &[], None, true), 1),
             Err(SessionError::PolicyConflict { .. })
         ));
+    }
+
+    #[test]
+    fn keys_count_as_bound_only_when_every_key_is_bound_to_the_resolved_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = store.ingress_ops();
+        new_session(&ops, "s1", None);
+        ops.bind_keys("s1", &["a".into(), "b".into()], 1).unwrap();
+        let bound = |r: &SessionRequest| resolve_noting_bindings(&ops, r, 1).unwrap().1;
+        assert!(bound(&req(None, &["a", "b"], None, true)));
+        assert!(bound(&req(None, &[], Some("s1"), true)));
+        // One key still to bind, an explicit id the keys are not looked up for, a new session.
+        assert!(!bound(&req(None, &["a", "z"], None, true)));
+        assert!(!bound(&req(Some("s1"), &["a"], None, true)));
+        assert!(!bound(&req(None, &["z"], Some("fresh"), true)));
     }
 }

@@ -195,7 +195,8 @@ fn prepare(
 /// error, an unreadable store), or how the event's session resolves.
 enum Looked {
     Answered(Result<Prepared, IngressError>),
-    Resolved(Resolution),
+    /// The resolution, and whether every binding key is already bound to its session.
+    Resolved(Resolution, bool),
 }
 
 /// The reads of [`prepare`]: the receipt (a hit is answered without a rate token) and the
@@ -223,8 +224,8 @@ fn look_up(ctx: &IngressCtx<'_>, event: &Event) -> Looked {
     // Read-only pre-check so that session errors are answered before the rate limit. An
     // existing session is trusted by the writer (sessions are never deleted); a new one is
     // resolved again inside the transaction, where another event may just have created it.
-    match sessions::resolve(&ctx.ops, &event.session, ctx.now_ms) {
-        Ok(resolution) => Looked::Resolved(resolution),
+    match sessions::resolve_noting_bindings(&ctx.ops, &event.session, ctx.now_ms) {
+        Ok((resolution, keys_bound)) => Looked::Resolved(resolution, keys_bound),
         Err(e) => Looked::Answered(Err(e.into())),
     }
 }
@@ -236,9 +237,9 @@ fn finish(
     stage: Option<&mut dyn Stage>,
     looked: Looked,
 ) -> Result<Prepared, IngressError> {
-    let pre_resolved = match looked {
+    let (pre_resolved, keys_bound) = match looked {
         Looked::Answered(answer) => return answer,
-        Looked::Resolved(resolution) => resolution,
+        Looked::Resolved(resolution, keys_bound) => (resolution, keys_bound),
     };
     let connector = event.connector.to_string();
     let bucket = match &event.rate_bucket {
@@ -257,7 +258,7 @@ fn finish(
 
     let job = AcceptJob {
         pre_resolved: match pre_resolved {
-            Resolution::Existing(session) => Some(session),
+            Resolution::Existing(session) => Some((session, keys_bound)),
             Resolution::New(_) => None,
         },
         receipt: event
@@ -327,8 +328,9 @@ fn existing_answer(
 
 /// The accepting transaction of one event (runs on the writer thread).
 struct AcceptJob {
-    /// The session the pre-check found, when it exists already.
-    pre_resolved: Option<Session>,
+    /// The session the pre-check found, when it exists already, and whether the pre-check
+    /// found every binding key bound to it (then no binding is written).
+    pre_resolved: Option<(Session, bool)>,
     /// `(receipt_key, key_sha256, fingerprint)` when the event has a receipt key.
     receipt: Option<(String, String, String)>,
     session_request: SessionRequest,
@@ -342,7 +344,8 @@ struct AcceptJob {
 
 impl AcceptJob {
     /// Everything that may refuse the event, before anything is written.
-    fn decide(&mut self, ops: &IngressOps<'_>) -> Result<Option<Resolution>, StoreError> {
+    /// The resolution, and whether every binding key is bound to its session already.
+    fn decide(&mut self, ops: &IngressOps<'_>) -> Result<Option<(Resolution, bool)>, StoreError> {
         if let Some((key, _, fingerprint)) = &self.receipt {
             if let Some(existing) = ops.receipt(key)? {
                 // Lost a race with an identical key: answer like a duplicate (no hit counted
@@ -357,8 +360,8 @@ impl AcceptJob {
             }
         }
         let resolved = match self.pre_resolved.take() {
-            Some(existing) => Ok(Resolution::Existing(existing)),
-            None => sessions::resolve(ops, &self.session_request, self.run.now_ms),
+            Some((existing, keys_bound)) => Ok((Resolution::Existing(existing), keys_bound)),
+            None => sessions::resolve_noting_bindings(ops, &self.session_request, self.run.now_ms),
         };
         let resolution = match resolved {
             Ok(r) => r,
@@ -383,7 +386,7 @@ impl AcceptJob {
 impl WriteJob for AcceptJob {
     fn apply(&mut self, store: &Store) -> Result<(), StoreError> {
         let ops = &store.ingress_ops();
-        let Some(resolution) = self.decide(ops)? else {
+        let Some((resolution, keys_bound)) = self.decide(ops)? else {
             return Ok(());
         };
         let session_id = resolution.session_id().to_string();
@@ -391,11 +394,13 @@ impl WriteJob for AcceptJob {
         if let Resolution::New(session) = &resolution {
             ops.insert_session(session)?;
         }
-        ops.bind_keys(
-            &session_id,
-            &self.session_request.binding_keys,
-            self.run.now_ms,
-        )?;
+        if !keys_bound {
+            ops.bind_keys(
+                &session_id,
+                &self.session_request.binding_keys,
+                self.run.now_ms,
+            )?;
+        }
         for asset in &self.assets {
             ops.insert_asset(asset)?;
         }
