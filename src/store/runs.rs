@@ -531,18 +531,18 @@ impl Store {
             }
             None => (None, Enqueued::default()),
         };
+        // An UPDATE and a read by key instead of `RETURNING`, which builds a temporary table
+        // for every execution.
+        tx.prepare_cached(
+            "UPDATE runs SET status = ?2, error = ?3, finished_at_ms = ?4,
+                 updated_at_ms = ?4, claim_owner = NULL, claim_expires_at_ms = NULL
+             WHERE run_id = ?1",
+        )
+        .and_then(|mut st| st.execute(params![run_id, status.as_str(), error, now_ms]))
+        .map_err(|e| self.err(op, e))?;
         let run = tx
-            .prepare_cached(&format!(
-                "UPDATE runs SET status = ?2, error = ?3, finished_at_ms = ?4,
-                     updated_at_ms = ?4, claim_owner = NULL, claim_expires_at_ms = NULL
-                 WHERE run_id = ?1 RETURNING {RUN_COLUMNS}"
-            ))
-            .and_then(|mut st| {
-                st.query_row(
-                    params![run_id, status.as_str(), error, now_ms],
-                    run_from_row,
-                )
-            })
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))
+            .and_then(|mut st| st.query_row([run_id], run_from_row))
             .map_err(|e| self.err(op, e))?;
         Ok((run, recorded, enqueued))
     }

@@ -168,35 +168,35 @@ impl Store {
             ),
             None => (DeliveryStatus::Pending, None, None, None),
         };
-        let seq: i64 = conn
-            .query_row_cached(
-                "INSERT INTO deliveries (delivery_id, output_id, run_id, session_id,
+        // `seq` is the rowid; `last_insert_rowid` reads it without the temporary table a
+        // `RETURNING` clause builds for every execution.
+        conn.execute_cached(
+            "INSERT INTO deliveries (delivery_id, output_id, run_id, session_id,
                      connector_kind, connector_name, plugin, address, target_key, status, attempts,
                      next_attempt_at_ms, last_error, last_error_code, created_at_ms, updated_at_ms,
                      dead_lettered_at_ms, replayed_from_delivery_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?11, ?11, ?14,
-                     ?15)
-                 RETURNING seq",
-                params![
-                    delivery_id,
-                    new.output_id,
-                    new.run_id,
-                    new.session_id,
-                    new.connector_kind,
-                    new.connector_name,
-                    new.target.plugin.as_str(),
-                    new.target.address,
-                    key,
-                    status.as_str(),
-                    new.now_ms,
-                    reason,
-                    code,
-                    dead_at,
-                    new.replayed_from,
-                ],
-                |row| row.get(0),
-            )
-            .map_err(|e| self.err(op, e))?;
+                     ?15)",
+            params![
+                delivery_id,
+                new.output_id,
+                new.run_id,
+                new.session_id,
+                new.connector_kind,
+                new.connector_name,
+                new.target.plugin.as_str(),
+                new.target.address,
+                key,
+                status.as_str(),
+                new.now_ms,
+                reason,
+                code,
+                dead_at,
+                new.replayed_from,
+            ],
+        )
+        .map_err(|e| self.err(op, e))?;
+        let seq = conn.last_insert_rowid();
         if status.is_open() {
             // A new target starts with this delivery as its head, due now; an existing one
             // keeps its head (FIFO) and only counts one more open delivery.
