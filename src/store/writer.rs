@@ -20,6 +20,7 @@
 //! Duplicate hits on receipts are counted in memory and folded into the next batch (or flushed
 //! after two seconds), so a duplicate request is answered from a read with no write on its path.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,18 @@ const DUPLICATE_FLUSH: Duration = Duration::from_secs(2);
 pub struct IngressOps<'c> {
     conn: &'c Connection,
     path: &'c str,
+    /// Answers already read in the current [`IngressOps::in_read_snapshot`]: inside one read
+    /// transaction a binding or a session cannot change, and the events of a batch mostly share
+    /// them (one channel's keys, one session). `None` outside a snapshot (the writer's reads
+    /// see its own earlier inserts and are never memoised).
+    memo: RefCell<Option<SnapshotMemo>>,
+}
+
+/// See [`IngressOps::memo`].
+#[derive(Default)]
+struct SnapshotMemo {
+    bindings: HashMap<String, Option<String>>,
+    sessions: HashMap<String, Option<Session>>,
 }
 
 impl Store {
@@ -61,6 +74,7 @@ impl Store {
         IngressOps {
             conn: self.conn(),
             path: &self.db_path,
+            memo: RefCell::new(None),
         }
     }
 }
@@ -156,8 +170,12 @@ impl IngressOps<'_> {
     /// connection is already in a transaction, or `BEGIN` failed) the reads run as they are.
     pub fn in_read_snapshot<T>(&self, reads: impl FnOnce() -> T) -> T {
         let began = self.conn.is_autocommit() && cached(self.conn, "BEGIN").is_ok();
+        if began {
+            *self.memo.borrow_mut() = Some(SnapshotMemo::default());
+        }
         let out = reads();
         if began {
+            *self.memo.borrow_mut() = None;
             // A read-only transaction: ending it cannot lose anything.
             let _ = cached(self.conn, "COMMIT");
         }
@@ -175,11 +193,21 @@ impl IngressOps<'_> {
 
     /// The session `session_id`, if it exists.
     pub fn session(&self, session_id: &str) -> Result<Option<Session>, StoreError> {
+        if let Some(memo) = self.memo.borrow().as_ref() {
+            if let Some(found) = memo.sessions.get(session_id) {
+                return Ok(found.clone());
+            }
+        }
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
-        self.conn
+        let found = self
+            .conn
             .prepare_cached(&sql)
             .and_then(|mut st| st.query_row([session_id], session_from_row).optional())
-            .map_err(|e| self.err("reading a session", e))
+            .map_err(|e| self.err("reading a session", e))?;
+        if let Some(memo) = self.memo.borrow_mut().as_mut() {
+            memo.sessions.insert(session_id.to_string(), found.clone());
+        }
+        Ok(found)
     }
 
     /// `(binding_key, session_id)` for each of `keys` that is bound.
@@ -190,10 +218,24 @@ impl IngressOps<'_> {
             .prepare_cached("SELECT session_id FROM session_bindings WHERE binding_key = ?1")
             .map_err(|e| self.err("reading session bindings", e))?;
         for key in keys {
-            let found: Option<String> = st
-                .query_row([key], |row| row.get(0))
-                .optional()
-                .map_err(|e| self.err("reading session bindings", e))?;
+            let memoised = self
+                .memo
+                .borrow()
+                .as_ref()
+                .and_then(|memo| memo.bindings.get(key).cloned());
+            let found: Option<String> = match memoised {
+                Some(found) => found,
+                None => {
+                    let found = st
+                        .query_row([key], |row| row.get(0))
+                        .optional()
+                        .map_err(|e| self.err("reading session bindings", e))?;
+                    if let Some(memo) = self.memo.borrow_mut().as_mut() {
+                        memo.bindings.insert(key.clone(), found.clone());
+                    }
+                    found
+                }
+            };
             if let Some(session_id) = found {
                 out.push((key.clone(), session_id));
             }
@@ -748,6 +790,44 @@ mod tests {
     use super::*;
     use crate::model::run::{NewSession, RunInput};
     use std::sync::mpsc::Sender;
+
+    #[test]
+    fn a_snapshot_reads_each_binding_and_session_once_and_forgets_them_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let other = Store::open(tmp.path()).unwrap();
+        let writes = other.ingress_ops();
+        let session = |id: &str| NewSession {
+            session_id: id.into(),
+            created_by: "test".into(),
+            policy: PolicySnapshot::default(),
+            reply_targets: Vec::new(),
+            metadata: Default::default(),
+            now_ms: 1,
+        };
+        writes.insert_session(&session("s1")).unwrap();
+        writes.bind_keys("s1", &["k1".into()], 1).unwrap();
+        let ops = store.ingress_ops();
+        let keys = ["k1".to_string(), "k2".to_string()];
+        ops.in_read_snapshot(|| {
+            let first = ops.bound_sessions(&keys).unwrap();
+            assert_eq!(first, vec![("k1".to_string(), "s1".to_string())]);
+            assert!(ops.session("s2").unwrap().is_none());
+            assert!(ops.session("s1").unwrap().is_some());
+            // Asked again inside the snapshot: the memoised answers, unchanged.
+            assert_eq!(ops.bound_sessions(&keys).unwrap(), first);
+            assert!(ops.session("s1").unwrap().is_some());
+        });
+        // Another connection binds k2 and creates s2; the next snapshot (and a read outside
+        // any snapshot) sees both.
+        writes.insert_session(&session("s2")).unwrap();
+        writes.bind_keys("s2", &["k2".into()], 1).unwrap();
+        ops.in_read_snapshot(|| {
+            assert_eq!(ops.bound_sessions(&keys).unwrap().len(), 2);
+            assert!(ops.session("s2").unwrap().is_some());
+        });
+        assert_eq!(ops.bound_sessions(&keys[1..]).unwrap().len(), 1);
+    }
 
     #[test]
     fn a_read_snapshot_ends_itself_and_leaves_an_open_transaction_alone() {
