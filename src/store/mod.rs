@@ -33,6 +33,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub use error::{StorageFault, StoreError};
@@ -439,6 +440,12 @@ fn open_configured(db: &Path, db_path: &str) -> Result<Connection, StoreError> {
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
         .map_err(|e| sqlite_error(db_path, "setting connection pragmas", e))?;
+    // The query planner stability guarantee: a plan never depends on the value bound to a
+    // parameter. Without it SQLite 3.50 marks a statement expired on every bind of a parameter
+    // its planner looked at (a `LIMIT ?`, for one), so the cached delivery and run claims were
+    // compiled again on every execution. Our statements are written for one plan anyway.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| sqlite_error(db_path, "setting connection pragmas", e))?;
     Ok(conn)
 }
 
@@ -548,6 +555,27 @@ mod tests {
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn a_cached_statement_is_not_compiled_again_for_each_bound_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        // The shape of the delivery and run claims: an index walk with a bound LIMIT.
+        let mut st = store
+            .conn()
+            .prepare(
+                "SELECT target_key FROM delivery_targets WHERE next_attempt_at_ms <= ?1
+                 ORDER BY next_attempt_at_ms LIMIT ?2",
+            )
+            .unwrap();
+        for i in 0..10i64 {
+            let rows = st
+                .query_map(rusqlite::params![1000 + i, 1 + i], |_| Ok(()))
+                .unwrap();
+            assert_eq!(rows.count(), 0);
+        }
+        assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[test]
