@@ -84,11 +84,14 @@ impl Store {
                     .map_err(|e| self.err(op, e))?
             };
             for key in &targets {
-                // Only the head of a target is ever leased; the open-by-target index finds it.
+                // Only the head of a target is ever leased, and no open delivery of a target
+                // comes before its head: `deliveries_by_target` is walked from the head on.
                 released.deliveries += tx
                     .execute(
                         "UPDATE deliveries SET lease_owner = NULL, lease_expires_at_ms = NULL
                          WHERE target_key = ?1 AND status IN ('pending', 'retrying')
+                           AND seq >= (SELECT head_seq FROM delivery_targets
+                                       WHERE target_key = ?1)
                            AND lease_owner = ?2",
                         params![key, owner],
                     )

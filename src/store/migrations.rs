@@ -340,6 +340,22 @@ pub const MIGRATIONS: &[Migration] = &[
         ",
         edits_schema_text: true,
     },
+    // Version 9: the FIFO index covers every delivery, not only the open ones. As a partial
+    // index (`WHERE status IN ('pending', 'retrying')`) it lost an entry at every settlement,
+    // and the heads of N targets sit on N different pages of it, so a round settling one
+    // delivery per target dirtied one index page per target: most of the WAL each settlement
+    // commit wrote. Keyed on (target_key, seq) for all rows, a settlement leaves it alone (the
+    // key does not change). Every open delivery of a target has a seq at or after the target's
+    // head (the queue only closes heads, and new rows get higher seqs), so the queries that
+    // walk it start at the head and stay as short as before however much history is kept.
+    Migration {
+        name: "delivery FIFO index over every delivery",
+        sql: "
+            DROP INDEX deliveries_open_by_target;
+            CREATE INDEX deliveries_by_target ON deliveries (target_key, seq);
+        ",
+        edits_schema_text: false,
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.

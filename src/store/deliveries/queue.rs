@@ -214,7 +214,7 @@ impl Store {
                 match self.lease_head(tx, owner, expires, now_ms, &key, head_seq)? {
                     Some(claimed) => claims.push(claimed),
                     None => {
-                        self.advance_head(tx, &key, false, 0, false)?;
+                        self.advance_head(tx, &key, head_seq, false, 0, false)?;
                         repaired = true;
                     }
                 }
@@ -445,7 +445,7 @@ impl Store {
                 )? {
                     return self.lease_lost(tx, claimed);
                 }
-                self.advance_head(tx, key, true, not_before, true)?;
+                self.advance_head(tx, key, *seq, true, not_before, true)?;
                 false
             }
             Settlement::Retry {
@@ -499,7 +499,7 @@ impl Store {
                     params![key, failures, opened, pause_until],
                 )
                 .map_err(|e| self.err(op, e))?;
-                self.advance_head(tx, key, true, not_before, false)?;
+                self.advance_head(tx, key, *seq, true, not_before, false)?;
                 opened
             }
         };
@@ -540,25 +540,27 @@ impl Store {
     }
 
     /// Inside `conn`'s transaction: makes the oldest open delivery of `key` its head (due at its
-    /// own due time, unleased), or deletes the target row when none is left. `closed_one`: the
-    /// old head was just closed, so the open count drops by one; `delivered`: it was delivered,
-    /// which ends a run of failures.
+    /// own due time, unleased), or deletes the target row when none is left. `old_head`: the
+    /// target's head until now (every open delivery of the target has a seq at or after it);
+    /// `closed_one`: the old head was just closed, so the open count drops by one;
+    /// `delivered`: it was delivered, which ends a run of failures.
     fn advance_head(
         &self,
         conn: &Connection,
         key: &str,
+        old_head: i64,
         closed_one: bool,
         not_before: i64,
         delivered: bool,
     ) -> Result<(), StoreError> {
         let op = "advancing a target's queue";
-        // The condition matches `deliveries_open_by_target`'s, so this walks that index.
+        // Walks `deliveries_by_target` from the old head: the first open row is the new head.
         let next: Option<(i64, i64)> = conn
             .query_row_cached(
                 "SELECT seq, next_attempt_at_ms FROM deliveries
-                 WHERE target_key = ?1 AND status IN ('pending', 'retrying')
+                 WHERE target_key = ?1 AND seq >= ?2 AND status IN ('pending', 'retrying')
                  ORDER BY seq LIMIT 1",
-                [key],
+                params![key, old_head],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()
@@ -670,7 +672,7 @@ impl Store {
                      WHERE t.lease_owner IS NOT NULL AND t.lease_expires_at_ms >= ?1
                        AND (?2 IS NULL OR t.plugin = ?2)
                        AND (?3 IS NULL OR EXISTS (SELECT 1 FROM deliveries d
-                            WHERE d.target_key = t.target_key
+                            WHERE d.target_key = t.target_key AND d.seq >= t.head_seq
                               AND d.status IN ('pending', 'retrying')
                               AND d.connector_kind = ?3 AND d.connector_name = ?4)))",
                 params![now_ms, filter.plugin, kind, name],
@@ -833,6 +835,30 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn a_target_refilled_after_its_history_starts_at_its_new_deliveries() {
+        let (_tmp, store) = store();
+        let target = [http("https://a.example/")];
+        queue(&store, "run_a", &target, &["a1", "a2"]);
+        for expected in ["a1", "a2"] {
+            let c = claim(&store, "w", T0).unwrap();
+            assert_eq!(text_of(&c), expected);
+            settle(&store, "w", &c, DELIVERED, T0 + 1);
+        }
+        assert_eq!(target_rows(&store), 0);
+        // The delivered rows stay in `deliveries_by_target`; the new head is the new row and
+        // the walk from it finds the next one, never a delivered row.
+        queue(&store, "run_b", &target, &["b1", "b2"]);
+        let c = claim(&store, "w", T0 + 2).unwrap();
+        assert_eq!(text_of(&c), "b1");
+        settle(&store, "w", &c, dead(false), T0 + 3);
+        let c = claim(&store, "w", T0 + 3).unwrap();
+        assert_eq!(text_of(&c), "b2");
+        settle(&store, "w", &c, DELIVERED, T0 + 4);
+        assert_eq!(target_rows(&store), 0);
+        assert!(claim(&store, "w", T0 + 5).is_none());
     }
 
     #[test]
