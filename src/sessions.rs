@@ -98,18 +98,10 @@ pub fn snapshot(policy: &SessionPolicy) -> PolicySnapshot {
     }
 }
 
-/// Resolves the session for `req` (first rule that applies) and checks the policy.
-pub fn resolve(
-    ops: &IngressOps<'_>,
-    req: &SessionRequest,
-    now_ms: i64,
-) -> Result<Resolution, SessionError> {
-    resolve_noting_bindings(ops, req, now_ms).map(|(resolution, _)| resolution)
-}
-
-/// [`resolve`], and whether every binding key of `req` is already bound to the resolved
-/// session. Bindings are never re-bound or removed, so when that holds the accepting
-/// transaction has no binding to write and skips the inserts.
+/// Resolves the session for `req` (first rule that applies) and checks the policy; also says
+/// whether every binding key of `req` is already bound to the resolved session. Bindings are
+/// never re-bound or removed, so when that holds the accepting transaction has no binding to
+/// write and skips the inserts.
 pub fn resolve_noting_bindings(
     ops: &IngressOps<'_>,
     req: &SessionRequest,
@@ -168,6 +160,15 @@ pub fn resolve_noting_bindings(
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// The resolution alone, for the tests of the resolution order.
+    fn resolve(
+        ops: &IngressOps<'_>,
+        req: &SessionRequest,
+        now_ms: i64,
+    ) -> Result<Resolution, SessionError> {
+        resolve_noting_bindings(ops, req, now_ms).map(|(resolution, _)| resolution)
+    }
 
     fn req(
         explicit: Option<&str>,
