@@ -120,7 +120,7 @@ pub fn handle(
             kind,
             name: name.to_string(),
         };
-        return reply(None, response::ingress_error(&err));
+        return reply(None, no_retry_for(kind, response::ingress_error(&err)));
     };
     let ctx = IngressCtx {
         ops: store.ingress_ops(),
@@ -154,7 +154,7 @@ pub fn handle(
 /// Maps an ingress answer to its response and counts its outcome ([`count`]).
 fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> ApiResponse {
     count(app, id, &answer);
-    match answer {
+    let response = match answer {
         Ok(answer) => response::answer(&answer),
         Err(err) => {
             if let IngressError::Unavailable { detail } = &err {
@@ -164,6 +164,21 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
             }
             response::ingress_error(&err)
         }
+    };
+    no_retry_for(id.kind, response)
+}
+
+/// Slack re-sends an event whose answer is not 2xx (three times, over minutes) unless the answer
+/// carries `X-Slack-No-Retry: 1` (Slack's Events API documentation). Refusals that a re-send
+/// cannot change get it: a bad payload (400), a missing connector (404), an allowlist refusal
+/// (403), an idempotency conflict (409), a body over the limit (413). A bad signature (401, the signing secret may be
+/// mid-rotation), a rate limit (429, Slack honours `Retry-After`) and store failures (503) keep
+/// Slack's retries.
+pub(super) fn no_retry_for(kind: ConnectorKind, response: ApiResponse) -> ApiResponse {
+    if kind == ConnectorKind::Slack && matches!(response.status, 400 | 403 | 404 | 409 | 413) {
+        response.with_header("X-Slack-No-Retry", "1")
+    } else {
+        response
     }
 }
 

@@ -194,7 +194,8 @@ impl Service {
                     name: name.clone(),
                 };
                 return (
-                    response::ingress_error(&err).with_header("Connection", "close"),
+                    super::ingress::no_retry_for(*kind, response::ingress_error(&err))
+                        .with_header("Connection", "close"),
                     None,
                 );
             }
@@ -227,7 +228,15 @@ impl Service {
         };
         let body = match body {
             Ok(body) => body,
-            Err(err) => return (body_problem(err, route.body_limit()), None),
+            Err(err) => {
+                let problem = body_problem(err, route.body_limit());
+                return match &route {
+                    Route::Ingress { kind, .. } => {
+                        (super::ingress::no_retry_for(*kind, problem), None)
+                    }
+                    _ => (problem, None),
+                };
+            }
         };
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let Some(query) = router::query_pairs(query) else {

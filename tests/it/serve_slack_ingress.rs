@@ -318,6 +318,8 @@ fn bad_signatures_and_bodies_are_refused_without_writing() {
     for (what, headers, names) in cases {
         let resp = post_raw(&daemon, "support", &headers, &body);
         let v = assert_problem(&resp, 401, "unauthorized");
+        // Slack keeps retrying a bad signature: the secret may be mid-rotation.
+        assert_eq!(resp.header("x-slack-no-retry"), None, "{what}");
         assert!(
             v["detail"]
                 .as_str()
@@ -327,6 +329,9 @@ fn bad_signatures_and_bodies_are_refused_without_writing() {
             "{what}: {v}"
         );
     }
+    let unknown = post_raw(&daemon, "no-such-connector", &good, &body);
+    assert_problem(&unknown, 404, "connector_not_found");
+    assert_eq!(unknown.header("x-slack-no-retry"), Some("1"));
     // Within the window both ways.
     let edge = envelope("Ev10", message("C1", "1700000030.000002", "edge"))
         .to_string()
@@ -349,7 +354,10 @@ fn bad_signatures_and_bodies_are_refused_without_writing() {
         "invalid_payload",
         "UTF-8",
     );
-    assert_problem(&signed(b"{not json"), 400, "invalid_json");
+    let not_json = signed(b"{not json");
+    assert_problem(&not_json, 400, "invalid_json");
+    // A payload Slack cannot fix by re-sending tells Slack not to retry.
+    assert_eq!(not_json.header("x-slack-no-retry"), Some("1"));
     assert_problem(&signed(b"[1,2]"), 400, "invalid_payload");
     let mut no_event = envelope("Ev11", json!({}));
     no_event.as_object_mut().unwrap().remove("event");
@@ -454,6 +462,7 @@ fn enterprise_grid_scope_and_every_allowlist() {
     for (what, payload, names) in cases {
         let resp = post(&daemon, "grid", &payload);
         let v = assert_problem(&resp, 403, "forbidden");
+        assert_eq!(resp.header("x-slack-no-retry"), Some("1"), "{what}");
         assert!(v["detail"].as_str().unwrap().contains(names), "{what}: {v}");
     }
     assert_eq!(StateDb::open(&daemon.state_root).count("runs"), before);
@@ -470,6 +479,8 @@ fn the_rate_limit_is_per_channel_and_duplicates_take_no_token() {
         &envelope("EvR2", message("C1", "1700000050.000002", "two")),
     );
     let v = assert_problem(&limited, 429, "slack_ingress_rate_limited");
+    // Slack retries a rate-limited event after `Retry-After`.
+    assert_eq!(limited.header("x-slack-no-retry"), None);
     assert!(v["retry_after_ms"].as_u64().unwrap() >= 1, "{v}");
     assert!(
         limited
