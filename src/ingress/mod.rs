@@ -11,6 +11,7 @@ pub mod auth;
 pub mod external;
 pub mod fingerprint;
 pub mod http;
+pub mod in_flight;
 pub mod payload;
 pub mod pipeline;
 pub mod ratelimit;

@@ -1,5 +1,7 @@
 //! The one ingress pipeline every connector kind uses (SPEC §6.1 steps after parsing):
-//! receipt lookup -> session -> rate limit -> write job -> answer.
+//! receipt lookup -> session -> in-flight check -> rate limit -> write job -> answer. The
+//! in-flight check (`in_flight.rs`) holds a copy of an event whose first copy has not been
+//! answered yet, and answers it from the first.
 //!
 //! A kind's module (`http.rs`, `external.rs`, and later `slack.rs`, `telegram.rs`) parses and
 //! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest (and
@@ -34,6 +36,8 @@ pub struct IngressCtx<'a> {
     pub ops: IngressOps<'a>,
     pub writer: &'a GroupWriter,
     pub limiter: &'a RateLimiter,
+    /// Events between their receipt look-up and their answer (a copy waits for the first).
+    pub in_flight: &'a std::sync::Arc<super::in_flight::InFlight>,
     pub sidecars: &'a Sidecars,
     /// The Slack Web API clients (file downloads after the rate limit).
     pub slack_api: &'a crate::net::slack_api::SlackClients,
@@ -117,7 +121,11 @@ pub fn accept_staged(
     stage: Option<&mut dyn Stage>,
     done: Done,
 ) {
-    match prepare(ctx, event, stage) {
+    let looked = ctx.ops.in_read_snapshot(|| look_up(ctx, &event));
+    let Some(done) = enter_flight(ctx, &event, &looked, done) else {
+        return;
+    };
+    match finish(ctx, event, stage, looked) {
         Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
         Err(refusal) => done(Err(refusal)),
         Ok(Prepared::Job(mut job)) => {
@@ -156,6 +164,9 @@ pub fn accept_all_staged(ctx: &IngressCtx<'_>, events: Vec<StagedEvent>) {
             .collect()
     });
     for ((event, mut stage, done), looked) in events.into_iter().zip(looked) {
+        let Some(done) = enter_flight(ctx, &event, &looked, done) else {
+            continue;
+        };
         let stage = stage.as_mut().map(|s| &mut **s as &mut dyn Stage);
         match finish(ctx, event, stage, looked) {
             Ok(Prepared::Answer(answer)) => done(Ok(Answer::Event(answer))),
@@ -181,14 +192,19 @@ fn unavailable(e: StoreError) -> IngressError {
     }
 }
 
-/// Everything before the transaction, in the spec's order; see the module docs.
-fn prepare(
-    ctx: &IngressCtx<'_>,
-    event: Event,
-    stage: Option<&mut dyn Stage>,
-) -> Result<Prepared, IngressError> {
-    let looked = ctx.ops.in_read_snapshot(|| look_up(ctx, &event));
-    finish(ctx, event, stage, looked)
+/// After a look-up that found no receipt, before the rate token: registers the event's receipt
+/// key as in flight, or (`None`) parks `done` behind a copy of the same event that is in flight
+/// already; see [`super::in_flight`].
+fn enter_flight(ctx: &IngressCtx<'_>, event: &Event, looked: &Looked, done: Done) -> Option<Done> {
+    match (looked, &event.receipt) {
+        (Looked::Resolved(..), Some(receipt)) => {
+            ctx.in_flight
+                .enter(&receipt.key, &event.fingerprint, done, || {
+                    ctx.writer.duplicate_counter()
+                })
+        }
+        _ => Some(done),
+    }
 }
 
 /// What the reads before the rate limit found: an answer already (a receipt hit, a session
@@ -199,7 +215,7 @@ enum Looked {
     Resolved(Resolution, bool),
 }
 
-/// The reads of [`prepare`]: the receipt (a hit is answered without a rate token) and the
+/// The reads before the rate limit: the receipt (a hit is answered without a rate token) and the
 /// session (errors are answered before the rate limit).
 fn look_up(ctx: &IngressCtx<'_>, event: &Event) -> Looked {
     let connector = event.connector.to_string();
@@ -230,7 +246,7 @@ fn look_up(ctx: &IngressCtx<'_>, event: &Event) -> Looked {
     }
 }
 
-/// The rest of [`prepare`] after [`look_up`]: the rate limit, the kind's stage, the job.
+/// What follows [`look_up`] and [`enter_flight`]: the rate limit, the kind's stage, the job.
 fn finish(
     ctx: &IngressCtx<'_>,
     mut event: Event,

@@ -126,6 +126,7 @@ pub fn handle(
         ops: store.ingress_ops(),
         writer: &app.writer,
         limiter: &app.limiter,
+        in_flight: &app.in_flight,
         sidecars: &app.sidecars,
         slack_api: &app.slack_api,
         telegram: &app.telegram,

@@ -71,6 +71,9 @@ pub struct App {
     /// The group-commit writer: accepted events, run claims and settlements, delivery rounds.
     pub writer: Arc<GroupWriter>,
     pub limiter: RateLimiter,
+    /// Receipt keys of events between their receipt look-up and their answer: a copy sent
+    /// meanwhile waits for the first (see `ingress::in_flight`).
+    pub in_flight: Arc<crate::ingress::in_flight::InFlight>,
     /// Slack Web API clients and their call counters, shared by Slack ingress (file
     /// downloads) and the `slack` delivery transport.
     pub slack_api: Arc<SlackClients>,
@@ -105,6 +108,7 @@ impl App {
             leases: Arc::new(Leases::new()),
             writer: parts.writer,
             limiter: RateLimiter::new(),
+            in_flight: Arc::default(),
             slack_api: Arc::default(),
             telegram: Arc::new(crate::ingress::telegram::TelegramIo::new(Arc::default())),
             admin: parts.admin,

@@ -35,6 +35,11 @@ pub fn metrics(ctx: &RequestCtx<'_>) -> ApiResponse {
             writer.jobs.load(Ordering::Relaxed) as f64,
         ),
         Sample::gauge(
+            "kheish_ingress_copies_waiting",
+            "Re-sent events waiting for the answer of their first copy, still in flight.",
+            ctx.app.in_flight.waiting() as f64,
+        ),
+        Sample::gauge(
             "kheish_build_info",
             "Always 1; the version label names the running kheishctl.",
             1.0,

@@ -410,6 +410,36 @@ enum Msg {
     },
 }
 
+/// Counts duplicate hits on receipts through the writer (see [`GroupWriter::duplicate_counter`]).
+#[derive(Clone)]
+pub struct DuplicateCounter(Arc<Mutex<Option<mpsc::Sender<Msg>>>>);
+
+impl DuplicateCounter {
+    /// Counts one hit on `receipt_key`; written with a later batch.
+    pub fn note(&self, receipt_key: &str, at_ms: i64) {
+        if let Some(s) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = s.send(Msg::DuplicateHit {
+                receipt_key: receipt_key.to_string(),
+                at_ms,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+impl DuplicateCounter {
+    /// A counter attached to no writer (its counts are dropped), for tests.
+    pub(crate) fn detached() -> DuplicateCounter {
+        DuplicateCounter(Arc::new(Mutex::new(None)))
+    }
+}
+
+impl std::fmt::Debug for DuplicateCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DuplicateCounter")
+    }
+}
+
 /// Counters of the writer, for `/metrics` and the benchmark's commits-per-event figure.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -425,7 +455,9 @@ pub struct GroupWriter {
     db_path: String,
     /// Whether commits succeed; see the module docs.
     health: Arc<StorageHealth>,
-    sender: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// Shared with every [`DuplicateCounter`]; `shutdown` empties it, which closes the channel
+    /// whoever still holds a counter.
+    sender: Arc<Mutex<Option<mpsc::Sender<Msg>>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<WriterStats>,
 }
@@ -466,7 +498,7 @@ impl GroupWriter {
         Ok(GroupWriter {
             db_path,
             health,
-            sender: Mutex::new(Some(sender)),
+            sender: Arc::new(Mutex::new(Some(sender))),
             handle: Mutex::new(Some(handle)),
             stats,
         })
@@ -522,17 +554,14 @@ impl GroupWriter {
 
     /// Counts a duplicate hit on a receipt; written with a later batch, never on this path.
     pub fn note_duplicate(&self, receipt_key: &str, at_ms: i64) {
-        if let Some(s) = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            let _ = s.send(Msg::DuplicateHit {
-                receipt_key: receipt_key.to_string(),
-                at_ms,
-            });
-        }
+        self.duplicate_counter().note(receipt_key, at_ms);
+    }
+
+    /// A handle that counts duplicate hits from anywhere, including the writer thread itself (a
+    /// re-send answered when its original commits). It does not keep the writer running: once
+    /// [`GroupWriter::shutdown`] has run, its counts are dropped.
+    pub fn duplicate_counter(&self) -> DuplicateCounter {
+        DuplicateCounter(Arc::clone(&self.sender))
     }
 
     /// The state database this writer writes (for error messages).

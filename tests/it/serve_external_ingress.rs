@@ -267,7 +267,8 @@ fn a_batch_is_ordered_non_atomic_and_commits_its_new_events_together() {
     assert_rejected(&results[3], "not both");
     assert_eq!(results[3]["event_id"], "b-mixed");
     assert_rejected(&results[4], "$.events[4]");
-    // The same event twice in one batch: the second sees the first inside the transaction.
+    // The same event twice in one batch: the second waits for the first (in flight) and is
+    // answered from it.
     assert_eq!(results[5]["status"], "duplicate", "{}", results[5]);
     assert_eq!(results[5]["run_id"], first.0.as_str());
     for (i, item) in results[6..].iter().enumerate() {
@@ -276,14 +277,17 @@ fn a_batch_is_ordered_non_atomic_and_commits_its_new_events_together() {
         assert_eq!(session, first.1);
     }
 
-    // The batch's 13 writer jobs (12 new events, and the repeated b-1, decided inside the
-    // transaction) went through ONE group commit.
+    // The batch's 12 writer jobs (its 12 new events; the repeated b-1 never reaches the
+    // writer) went through ONE group commit. The repeated b-1's duplicate hit is written with
+    // the next batch, or alone 2 s later: on a slow machine that commit may be counted too,
+    // with no job in it.
     let after = metrics(&daemon);
     let delta = |series: &str| sample(&after, series) - sample(&before, series);
-    assert_eq!(delta("kheish_store_commits_total"), 1.0, "{after}");
+    let commits = delta("kheish_store_commits_total");
+    assert!(commits == 1.0 || commits == 2.0, "{after}");
     assert_eq!(
         delta("kheish_store_committed_events_total"),
-        13.0,
+        12.0,
         "{after}"
     );
     let status = |s: &str| {

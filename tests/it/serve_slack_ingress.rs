@@ -769,3 +769,85 @@ fn a_rotated_signing_secret_verifies_during_its_grace_window() {
     let (_, stderr) = daemon.stop();
     assert!(!stderr.contains("signing-secret-000"), "{stderr}");
 }
+
+#[test]
+fn a_retry_sent_while_the_original_still_downloads_waits_for_it_and_takes_no_token() {
+    // Slack re-sends an event it got no answer for within 3 s: here the original holds the
+    // connector's only token (`slow`: one per second) and waits for its file download.
+    let (fake, _sandbox, daemon) = start(&[]);
+    fake.tokens(&[BOT]);
+    fake.file("slow.txt", Reply::Hang);
+    let payload = envelope(
+        "EvInFlight1",
+        file_share(
+            "C1",
+            "1700000070.000001",
+            "slow attachment",
+            vec![file_object("F1", "slow.txt", &fake.file_url("slow.txt"), 4)],
+        ),
+    );
+    let body = payload.to_string().into_bytes();
+    std::thread::scope(|scope| {
+        let original = scope.spawn(|| post_raw(&daemon, "slow", &signed_headers(&body), &body));
+        fake.wait_for("/files/slow.txt", 1, std::time::Duration::from_secs(30));
+        let retries: Vec<_> = (1..=2)
+            .map(|n| {
+                let body = &body;
+                let daemon = &daemon;
+                scope.spawn(move || {
+                    let mut headers = signed_headers(body);
+                    headers.push(("X-Slack-Retry-Num".into(), n.to_string()));
+                    headers.push(("X-Slack-Retry-Reason".into(), "http_timeout".into()));
+                    post_raw(daemon, "slow", &headers, body)
+                })
+            })
+            .collect();
+        // Both copies wait for the original instead of answering 429 (no token left).
+        crate::support::wait::wait_until(
+            "two copies waiting",
+            std::time::Duration::from_secs(30),
+            || {
+                let text = metrics(&daemon);
+                match metric_sample(&text, "kheish_ingress_copies_waiting") {
+                    Some(n) if n >= 2.0 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
+        fake.release(
+            200,
+            &[("Content-Type".into(), "text/plain".into())],
+            b"data",
+        );
+        let (run_id, session_id) = accepted(&original.join().unwrap(), "slack/slow");
+        for retry in retries {
+            let resp = retry.join().unwrap();
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            let v = resp.json();
+            assert_eq!(v["status"], "duplicate", "{v}");
+            assert_eq!(v["run_id"], run_id.as_str());
+            assert_eq!(v["session_id"], session_id.as_str());
+        }
+    });
+    // One download, one run, and the copies counted as duplicate hits on the receipt.
+    assert_eq!(fake.calls_to("/files/slow.txt").len(), 1);
+    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), 1);
+    let text = metrics(&daemon);
+    assert_eq!(
+        metric_sample(&text, "kheish_ingress_copies_waiting"),
+        Some(0.0)
+    );
+    crate::support::wait::wait_until(
+        "the duplicate hits written",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = daemon.admin("GET", "/v1/receipts?connector=slack/slow", None);
+            let hits = out.json()["receipts"][0]["duplicate_hits"].as_i64();
+            if hits == Some(2) {
+                Ok(())
+            } else {
+                Err(out.text())
+            }
+        },
+    );
+}

@@ -168,6 +168,14 @@ impl FakeSlack {
         self
     }
 
+    /// Answers every request held by [`Reply::Hang`] so far with `status`, `headers` and `body`.
+    pub fn release(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
+        let held = std::mem::take(&mut self.shared.lock().held);
+        for request in held {
+            respond(request, status, headers, body.to_vec());
+        }
+    }
+
     /// Every request so far.
     pub fn calls(&self) -> Vec<Call> {
         self.shared.lock().calls.clone()
