@@ -6,60 +6,86 @@ use serde_json::Value;
 
 /// Canonical JSON text of `value`.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// The fingerprint of `value`.
 pub fn fingerprint(value: &Value) -> String {
-    super::sha256_hex(canonical_json(value).as_bytes())
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out);
+    super::sha256_hex(&out)
 }
 
 /// The fingerprint of the object `members` without the top-level members named in `skip`
 /// (external events leave out `instance_id` and `protocol_version`), computed without
 /// copying the object.
 pub fn fingerprint_without(members: &serde_json::Map<String, Value>, skip: &[&str]) -> String {
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(256);
     write_object(
-        members.iter().filter(|(k, _)| !skip.contains(&k.as_str())),
+        || members.iter().filter(|(k, _)| !skip.contains(&k.as_str())),
         &mut out,
     );
-    super::sha256_hex(out.as_bytes())
+    super::sha256_hex(&out)
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Strings and numbers exactly as serde_json writes them (its escaping, its number format),
+/// straight into `out`.
+fn write_scalar(value: &impl serde::Serialize, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, value).expect("writing JSON into memory cannot fail");
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Object(map) => write_object(map.iter(), out),
+        Value::Object(map) => write_object(|| map.iter(), out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_scalar(scalar, out),
     }
 }
 
-/// An object's members in canonical form: sorted by key (explicitly: serde_json's map order
-/// depends on a cargo feature), `null` members left out.
-fn write_object<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>, out: &mut String) {
-    let mut members: Vec<(&String, &Value)> = members.filter(|(_, v)| !v.is_null()).collect();
-    members.sort_by(|a, b| a.0.cmp(b.0));
-    out.push('{');
-    for (i, (k, v)) in members.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+/// An object's members in canonical form: sorted by key, `null` members left out. serde_json's
+/// map iterates in key order unless a cargo feature (`preserve_order`) makes it keep the
+/// document's order, so the members are written as they come when they come sorted, and
+/// sorted first otherwise.
+fn write_object<'v, I>(members: impl Fn() -> I, out: &mut Vec<u8>)
+where
+    I: Iterator<Item = (&'v String, &'v Value)>,
+{
+    let sorted = members()
+        .zip(members().skip(1))
+        .all(|((a, _), (b, _))| a < b);
+    if sorted {
+        write_members(members(), out);
+    } else {
+        let mut list: Vec<(&String, &Value)> = members().collect();
+        list.sort_by(|a, b| a.0.cmp(b.0));
+        write_members(list.into_iter(), out);
+    }
+}
+
+fn write_members<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>, out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in members.filter(|(_, v)| !v.is_null()) {
+        if !first {
+            out.push(b',');
         }
-        out.push_str(&Value::String(k.clone()).to_string());
-        out.push(':');
+        first = false;
+        write_scalar(k, out);
+        out.push(b':');
         write_canonical(v, out);
     }
-    out.push('}');
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -92,6 +118,50 @@ mod tests {
             fingerprint_without(full.as_object().unwrap(), &["skip"]),
             fingerprint(&without)
         );
+    }
+
+    #[test]
+    fn a_fingerprint_is_pinned() {
+        // Stored receipts keep their fingerprints across upgrades: this value must never change
+        // (computed independently: sorted keys, nulls removed, compact, UTF-8 unescaped).
+        let v: Value = serde_json::from_str(
+            r#"{"z": {"b": [1, 2, {"y": null, "x": "\u00e9\"\n"}], "a": null}, "a": "text", "n": -12, "f": 1.5, "t": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            "{\"a\":\"text\",\"f\":1.5,\"n\":-12,\"t\":true,\"z\":{\"b\":[1,2,{\"x\":\"\u{e9}\\\"\\n\"}]}}"
+        );
+        assert_eq!(
+            fingerprint(&v),
+            "563365031e18dccd0b067d920f5aa8aeb2325c5ad14863867816e7e9a0bc1efd"
+        );
+    }
+
+    #[test]
+    fn members_given_out_of_order_are_sorted() {
+        // The map type may keep document order (serde_json's `preserve_order`): the members
+        // are then sorted here, as an unsorted member list shows.
+        let a = Value::from(1);
+        let b = Value::from("x\"y");
+        let key_a = "a".to_string();
+        let key_b = "b".to_string();
+        let mut out = Vec::new();
+        write_object(|| [(&key_b, &b), (&key_a, &a)].into_iter(), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":1,"b":"x\"y"}"#);
+    }
+
+    #[test]
+    fn strings_and_numbers_are_written_as_serde_json_writes_them() {
+        let v: Value = serde_json::from_str(
+            r#"{"s":"tab\t \u00e9 \u2028 \ud83d\ude00 \u0001","n":[1.5,-0,1e300,12345678901234567890]}"#,
+        )
+        .unwrap();
+        let mut expected = String::from("{");
+        expected.push_str(&format!(r#""n":{},"#, v["n"]));
+        expected.push_str(&format!(r#""s":{}"#, v["s"]));
+        expected.push('}');
+        assert_eq!(canonical_json(&v), expected);
     }
 
     #[test]
