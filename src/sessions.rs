@@ -111,7 +111,7 @@ pub fn resolve_noting_bindings(
     let session_id = match &req.explicit {
         Some(id) => id.clone(),
         None => {
-            let bound = ops.bound_sessions(&req.binding_keys)?;
+            let bound = ops.bound_sessions(&req.binding_keys, req.natural_id.as_deref())?;
             keys_bound = bound.len() == req.binding_keys.len();
             let mut ids: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
             ids.sort();
@@ -225,8 +225,8 @@ mod tests {
         // A bound key wins over the natural id; two sessions are ambiguous.
         new_session(&ops, "s1", None);
         new_session(&ops, "s2", None);
-        ops.bind_keys("s1", &["a".into()], 1).unwrap();
-        ops.bind_keys("s2", &["b".into()], 1).unwrap();
+        ops.bind_keys("s1", &["a".into()], None, 1).unwrap();
+        ops.bind_keys("s2", &["b".into()], None, 1).unwrap();
         assert!(
             matches!(resolve(&ops, &req(None, &["a", "z"], Some("nat"), true), 1), Ok(Resolution::Existing(s)) if s.session_id == "s1")
         );
@@ -247,12 +247,82 @@ mod tests {
     }
 
     #[test]
+    fn a_natural_id_is_bound_to_its_own_session_without_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = store.ingress_ops();
+        let rows = || -> i64 {
+            store
+                .conn()
+                .query_row("SELECT count(*) FROM session_bindings", [], |r| r.get(0))
+                .unwrap()
+        };
+        // A Slack-like event: its natural id is one of its binding keys, with another key.
+        let thread = req(None, &["slack:s:C1:1", "desk"], Some("slack:s:C1:1"), true);
+        let (resolution, bound) = resolve_noting_bindings(&ops, &thread, 1).unwrap();
+        let Resolution::New(session) = resolution else {
+            panic!("a new thread is a new session")
+        };
+        assert!(!bound);
+        ops.insert_session(&session).unwrap();
+        ops.bind_keys(
+            "slack:s:C1:1",
+            &thread.binding_keys,
+            thread.natural_id.as_deref(),
+            1,
+        )
+        .unwrap();
+        // Only `desk` got a row; the natural id is bound through the session itself.
+        assert_eq!(rows(), 1);
+        assert_eq!(
+            ops.bound_sessions(&thread.binding_keys, thread.natural_id.as_deref())
+                .unwrap(),
+            vec![
+                ("slack:s:C1:1".to_string(), "slack:s:C1:1".to_string()),
+                ("desk".to_string(), "slack:s:C1:1".to_string())
+            ]
+        );
+        let (again, bound) = resolve_noting_bindings(&ops, &thread, 2).unwrap();
+        assert!(matches!(again, Resolution::Existing(s) if s.session_id == "slack:s:C1:1"));
+        assert!(bound, "nothing left to bind");
+        // As with a stored row, the thread's key and a key bound elsewhere are ambiguous.
+        new_session(&ops, "other", None);
+        ops.bind_keys("other", &["elsewhere".into()], None, 1)
+            .unwrap();
+        let mixed = req(
+            None,
+            &["slack:s:C1:1", "elsewhere"],
+            Some("slack:s:C1:1"),
+            true,
+        );
+        assert!(matches!(
+            resolve_noting_bindings(&ops, &mixed, 3),
+            Err(SessionError::AmbiguousBinding { .. })
+        ));
+        // The same string as a plain key (not the event's natural id) is not bound by the
+        // session row, and a natural id bound to another session by a row follows the row.
+        assert!(ops
+            .bound_sessions(&["slack:s:C1:1".to_string()], None)
+            .unwrap()
+            .is_empty());
+        ops.bind_keys("other", &["slack:s:C2:1".into()], None, 1)
+            .unwrap();
+        new_session(&ops, "slack:s:C2:1", None);
+        assert_eq!(
+            ops.bound_sessions(&["slack:s:C2:1".to_string()], Some("slack:s:C2:1"))
+                .unwrap(),
+            vec![("slack:s:C2:1".to_string(), "other".to_string())]
+        );
+    }
+
+    #[test]
     fn keys_count_as_bound_only_when_every_key_is_bound_to_the_resolved_session() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ops = store.ingress_ops();
         new_session(&ops, "s1", None);
-        ops.bind_keys("s1", &["a".into(), "b".into()], 1).unwrap();
+        ops.bind_keys("s1", &["a".into(), "b".into()], None, 1)
+            .unwrap();
         let bound = |r: &SessionRequest| resolve_noting_bindings(&ops, r, 1).unwrap().1;
         assert!(bound(&req(None, &["a", "b"], None, true)));
         assert!(bound(&req(None, &[], Some("s1"), true)));

@@ -414,6 +414,7 @@ impl WriteJob for AcceptJob {
             ops.bind_keys(
                 &session_id,
                 &self.session_request.binding_keys,
+                self.session_request.natural_id.as_deref(),
                 self.run.now_ms,
             )?;
         }
