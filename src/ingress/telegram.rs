@@ -265,6 +265,15 @@ fn read_update(rt: &TelegramRuntime, update: &Value) -> Result<Read, IngressErro
             Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
             _ => return Err(invalid("$.callback_query.id", "is required: a string")),
         };
+        // Valid updates the gateway has nothing to run for: a game's button (no `data`) and
+        // a button of an inline-mode message (no `message`, so no chat). Skipped with 200, as
+        // other update types are, so Telegram does not re-send them.
+        let is_string = |key: &str| matches!(cb.get(key), Some(Value::String(s)) if !s.is_empty());
+        if (!cb.contains_key("data") && is_string("game_short_name"))
+            || (cb.get("message").is_none_or(Value::is_null) && is_string("inline_message_id"))
+        {
+            return Ok(skipped("unsupported_callback_query", update_id));
+        }
         let data = match cb.get("data") {
             Some(Value::String(d)) if !d.is_empty() => d.clone(),
             _ => {
@@ -311,7 +320,15 @@ fn read_update(rt: &TelegramRuntime, update: &Value) -> Result<Read, IngressErro
                 .ok_or_else(|| invalid(format!("{path}.{key}"), "must be an integer")),
         }
     };
-    let message_thread_id = int("message_thread_id")?;
+    // A forum topic is a thread; a reply chain in an ordinary group is not. Telegram sets
+    // `message_thread_id` on both, and marks topic messages `is_topic_message: true` (their
+    // `reply_to_message` is the topic's creation). A reply without that mark belongs to the
+    // chat: its id names no thread `sendMessage` accepts ("for forum supergroups only").
+    let is_topic = message.get("is_topic_message").and_then(Value::as_bool) == Some(true);
+    let is_reply = message
+        .get("reply_to_message")
+        .is_some_and(|v| !v.is_null());
+    let message_thread_id = int("message_thread_id")?.filter(|_| is_topic || !is_reply);
     let message_id = int("message_id")?;
     let (text, media, callback_query_id, user_id) = match callback {
         Some((id, data, user_id)) => (Some(data), Vec::new(), Some(id), user_id),
@@ -611,6 +628,76 @@ mod tests {
     }
 
     #[test]
+    fn game_and_inline_mode_buttons_are_skipped_not_refused() {
+        let rt = runtime("");
+        let from = json!({"id": 42, "is_bot": false, "first_name": "A"});
+        for (what, cb) in [
+            (
+                "game",
+                json!({"id": "1", "from": from, "chat_instance": "c", "game_short_name": "g",
+                       "message": {"message_id": 1, "date": 1, "chat": {"id": 5}}}),
+            ),
+            (
+                "inline",
+                json!({"id": "2", "from": from, "chat_instance": "c", "inline_message_id": "AAE", "data": "x"}),
+            ),
+        ] {
+            let Ok(Read::Skip(body)) = read(&rt, json!({"update_id": 8, "callback_query": cb}))
+            else {
+                panic!("{what}: expected a skip")
+            };
+            assert_eq!(body["reason"], "unsupported_callback_query", "{what}");
+        }
+        // Without data, game, message or inline message id it is malformed: refused.
+        assert_eq!(
+            refusal_path(
+                &rt,
+                json!({"update_id": 9, "callback_query": {"id": "3", "message": {"message_id": 1, "chat": {"id": 5}}}})
+            ),
+            "$.callback_query.data"
+        );
+        assert_eq!(
+            refusal_path(
+                &rt,
+                json!({"update_id": 9, "callback_query": {"id": "3", "data": "x"}})
+            ),
+            "$.callback_query.message"
+        );
+    }
+
+    #[test]
+    fn a_reply_chain_outside_forum_topics_is_no_thread() {
+        let rt = runtime("");
+        let thread_of =
+            |message: Value| match read(&rt, json!({"update_id": 7, "message": message})) {
+                Ok(Read::Event(u)) => u.message_thread_id,
+                _ => panic!("expected an event"),
+            };
+        let reply = json!({"message_id": 1, "date": 0, "chat": {"id": -100}});
+        // An ordinary supergroup: Telegram numbers the reply chain, but it is no topic.
+        assert_eq!(
+            thread_of(
+                json!({"message_id": 9, "chat": {"id": -100, "type": "supergroup"}, "message_thread_id": 900, "reply_to_message": reply, "text": "re"})
+            ),
+            None
+        );
+        // A forum topic message (its reply_to_message is the topic's creation).
+        assert_eq!(
+            thread_of(
+                json!({"message_id": 9, "chat": {"id": -100, "type": "supergroup", "is_forum": true}, "message_thread_id": 77, "is_topic_message": true, "reply_to_message": reply, "text": "t"})
+            ),
+            Some(77)
+        );
+        // A thread id that is not a reply is taken as given.
+        assert_eq!(
+            thread_of(
+                json!({"message_id": 9, "chat": {"id": -100}, "message_thread_id": 5, "text": "t"})
+            ),
+            Some(5)
+        );
+    }
+
+    #[test]
     fn updates_are_read_by_type() {
         let rt = runtime("");
         let Ok(Read::Event(u)) = read(
@@ -655,10 +742,13 @@ mod tests {
             ),
             "$.callback_query.data"
         );
+        // A callback query of an inline-mode message is skipped instead (see
+        // game_and_inline_mode_buttons_are_skipped_not_refused); one with neither a message
+        // nor an inline message id is refused.
         assert_eq!(
             refusal_path(
                 &rt,
-                json!({"update_id": 1, "callback_query": {"id": "c", "data": "d", "inline_message_id": "i"}})
+                json!({"update_id": 1, "callback_query": {"id": "c", "data": "d"}})
             ),
             "$.callback_query.message"
         );

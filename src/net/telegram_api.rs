@@ -578,11 +578,19 @@ impl BotApi {
             .and_then(Value::as_u64)
             .map(Duration::from_secs)
             .or(header_wait);
-        let description = answer
+        let mut description = answer
             .get("description")
             .and_then(Value::as_str)
             .map(|d| self.scrub(d))
             .unwrap_or_else(|| "no description".into());
+        // A group upgraded to a supergroup has a new chat id, given only here: the operator
+        // needs it to fix the target.
+        if let Some(id) = answer
+            .pointer("/parameters/migrate_to_chat_id")
+            .and_then(Value::as_i64)
+        {
+            description.push_str(&format!(" (parameters.migrate_to_chat_id: {id})"));
+        }
         Err(ApiError::Rejected {
             endpoint: self.endpoint(method),
             status,
@@ -693,6 +701,16 @@ mod tests {
         let text = e.to_string();
         assert!(!text.contains("SECRET-TOKEN"), "{text}");
         assert!(text.contains("/bot<redacted>/sendMessage"), "{text}");
+        let e = check(
+            400,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1009999999999}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("(parameters.migrate_to_chat_id: -1009999999999)"),
+            "{e}"
+        );
         let e = check(502, "<html>bad gateway</html>").unwrap_err();
         assert_eq!(e.code(), "telegram_invalid_response");
         let e = check(301, "").unwrap_err();

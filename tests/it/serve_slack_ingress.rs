@@ -94,7 +94,10 @@ fn a_channel_message_becomes_a_run_and_slack_retries_are_duplicates() {
     assert_eq!(same, session);
     // The thread's natural id is bound through the session row itself: no binding row (the
     // connector has no additional binding keys).
-    assert_eq!(StateDb::open(&daemon.state_root).count("session_bindings"), 0);
+    assert_eq!(
+        StateDb::open(&daemon.state_root).count("session_bindings"),
+        0
+    );
     // The same event id with another body is a conflict.
     let changed = envelope("Ev100", message("C1", "1700000001.000100", "edited"));
     assert_problem(

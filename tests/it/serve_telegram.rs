@@ -121,6 +121,31 @@ fn webhook_updates_become_runs_once() {
     assert_eq!(session, "telegram:bot:100");
     assert_eq!(run(&daemon, &run_id)["input"]["content"], "edited caption");
 
+    // A reply chain in an ordinary supergroup carries a message_thread_id but is no forum
+    // topic: the chat's session, and a reply that names no thread (sendMessage takes
+    // message_thread_id for forum topics only).
+    let chain = json!({"update_id": 13, "message": {
+        "message_id": 611, "date": 1, "chat": {"id": -200, "type": "supergroup"},
+        "from": {"id": 42, "is_bot": false, "first_name": "A"},
+        "message_thread_id": 600, "text": "a reply",
+        "reply_to_message": {"message_id": 600, "date": 1, "chat": {"id": -200, "type": "supergroup"}, "text": "root"}}});
+    let (chain_run, chain_session) = assert_accepted(&send(&daemon, "bot", &chain), "telegram/bot");
+    assert_eq!(chain_session, "telegram:bot:-200");
+    let r = run(&daemon, &chain_run);
+    let target: Value =
+        serde_json::from_str(r["reply_targets"][0]["address"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        target,
+        json!({"connector": "bot", "chat_id": -200, "reply_to_message_id": 611})
+    );
+    // The same in a forum topic (marked is_topic_message) is the topic's session.
+    let mut topic = chain.clone();
+    topic["update_id"] = json!(14);
+    topic["message"]["is_topic_message"] = json!(true);
+    topic["message"]["chat"]["is_forum"] = json!(true);
+    let (_, topic_session) = assert_accepted(&send(&daemon, "bot", &topic), "telegram/bot");
+    assert_eq!(topic_session, "telegram:bot:-200:600");
+
     // Other update types are answered and skipped, with no run.
     let poll = json!({"update_id": 12, "poll": {"id": "p", "question": "?", "options": []}});
     let resp = send(&daemon, "bot", &poll);
@@ -129,7 +154,7 @@ fn webhook_updates_become_runs_once() {
         resp.json(),
         json!({"accepted": true, "skipped": true, "reason": "unsupported_update", "update_id": 12})
     );
-    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), 2);
+    assert_eq!(StateDb::open(&daemon.state_root).count("runs"), 4);
 }
 
 #[test]
@@ -177,10 +202,33 @@ fn webhook_bad_input_is_refused_and_writes_nothing() {
     let v = assert_problem(&send(&daemon, "bot", &no_data), 400, "invalid_payload");
     assert_eq!(v["path"], "$.callback_query.data");
     let no_message = json!({"update_id": 4, "callback_query": {
-        "id": "cb2", "from": {"id": 1}, "chat_instance": "c", "data": "x",
-        "inline_message_id": "i"}});
+        "id": "cb2", "from": {"id": 1}, "chat_instance": "c", "data": "x"}});
     let v = assert_problem(&send(&daemon, "bot", &no_message), 400, "invalid_payload");
     assert_eq!(v["path"], "$.callback_query.message");
+    // Valid updates with nothing to run (a button of an inline-mode message, a game's button)
+    // are skipped with 200, so Telegram does not re-send them.
+    for (update_id, cb) in [
+        (
+            5,
+            json!({"id": "cb3", "from": {"id": 1}, "chat_instance": "c", "data": "x", "inline_message_id": "AAE"}),
+        ),
+        (
+            6,
+            json!({"id": "cb4", "from": {"id": 1}, "chat_instance": "c", "game_short_name": "g",
+                   "message": {"message_id": 1, "date": 1, "chat": {"id": 100}}}),
+        ),
+    ] {
+        let resp = send(
+            &daemon,
+            "bot",
+            &json!({"update_id": update_id, "callback_query": cb}),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(
+            resp.json(),
+            json!({"accepted": true, "skipped": true, "reason": "unsupported_callback_query", "update_id": update_id})
+        );
+    }
 
     let db = StateDb::open(&daemon.state_root);
     assert_eq!((db.count("runs"), db.count("receipts")), (0, 0));

@@ -12,7 +12,8 @@
 //! `invalid_target` / `chat_not_allowed` otherwise). Answers: a flood wait (429,
 //! `parameters.retry_after` or `Retry-After`) is retryable after that delay (the retry policy
 //! caps it at an hour); 401, 403 and the descriptions "chat not found", "bot was blocked",
-//! "message thread not found" and "message is too long" are terminal; everything else
+//! "message thread not found", "message is too long", "group chat was upgraded to a supergroup
+//! chat" and "not enough rights" are terminal; everything else
 //! (5xx, garbage, a redirect, a timeout, other 4xx) is retryable.
 
 use std::sync::Arc;
@@ -32,11 +33,15 @@ pub const CONFIG_UNAVAILABLE: &str = "connector_config_unavailable";
 
 /// Descriptions of `ok:false` answers that no retry can fix (matched case-insensitively: the
 /// Bot API distinguishes these errors only by their description).
-const TERMINAL_DESCRIPTIONS: [&str; 4] = [
+const TERMINAL_DESCRIPTIONS: [&str; 6] = [
     "chat not found",
     "bot was blocked",
     "message thread not found",
     "message is too long",
+    // The chat id now names a chat that no longer takes messages; the new id is in the error.
+    "group chat was upgraded to a supergroup chat",
+    // The bot may not post in the chat until an administrator changes its rights.
+    "not enough rights",
 ];
 
 /// The `telegram` transport. See the module docs.
@@ -382,6 +387,8 @@ mod tests {
             "Bad Request: chat not found",
             "Bad Request: message thread not found",
             "Bad Request: message is too long",
+            "Bad Request: group chat was upgraded to a supergroup chat",
+            "Bad Request: not enough rights to send text messages to the chat",
         ] {
             assert!(is_terminal(rejected(400, d, None)), "{d}");
         }
