@@ -108,10 +108,23 @@ pub fn resolve_noting_bindings(
     now_ms: i64,
 ) -> Result<(Resolution, bool), SessionError> {
     let mut keys_bound = req.binding_keys.is_empty();
+    // The session of the event's natural id, when the natural id is one of its keys, no row
+    // binds it and the session exists: ingress binds a new session's own natural id to it
+    // without a row (`IngressOps::bind_keys`), so the session row is the binding.
+    let mut own: Option<Session> = None;
     let session_id = match &req.explicit {
         Some(id) => id.clone(),
         None => {
-            let bound = ops.bound_sessions(&req.binding_keys, req.natural_id.as_deref())?;
+            let mut bound = ops.bound_sessions(&req.binding_keys)?;
+            if let Some(natural) = req.natural_id.as_deref() {
+                let is_key = req.binding_keys.iter().any(|k| k == natural);
+                if is_key && !bound.iter().any(|(k, _)| k == natural) {
+                    own = ops.session(natural)?;
+                    if own.is_some() {
+                        bound.push((natural.to_string(), natural.to_string()));
+                    }
+                }
+            }
             keys_bound = bound.len() == req.binding_keys.len();
             let mut ids: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
             ids.sort();
@@ -134,7 +147,11 @@ pub fn resolve_noting_bindings(
         }
     };
     let wanted = snapshot(&req.policy);
-    match ops.session(&session_id)? {
+    let existing = match own {
+        Some(session) if session.session_id == session_id => Some(session),
+        _ => ops.session(&session_id)?,
+    };
+    match existing {
         Some(existing) => {
             if existing.policy != wanted {
                 return Err(SessionError::PolicyConflict { session_id });
@@ -275,12 +292,8 @@ mod tests {
         // Only `desk` got a row; the natural id is bound through the session itself.
         assert_eq!(rows(), 1);
         assert_eq!(
-            ops.bound_sessions(&thread.binding_keys, thread.natural_id.as_deref())
-                .unwrap(),
-            vec![
-                ("slack:s:C1:1".to_string(), "slack:s:C1:1".to_string()),
-                ("desk".to_string(), "slack:s:C1:1".to_string())
-            ]
+            ops.bound_sessions(&thread.binding_keys).unwrap(),
+            vec![("desk".to_string(), "slack:s:C1:1".to_string())]
         );
         let (again, bound) = resolve_noting_bindings(&ops, &thread, 2).unwrap();
         assert!(matches!(again, Resolution::Existing(s) if s.session_id == "slack:s:C1:1"));
@@ -300,19 +313,21 @@ mod tests {
             Err(SessionError::AmbiguousBinding { .. })
         ));
         // The same string as a plain key (not the event's natural id) is not bound by the
-        // session row, and a natural id bound to another session by a row follows the row.
-        assert!(ops
-            .bound_sessions(&["slack:s:C1:1".to_string()], None)
-            .unwrap()
-            .is_empty());
+        // session row: an HTTP-like event with that key resolves to its own natural id.
+        let plain = req(None, &["slack:s:C1:1"], Some("http:h:abc"), true);
+        assert!(matches!(
+            resolve_noting_bindings(&ops, &plain, 4),
+            Ok((Resolution::New(s), false)) if s.session_id == "http:h:abc"
+        ));
+        // A natural id bound to another session by a row follows the row.
         ops.bind_keys("other", &["slack:s:C2:1".into()], None, 1)
             .unwrap();
         new_session(&ops, "slack:s:C2:1", None);
-        assert_eq!(
-            ops.bound_sessions(&["slack:s:C2:1".to_string()], Some("slack:s:C2:1"))
-                .unwrap(),
-            vec![("slack:s:C2:1".to_string(), "other".to_string())]
-        );
+        let moved = req(None, &["slack:s:C2:1"], Some("slack:s:C2:1"), true);
+        assert!(matches!(
+            resolve_noting_bindings(&ops, &moved, 5),
+            Ok((Resolution::Existing(s), true)) if s.session_id == "other"
+        ));
     }
 
     #[test]

@@ -210,46 +210,30 @@ impl IngressOps<'_> {
         Ok(found)
     }
 
-    /// `(binding_key, session_id)` for each of `keys` that is bound. The event's natural id
-    /// (`natural`, when it is one of the keys) is also bound to the session of that id when no
-    /// row binds it: ingress does not store the binding of a session's own natural id to itself
-    /// (see [`IngressOps::bind_keys`]), since the session row says as much.
-    pub fn bound_sessions(
-        &self,
-        keys: &[String],
-        natural: Option<&str>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    /// `(binding_key, session_id)` for each of `keys` that a row binds. (A session's own
+    /// natural id has no row: [`crate::sessions::resolve_noting_bindings`] finds that binding
+    /// through the session; see [`IngressOps::bind_keys`].)
+    pub fn bound_sessions(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT session_id FROM session_bindings WHERE binding_key = ?1")
+            .map_err(|e| self.err("reading session bindings", e))?;
         for key in keys {
-            let own = natural == Some(key.as_str());
-            // A natural key's answer differs from the plain binding's: memoised apart.
-            let memo_key = if own { format!("\0{key}") } else { key.clone() };
             let memoised = self
                 .memo
                 .borrow()
                 .as_ref()
-                .and_then(|memo| memo.bindings.get(&memo_key).cloned());
+                .and_then(|memo| memo.bindings.get(key).cloned());
             let found: Option<String> = match memoised {
                 Some(found) => found,
                 None => {
-                    let sql = if own {
-                        "SELECT COALESCE((SELECT session_id FROM session_bindings \
-                         WHERE binding_key = ?1), \
-                         (SELECT session_id FROM sessions WHERE session_id = ?1))"
-                    } else {
-                        "SELECT session_id FROM session_bindings WHERE binding_key = ?1"
-                    };
-                    let found = self
-                        .conn
-                        .prepare_cached(sql)
-                        .and_then(|mut st| {
-                            st.query_row([key], |row| row.get::<_, Option<String>>(0))
-                                .optional()
-                        })
-                        .map(Option::flatten)
+                    let found = st
+                        .query_row([key], |row| row.get(0))
+                        .optional()
                         .map_err(|e| self.err("reading session bindings", e))?;
                     if let Some(memo) = self.memo.borrow_mut().as_mut() {
-                        memo.bindings.insert(memo_key, found.clone());
+                        memo.bindings.insert(key.clone(), found.clone());
                     }
                     found
                 }
@@ -293,8 +277,8 @@ impl IngressOps<'_> {
     }
 
     /// Binds each key to `session_id` unless it is bound already (a bound key is never
-    /// re-bound). `own`, the event's natural id when it IS `session_id`, gets no row:
-    /// [`IngressOps::bound_sessions`] finds it through the session itself. That saves every
+    /// re-bound). `own`, the event's natural id when it IS `session_id`, gets no row: session
+    /// resolution finds that binding through the session itself. That saves every
     /// new Slack thread and Telegram chat a row in a B-tree keyed like the sessions' own.
     pub fn bind_keys(
         &self,
@@ -863,12 +847,12 @@ mod tests {
         let ops = store.ingress_ops();
         let keys = ["k1".to_string(), "k2".to_string()];
         ops.in_read_snapshot(|| {
-            let first = ops.bound_sessions(&keys, None).unwrap();
+            let first = ops.bound_sessions(&keys).unwrap();
             assert_eq!(first, vec![("k1".to_string(), "s1".to_string())]);
             assert!(ops.session("s2").unwrap().is_none());
             assert!(ops.session("s1").unwrap().is_some());
             // Asked again inside the snapshot: the memoised answers, unchanged.
-            assert_eq!(ops.bound_sessions(&keys, None).unwrap(), first);
+            assert_eq!(ops.bound_sessions(&keys).unwrap(), first);
             assert!(ops.session("s1").unwrap().is_some());
         });
         // Another connection binds k2 and creates s2; the next snapshot (and a read outside
@@ -876,10 +860,10 @@ mod tests {
         writes.insert_session(&session("s2")).unwrap();
         writes.bind_keys("s2", &["k2".into()], None, 1).unwrap();
         ops.in_read_snapshot(|| {
-            assert_eq!(ops.bound_sessions(&keys, None).unwrap().len(), 2);
+            assert_eq!(ops.bound_sessions(&keys).unwrap().len(), 2);
             assert!(ops.session("s2").unwrap().is_some());
         });
-        assert_eq!(ops.bound_sessions(&keys[1..], None).unwrap().len(), 1);
+        assert_eq!(ops.bound_sessions(&keys[1..]).unwrap().len(), 1);
     }
 
     #[test]
