@@ -422,7 +422,11 @@ impl WriteJob for AcceptJob {
             ops.insert_asset(asset)?;
         }
         self.run.session_id = session_id.clone();
-        ops.insert_run(&self.run)?;
+        let session_created_at_ms = match &resolution {
+            Resolution::New(session) => session.now_ms,
+            Resolution::Existing(session) => session.created_at_ms,
+        };
+        ops.insert_run(&self.run, session_created_at_ms)?;
         if let Some((key, digest, fingerprint)) = &self.receipt {
             ops.insert_receipt(&NewReceipt {
                 receipt_key: key.clone(),

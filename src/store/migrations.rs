@@ -356,6 +356,25 @@ pub const MIGRATIONS: &[Migration] = &[
         ",
         edits_schema_text: false,
     },
+    // Version 10: the runs-by-session index starts with the session's creation time. Keyed on
+    // (session_id, seq), a run of a NEW session went into the middle of the index, next to
+    // its neighbours by name: a Slack thread or a Telegram chat is named by channel, so new
+    // threads over 64 channels dirtied up to 64 index pages per commit, one per channel.
+    // Keyed on (session_created_at_ms, session_id, seq), the runs of new sessions go to the
+    // end of the index, and the runs of one session stay together in seq order, so the
+    // session filters (run and receipt listings) still read one range. Every existing run is
+    // given its session's creation time here (one pass over `runs`).
+    Migration {
+        name: "runs by session, oldest sessions first",
+        sql: "
+            ALTER TABLE runs ADD COLUMN session_created_at_ms INTEGER NOT NULL DEFAULT 0;
+            UPDATE runs SET session_created_at_ms = coalesce(
+                (SELECT created_at_ms FROM sessions WHERE sessions.session_id = runs.session_id), 0);
+            DROP INDEX runs_by_session;
+            CREATE INDEX runs_by_session ON runs (session_created_at_ms, session_id, seq);
+        ",
+        edits_schema_text: false,
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.
@@ -610,5 +629,43 @@ mod tests {
         );
         assert!(table_names(&conn).is_empty());
         assert_eq!(user_version(&conn, ":memory:").unwrap(), 999);
+    }
+
+    #[test]
+    fn migration_10_keys_runs_by_session_on_creation_time_and_fills_it_in() {
+        let conn = Connection::open_in_memory().unwrap();
+        at_version(&conn, 9);
+        conn.execute_batch(
+            "INSERT INTO sessions VALUES ('old', 5, 5, 'control_plane', NULL, 'c', 'k', '[]', '{}'),
+                                         ('new', 9, 9, 'control_plane', NULL, 'c', 'k', '[]', '{}');
+             INSERT INTO runs (run_id, session_id, connector_kind, connector_name, status, actor_id,
+                 input, metadata, reply_targets, policy, created_at_ms, updated_at_ms)
+             VALUES ('r1', 'old', 'http', 'n', 'queued', 'a', '{}', '{}', '[]', '{}', 10, 10),
+                    ('r2', 'new', 'http', 'n', 'queued', 'a', '{}', '{}', '[]', '{}', 11, 11),
+                    ('r3', 'old', 'http', 'n', 'queued', 'a', '{}', '{}', '[]', '{}', 12, 12);",
+        )
+        .unwrap();
+        migrate(&conn, ":memory:").unwrap();
+        let filled: Vec<(String, i64)> = conn
+            .prepare("SELECT run_id, session_created_at_ms FROM runs ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            filled,
+            [("r1", 5), ("r2", 9), ("r3", 5)]
+                .map(|(r, t)| (r.to_string(), t))
+                .to_vec()
+        );
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_info('runs_by_session') ORDER BY seqno")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(columns, ["session_created_at_ms", "session_id", "seq"]);
     }
 }

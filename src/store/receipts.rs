@@ -244,14 +244,17 @@ fn receipt_query(filter: &ReceiptFilter) -> (String, Vec<Value>) {
     }
     if let Some(session_id) = &filter.session_id {
         // A receipt's session is its run's session; this reads the session's runs
-        // (`runs_by_session`) and their receipts (`receipts_by_run`) instead of keeping an
-        // index by session that every accepted event would pay for (migration 7).
+        // (`runs_by_session`, which starts with the session's creation time: migration 10)
+        // and their receipts (`receipts_by_run`) instead of keeping an index by session that
+        // every accepted event would pay for (migration 7).
         bind(
             &mut sql,
-            "run_id IN (SELECT run_id FROM runs WHERE session_id =",
+            "run_id IN (SELECT r.run_id FROM sessions AS s, runs AS r WHERE s.session_id =",
             Value::Text(session_id.clone()),
         );
-        sql.push(')');
+        sql.push_str(
+            " AND r.session_created_at_ms = s.created_at_ms AND r.session_id = s.session_id)",
+        );
     }
     if let Some(since_ms) = filter.since_ms {
         bind(&mut sql, "received_at_ms >=", Value::Integer(since_ms));
@@ -308,8 +311,10 @@ pub(crate) mod test_support {
         .unwrap();
         conn.execute(
             "INSERT INTO runs (run_id, session_id, connector_kind, connector_name, status,
-                 actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, 'queued', 'a', '{}', '{}', '[]', '{}', ?5, ?5)",
+                 actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms,
+                 session_created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, 'queued', 'a', '{}', '{}', '[]', '{}', ?5, ?5,
+                 (SELECT created_at_ms FROM sessions WHERE session_id = ?2))",
             params![run, session, kind, name, at_ms],
         )
         .unwrap();

@@ -120,36 +120,7 @@ impl Store {
 
     /// Runs matching `filter`, newest first.
     pub fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
-        let mut clauses: Vec<&str> = Vec::new();
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(status) = filter.status {
-            clauses.push("status = ?");
-            values.push(status.as_str().to_string().into());
-        }
-        if let Some((kind, name)) = &filter.connector {
-            clauses.push("connector_kind = ? AND connector_name = ?");
-            values.push(kind.as_str().to_string().into());
-            values.push(name.clone().into());
-        }
-        if let Some(session_id) = &filter.session_id {
-            clauses.push("session_id = ?");
-            values.push(session_id.clone().into());
-        }
-        if let Some(since_ms) = filter.since_ms {
-            clauses.push("created_at_ms >= ?");
-            values.push(since_ms.into());
-        }
-        let limit = filter
-            .limit
-            .unwrap_or(DEFAULT_LIST_LIMIT)
-            .clamp(1, MAX_LIST_LIMIT);
-        values.push(i64::from(limit).into());
-        let where_sql = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {where_sql} ORDER BY seq DESC LIMIT ?");
+        let (sql, values) = run_list_query(filter);
         let mut stmt = self
             .conn()
             .prepare_cached(&sql)
@@ -659,11 +630,12 @@ pub(super) mod test_support {
             .conn()
             .execute(
                 "INSERT INTO runs (run_id, session_id, connector_kind, connector_name, status,
-                     actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms)
+                     actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms,
+                     session_created_at_ms)
                  VALUES (?1, 's1', 'http', ?2, 'queued', 'anonymous', ?3, '{\"k\":1}',
                      '[{\"plugin\":\"http\",\"address\":\"https://example.com/hook\"}]',
                      '{\"persona_id\":null,\"capability_scope\":{},\"credential_scope\":{}}',
-                     ?4, ?4)",
+                     ?4, ?4, (SELECT created_at_ms FROM sessions WHERE session_id = 's1'))",
                 params![
                     run_id,
                     connector_name,
@@ -677,6 +649,48 @@ pub(super) mod test_support {
     pub(crate) fn target(url: &str) -> ReplyTarget {
         ReplyTarget::new(ReplyPlugin::Http, url).unwrap().0
     }
+}
+
+/// The SQL and bound values of [`Store::list_runs`]. Only fixed SQL fragments are
+/// concatenated; every value is a bound parameter.
+fn run_list_query(filter: &RunFilter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(status) = filter.status {
+        clauses.push("status = ?");
+        values.push(status.as_str().to_string().into());
+    }
+    if let Some((kind, name)) = &filter.connector {
+        clauses.push("connector_kind = ? AND connector_name = ?");
+        values.push(kind.as_str().to_string().into());
+        values.push(name.clone().into());
+    }
+    if let Some(session_id) = &filter.session_id {
+        // `runs_by_session` starts with the session's creation time (migration 10).
+        clauses.push(
+            "session_created_at_ms = \
+             (SELECT created_at_ms FROM sessions WHERE sessions.session_id = ?) \
+             AND session_id = ?",
+        );
+        values.push(session_id.clone().into());
+        values.push(session_id.clone().into());
+    }
+    if let Some(since_ms) = filter.since_ms {
+        clauses.push("created_at_ms >= ?");
+        values.push(since_ms.into());
+    }
+    let limit = filter
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .clamp(1, MAX_LIST_LIMIT);
+    values.push(i64::from(limit).into());
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs {where_sql} ORDER BY seq DESC LIMIT ?");
+    (sql, values)
 }
 
 #[cfg(test)]
@@ -953,6 +967,42 @@ mod tests {
             .unwrap();
         assert_eq!(again.run_id, "run_b");
         assert_eq!(again.claim_count, 2);
+    }
+
+    #[test]
+    fn the_session_filter_reads_one_range_of_runs_by_session() {
+        let (_tmp, store) = store();
+        insert_run(&store, "run_a", "orders", T0);
+        insert_run(&store, "run_b", "billing", T0 + 10);
+        let filter = RunFilter {
+            session_id: Some("s1".into()),
+            ..RunFilter::default()
+        };
+        let ids: Vec<String> = store
+            .list_runs(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        assert_eq!(ids, ["run_b", "run_a"]);
+        // One index range, already in seq order: no scan of runs, no sort.
+        let (sql, values) = run_list_query(&filter);
+        let mut stmt = store
+            .conn()
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(values), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("runs_by_session (session_created_at_ms=? AND session_id=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        assert!(!plan.contains("SCAN runs"), "{plan}");
     }
 
     #[test]

@@ -325,12 +325,15 @@ impl IngressOps<'_> {
             .map_err(|e| self.err("storing an asset", e))
     }
 
-    pub fn insert_run(&self, r: &NewRun) -> Result<(), StoreError> {
+    /// Inserts run `r` of a session created at `session_created_at_ms` (the key that puts
+    /// the runs of new sessions at the end of `runs_by_session`, migration 10).
+    pub fn insert_run(&self, r: &NewRun, session_created_at_ms: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO runs (run_id, session_id, connector_kind, connector_name, status, \
-                 actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                 actor_id, input, metadata, reply_targets, policy, created_at_ms, updated_at_ms, \
+                 session_created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -344,6 +347,7 @@ impl IngressOps<'_> {
                     json_text(&r.reply_targets),
                     json_text(&r.policy),
                     r.now_ms,
+                    session_created_at_ms,
                 ])
             })
             .map(drop)
@@ -907,21 +911,24 @@ mod tests {
                     now_ms: 1,
                 })?;
             }
-            ops.insert_run(&NewRun {
-                run_id: self.run_id.clone(),
-                session_id: "s1".into(),
-                connector_kind: ConnectorKind::Http,
-                connector_name: "orders".into(),
-                actor_id: "a".into(),
-                input: RunInput {
-                    content: Some("hi".into()),
-                    ..Default::default()
+            ops.insert_run(
+                &NewRun {
+                    run_id: self.run_id.clone(),
+                    session_id: "s1".into(),
+                    connector_kind: ConnectorKind::Http,
+                    connector_name: "orders".into(),
+                    actor_id: "a".into(),
+                    input: RunInput {
+                        content: Some("hi".into()),
+                        ..Default::default()
+                    },
+                    metadata: Default::default(),
+                    reply_targets: Vec::new(),
+                    policy: PolicySnapshot::default(),
+                    now_ms: 1,
                 },
-                metadata: Default::default(),
-                reply_targets: Vec::new(),
-                policy: PolicySnapshot::default(),
-                now_ms: 1,
-            })?;
+                1,
+            )?;
             if self.fail {
                 // Simulate a failure after a partial write: the savepoint must undo the run.
                 return Err(StoreError::Busy {

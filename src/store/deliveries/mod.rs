@@ -301,9 +301,10 @@ pub(crate) mod fixture {
             .execute(
                 "INSERT INTO runs (run_id, session_id, connector_kind, connector_name, status,
                      actor_id, input, metadata, reply_targets, policy, created_at_ms,
-                     updated_at_ms, claim_owner, claim_expires_at_ms)
+                     updated_at_ms, claim_owner, claim_expires_at_ms, session_created_at_ms)
                  VALUES (?1, ?2, 'http', 'orders', 'claimed', 'anonymous', '{}', '{}', ?3,
-                     '{\"persona_id\":null}', ?4, ?4, 'h', ?5)",
+                     '{\"persona_id\":null}', ?4, ?4, 'h', ?5,
+                     (SELECT created_at_ms FROM sessions WHERE session_id = ?2))",
                 params![
                     run_id,
                     session_id,
