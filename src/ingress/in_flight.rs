@@ -19,23 +19,49 @@
 //! answer that is never given (a dropped job) releases the waiters with `503`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::pipeline::Done;
 use super::{AcceptStatus, Accepted, Answer, IngressError};
 use crate::store::writer::DuplicateCounter;
 
+/// Independent parts of the table: every accepted event passes through it twice (its key goes
+/// in on a request thread and out on the writer thread), so one lock would be fought over.
+const SHARDS: usize = 16;
+
 /// The receipt keys of events between their receipt look-up and their answer, with the copies
 /// that wait for them. One per daemon, shared by every ingress thread.
-#[derive(Default)]
 pub struct InFlight {
-    flights: Mutex<HashMap<String, Flight>>,
+    shards: [Mutex<Shard>; SHARDS],
+    /// Counts the hits of the copies answered as duplicates.
+    hits: DuplicateCounter,
+}
+
+type Shard = HashMap<String, Flight, BuildHasherDefault<TailHasher>>;
+
+/// Receipt keys end with 32 hex digits of a SHA-256 (`KIND:NAME:<hex>`), so their last bytes
+/// are already a good hash; hashing the whole key again showed up in profiles of the writer.
+#[derive(Default)]
+struct TailHasher(u64);
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().rev().take(16) {
+            self.0 = self.0.rotate_left(5) ^ u64::from(b);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // Spread the folded bits over the whole word (the table uses the top and low bits).
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
 }
 
 impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlight")
-            .field("keys", &self.len())
+            .field("waiting", &self.waiting())
             .finish()
     }
 }
@@ -46,19 +72,30 @@ struct Flight {
 }
 
 impl InFlight {
-    pub fn new() -> InFlight {
-        InFlight::default()
-    }
-
-    /// How many receipt keys are in flight.
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// An empty table whose waiting copies count their duplicate hits through `hits`.
+    pub fn new(hits: DuplicateCounter) -> InFlight {
+        InFlight {
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            hits,
+        }
     }
 
     /// How many copies wait for their first copy's answer now (the
     /// `kheish_ingress_copies_waiting` gauge).
     pub fn waiting(&self) -> usize {
-        self.lock().values().map(|f| f.waiters.len()).sum()
+        (0..SHARDS)
+            .map(|i| {
+                self.lock_shard(i)
+                    .values()
+                    .map(|f| f.waiters.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// How many receipt keys are in flight.
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|i| self.lock_shard(i).len()).sum()
     }
 
     /// True when no event is in flight.
@@ -66,22 +103,23 @@ impl InFlight {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
-        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let mut hasher = TailHasher::default();
+        hasher.write(key.as_bytes());
+        // The top bits: the table inside the shard uses the low ones.
+        self.lock_shard((hasher.finish() >> 60) as usize % SHARDS)
     }
 
     /// Called for an event whose receipt look-up found nothing, before its rate token. When
     /// a copy with the same key and fingerprint is in flight, `done` waits for it and `None` is
     /// returned: the caller drops the event. Otherwise the event goes on with the returned
     /// `Done`, which (when this call registered the key) answers the waiting copies too.
-    pub fn enter(
-        self: &Arc<Self>,
-        key: &str,
-        fingerprint: &str,
-        done: Done,
-        hits: impl FnOnce() -> DuplicateCounter,
-    ) -> Option<Done> {
-        let mut flights = self.lock();
+    pub fn enter(self: &Arc<Self>, key: &str, fingerprint: &str, done: Done) -> Option<Done> {
+        let mut flights = self.lock(key);
         match flights.get_mut(key) {
             Some(flight) if flight.fingerprint == fingerprint => {
                 flight.waiters.push(done);
@@ -101,7 +139,6 @@ impl InFlight {
                 let mut landing = Landing {
                     table: Arc::clone(self),
                     key: key.to_string(),
-                    hits: hits(),
                     done: Some(done),
                 };
                 Some(Box::new(move |answer| landing.land(answer)))
@@ -114,7 +151,6 @@ impl InFlight {
 struct Landing {
     table: Arc<InFlight>,
     key: String,
-    hits: DuplicateCounter,
     /// `None` once answered.
     done: Option<Done>,
 }
@@ -122,6 +158,12 @@ struct Landing {
 impl Landing {
     fn land(&mut self, answer: Result<Answer, IngressError>) {
         let waiters = self.take_waiters();
+        if waiters.is_empty() {
+            if let Some(done) = self.done.take() {
+                done(answer);
+            }
+            return;
+        }
         let for_waiters = copy_answer(&answer);
         if let Some(done) = self.done.take() {
             done(answer);
@@ -129,7 +171,7 @@ impl Landing {
         let now_ms = crate::model::now_ms();
         for waiter in waiters {
             if matches!(for_waiters, Ok(Answer::Event(_))) {
-                self.hits.note(&self.key, now_ms);
+                self.table.hits.note(&self.key, now_ms);
             }
             waiter(for_waiters.clone());
         }
@@ -137,7 +179,7 @@ impl Landing {
 
     fn take_waiters(&self) -> Vec<Done> {
         self.table
-            .lock()
+            .lock(&self.key)
             .remove(&self.key)
             .map(|flight| flight.waiters)
             .unwrap_or_default()
@@ -187,8 +229,8 @@ mod tests {
         (make, rx)
     }
 
-    fn counter() -> DuplicateCounter {
-        crate::store::writer::DuplicateCounter::detached()
+    fn table() -> Arc<InFlight> {
+        Arc::new(InFlight::new(DuplicateCounter::detached()))
     }
 
     fn accepted() -> Result<Answer, IngressError> {
@@ -202,11 +244,11 @@ mod tests {
 
     #[test]
     fn a_copy_waits_for_the_first_and_gets_its_run_as_a_duplicate() {
-        let table = Arc::new(InFlight::new());
+        let table = table();
         let (done, answers) = recorder();
-        let first = table.enter("k", "f", done("first"), counter).unwrap();
-        assert!(table.enter("k", "f", done("copy-1"), counter).is_none());
-        assert!(table.enter("k", "f", done("copy-2"), counter).is_none());
+        let first = table.enter("k", "f", done("first")).unwrap();
+        assert!(table.enter("k", "f", done("copy-1")).is_none());
+        assert!(table.enter("k", "f", done("copy-2")).is_none());
         assert!(
             answers.try_recv().is_err(),
             "nobody is answered before the first"
@@ -224,15 +266,15 @@ mod tests {
         }
         assert!(table.is_empty(), "the key left the table with the answer");
         // A later copy is not held: it goes on (and finds the receipt in the database).
-        assert!(table.enter("k", "f", done("late"), counter).is_some());
+        assert!(table.enter("k", "f", done("late")).is_some());
     }
 
     #[test]
     fn a_refused_first_copy_passes_its_refusal_on() {
-        let table = Arc::new(InFlight::new());
+        let table = table();
         let (done, answers) = recorder();
-        let first = table.enter("k", "f", done("first"), counter).unwrap();
-        assert!(table.enter("k", "f", done("copy"), counter).is_none());
+        let first = table.enter("k", "f", done("first")).unwrap();
+        assert!(table.enter("k", "f", done("copy")).is_none());
         let limited = IngressError::RateLimited {
             kind: crate::model::ConnectorKind::Slack,
             retry_after_ms: 700,
@@ -248,22 +290,22 @@ mod tests {
 
     #[test]
     fn another_payload_under_the_same_key_is_not_held() {
-        let table = Arc::new(InFlight::new());
+        let table = table();
         let (done, answers) = recorder();
-        let _first = table.enter("k", "f", done("first"), counter).unwrap();
-        let other = table.enter("k", "other", done("other"), counter).unwrap();
+        let _first = table.enter("k", "f", done("first")).unwrap();
+        let other = table.enter("k", "other", done("other")).unwrap();
         other(accepted());
         assert_eq!(answers.try_recv().unwrap().0, "other");
         // Different keys never wait for each other.
-        assert!(table.enter("k2", "f", done("k2"), counter).is_some());
+        assert!(table.enter("k2", "f", done("k2")).is_some());
     }
 
     #[test]
     fn waiters_of_a_first_copy_dropped_unanswered_get_503() {
-        let table = Arc::new(InFlight::new());
+        let table = table();
         let (done, answers) = recorder();
-        let first = table.enter("k", "f", done("first"), counter).unwrap();
-        assert!(table.enter("k", "f", done("copy"), counter).is_none());
+        let first = table.enter("k", "f", done("first")).unwrap();
+        assert!(table.enter("k", "f", done("copy")).is_none());
         drop(first);
         let (name, answer) = answers.try_recv().unwrap();
         assert_eq!(name, "copy");

@@ -198,10 +198,7 @@ fn unavailable(e: StoreError) -> IngressError {
 fn enter_flight(ctx: &IngressCtx<'_>, event: &Event, looked: &Looked, done: Done) -> Option<Done> {
     match (looked, &event.receipt) {
         (Looked::Resolved(..), Some(receipt)) => {
-            ctx.in_flight
-                .enter(&receipt.key, &event.fingerprint, done, || {
-                    ctx.writer.duplicate_counter()
-                })
+            ctx.in_flight.enter(&receipt.key, &event.fingerprint, done)
         }
         _ => Some(done),
     }

@@ -97,6 +97,7 @@ pub struct AppParts {
 
 impl App {
     pub fn new(parts: AppParts) -> App {
+        let hits = parts.writer.duplicate_counter();
         App {
             out: parts.out,
             state_root: parts.state_root,
@@ -108,7 +109,7 @@ impl App {
             leases: Arc::new(Leases::new()),
             writer: parts.writer,
             limiter: RateLimiter::new(),
-            in_flight: Arc::default(),
+            in_flight: Arc::new(crate::ingress::in_flight::InFlight::new(hits)),
             slack_api: Arc::default(),
             telegram: Arc::new(crate::ingress::telegram::TelegramIo::new(Arc::default())),
             admin: parts.admin,
