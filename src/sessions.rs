@@ -242,8 +242,8 @@ mod tests {
         // A bound key wins over the natural id; two sessions are ambiguous.
         new_session(&ops, "s1", None);
         new_session(&ops, "s2", None);
-        ops.bind_keys("s1", &["a".into()], None, 1).unwrap();
-        ops.bind_keys("s2", &["b".into()], None, 1).unwrap();
+        ops.bind_keys("s1", &["a".into()], None, false, 1).unwrap();
+        ops.bind_keys("s2", &["b".into()], None, false, 1).unwrap();
         assert!(
             matches!(resolve(&ops, &req(None, &["a", "z"], Some("nat"), true), 1), Ok(Resolution::Existing(s)) if s.session_id == "s1")
         );
@@ -286,6 +286,7 @@ mod tests {
             "slack:s:C1:1",
             &thread.binding_keys,
             thread.natural_id.as_deref(),
+            false,
             1,
         )
         .unwrap();
@@ -300,7 +301,7 @@ mod tests {
         assert!(bound, "nothing left to bind");
         // As with a stored row, the thread's key and a key bound elsewhere are ambiguous.
         new_session(&ops, "other", None);
-        ops.bind_keys("other", &["elsewhere".into()], None, 1)
+        ops.bind_keys("other", &["elsewhere".into()], None, false, 1)
             .unwrap();
         let mixed = req(
             None,
@@ -320,7 +321,7 @@ mod tests {
             Ok((Resolution::New(s), false)) if s.session_id == "http:h:abc"
         ));
         // A natural id bound to another session by a row follows the row.
-        ops.bind_keys("other", &["slack:s:C2:1".into()], None, 1)
+        ops.bind_keys("other", &["slack:s:C2:1".into()], None, false, 1)
             .unwrap();
         new_session(&ops, "slack:s:C2:1", None);
         let moved = req(None, &["slack:s:C2:1"], Some("slack:s:C2:1"), true);
@@ -336,7 +337,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let ops = store.ingress_ops();
         new_session(&ops, "s1", None);
-        ops.bind_keys("s1", &["a".into(), "b".into()], None, 1)
+        ops.bind_keys("s1", &["a".into(), "b".into()], None, false, 1)
             .unwrap();
         let bound = |r: &SessionRequest| resolve_noting_bindings(&ops, r, 1).unwrap().1;
         assert!(bound(&req(None, &["a", "b"], None, true)));

@@ -7,9 +7,10 @@
 //! authenticates its request into a kind-neutral [`Event`]; [`accept`] does the rest (and
 //! [`accept_all`] for several events that should share a commit, an external batch). Reads run
 //! on the caller's thread; an event that must be written becomes one [`AcceptJob`] for the
-//! group-commit writer, which re-checks the receipt and the session inside the transaction
-//! (another request may have won a race) and writes receipt, session, bindings, assets and run
-//! together. The answer is given after the commit, through the caller's [`Done`].
+//! group-commit writer, which writes receipt, session, bindings, assets and run together. Its
+//! first pass trusts the pre-check and lets the schema refuse what another request changed
+//! since (a race); the refused batch runs again with every check made inside the transaction
+//! (`AcceptJob::decide`). The answer is given after the commit, through the caller's [`Done`].
 //!
 //! One deliberate ordering choice: an event that carries a receipt key is looked up in the
 //! receipts BEFORE session resolution, so a replay is answered with its original run even when
@@ -22,7 +23,7 @@ use serde_json::{Map, Value};
 use super::ratelimit::RateLimiter;
 use super::{AcceptStatus, Accepted, Answer, IngressError};
 use crate::model::reply::ReplyTarget;
-use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, Receipt, RunInput, Session};
+use crate::model::run::{new_id, NewAsset, NewReceipt, NewRun, Receipt, RunInput};
 use crate::model::ConnectorId;
 use crate::registry::Sidecars;
 use crate::sessions::{self, Resolution, SessionError, SessionRequest};
@@ -270,10 +271,8 @@ fn finish(
     }
 
     let job = AcceptJob {
-        pre_resolved: match pre_resolved {
-            Resolution::Existing(session) => Some((session, keys_bound)),
-            Resolution::New(_) => None,
-        },
+        pre_resolved: Some((pre_resolved, keys_bound)),
+        first_pass: true,
         receipt: event
             .receipt
             .map(|r| (r.key, r.key_sha256, event.fingerprint)),
@@ -341,9 +340,12 @@ fn existing_answer(
 
 /// The accepting transaction of one event (runs on the writer thread).
 struct AcceptJob {
-    /// The session the pre-check found, when it exists already, and whether the pre-check
-    /// found every binding key bound to it (then no binding is written).
-    pre_resolved: Option<(Session, bool)>,
+    /// How the pre-check resolved the session, and whether it found every binding key bound
+    /// to it (then no binding is written). Taken by the first pass; see [`AcceptJob::decide`].
+    pre_resolved: Option<(Resolution, bool)>,
+    /// True in the writer's first pass over the batch, which trusts the pre-check; false once
+    /// the writer asks for the checked pass (see [`AcceptJob::decide`]).
+    first_pass: bool,
     /// `(receipt_key, key_sha256, fingerprint)` when the event has a receipt key.
     receipt: Option<(String, String, String)>,
     session_request: SessionRequest,
@@ -356,10 +358,23 @@ struct AcceptJob {
 }
 
 impl AcceptJob {
-    /// Everything that may refuse the event, before anything is written.
-    /// The resolution, and whether every binding key is bound to its session already.
-    fn decide(&mut self, ops: &IngressOps<'_>) -> Result<Option<(Resolution, bool)>, StoreError> {
-        if let Some((key, _, fingerprint)) = &self.receipt {
+    /// Everything that may refuse the event, before anything is written: the resolution, and
+    /// whether every binding key is bound to its session already.
+    ///
+    /// The first pass (`fast`) trusts the request thread's pre-check, which read a snapshot a
+    /// moment old, and lets the schema catch what changed since: a receipt written meanwhile
+    /// fails the receipt insert (primary key), a session created meanwhile fails the session
+    /// insert, and a key of a new session bound meanwhile fails the strict binding. Any such
+    /// failure rolls the batch back, and the writer runs it again with a savepoint per job,
+    /// where this job checks everything again inside the transaction: the receipt (a
+    /// duplicate or a conflict) and the whole session resolution. An existing session is
+    /// trusted in both passes (sessions are never deleted).
+    fn decide(
+        &mut self,
+        ops: &IngressOps<'_>,
+        fast: bool,
+    ) -> Result<Option<(Resolution, bool)>, StoreError> {
+        if let Some((key, _, fingerprint)) = self.receipt.as_ref().filter(|_| !fast) {
             if let Some(existing) = ops.receipt(key)? {
                 // Lost a race with an identical key: answer like a duplicate (no hit counted
                 // from here; the writer owns no GroupWriter handle).
@@ -373,8 +388,11 @@ impl AcceptJob {
             }
         }
         let resolved = match self.pre_resolved.take() {
-            Some((existing, keys_bound)) => Ok((Resolution::Existing(existing), keys_bound)),
-            None => sessions::resolve_noting_bindings(ops, &self.session_request, self.run.now_ms),
+            Some((Resolution::Existing(existing), keys_bound)) => {
+                Ok((Resolution::Existing(existing), keys_bound))
+            }
+            Some((new @ Resolution::New(_), keys_bound)) if fast => Ok((new, keys_bound)),
+            _ => sessions::resolve_noting_bindings(ops, &self.session_request, self.run.now_ms),
         };
         let resolution = match resolved {
             Ok(r) => r,
@@ -399,11 +417,13 @@ impl AcceptJob {
 impl WriteJob for AcceptJob {
     fn apply(&mut self, store: &Store) -> Result<(), StoreError> {
         let ops = &store.ingress_ops();
-        let Some((resolution, keys_bound)) = self.decide(ops)? else {
+        let fast = self.first_pass;
+        let Some((resolution, keys_bound)) = self.decide(ops, fast)? else {
             return Ok(());
         };
         let session_id = resolution.session_id().to_string();
         self.run.policy = resolution.policy().clone();
+        let new_session = matches!(resolution, Resolution::New(_));
         if let Resolution::New(session) = &resolution {
             ops.insert_session(session)?;
         }
@@ -412,6 +432,9 @@ impl WriteJob for AcceptJob {
                 &session_id,
                 &self.session_request.binding_keys,
                 self.session_request.natural_id.as_deref(),
+                // Trusting the pre-check for a new session: a key bound meanwhile would have
+                // resolved the event elsewhere, so it sends the job to the checked pass.
+                fast && new_session,
                 self.run.now_ms,
             )?;
         }
@@ -445,6 +468,10 @@ impl WriteJob for AcceptJob {
         Ok(())
     }
 
+    fn check_everything(&mut self) {
+        self.first_pass = false;
+    }
+
     fn wakes_run_waiters(&self) -> bool {
         matches!(
             &self.outcome,
@@ -472,5 +499,164 @@ impl WriteJob for AcceptJob {
         if let Some(done) = self.done.take() {
             done(answer.map(Answer::Event));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionPolicy;
+    use crate::model::run::NewSession;
+    use crate::model::ConnectorKind;
+    use std::sync::mpsc;
+
+    type Answers = mpsc::Receiver<Result<Answer, IngressError>>;
+
+    fn request(keys: &[&str], natural: &str) -> SessionRequest {
+        SessionRequest {
+            explicit: None,
+            binding_keys: keys.iter().map(|k| k.to_string()).collect(),
+            natural_id: Some(natural.into()),
+            unresolved_hint: "send binding_keys".into(),
+            policy: SessionPolicy {
+                create_if_missing: true,
+                ..SessionPolicy::default()
+            },
+            created_by: "connector:slack/s".into(),
+        }
+    }
+
+    /// A job as `finish` builds it after a pre-check that found no receipt and resolved
+    /// the session as `pre` (`keys_bound` false).
+    fn job(
+        receipt: &str,
+        fingerprint: &str,
+        session: SessionRequest,
+        pre: Resolution,
+    ) -> (Box<AcceptJob>, Answers) {
+        let (tx, rx) = mpsc::channel();
+        let job = AcceptJob {
+            pre_resolved: Some((pre, false)),
+            first_pass: true,
+            receipt: Some((receipt.into(), format!("sha-{receipt}"), fingerprint.into())),
+            session_request: session,
+            run: NewRun {
+                run_id: new_id("run", 1),
+                session_id: String::new(),
+                connector_kind: ConnectorKind::Slack,
+                connector_name: "s".into(),
+                actor_id: "U1".into(),
+                input: RunInput::default(),
+                metadata: Map::new(),
+                reply_targets: Vec::new(),
+                policy: Default::default(),
+                now_ms: 1,
+            },
+            assets: Vec::new(),
+            referenced_assets: Vec::new(),
+            connector: "slack/s".into(),
+            outcome: None,
+            done: Some(Box::new(move |answer| {
+                let _ = tx.send(answer);
+            })),
+        };
+        (Box::new(job), rx)
+    }
+
+    fn new_session(id: &str) -> Resolution {
+        Resolution::New(NewSession {
+            session_id: id.into(),
+            created_by: "connector:slack/s".into(),
+            policy: Default::default(),
+            reply_targets: Vec::new(),
+            metadata: Map::new(),
+            now_ms: 1,
+        })
+    }
+
+    fn answer(rx: &Answers) -> Result<Accepted, IngressError> {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap() {
+            Ok(Answer::Event(a)) => Ok(a),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn count(store: &Store, table: &str) -> i64 {
+        store
+            .conn()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn what_changed_after_the_pre_check_is_caught_by_the_checked_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        // Three events that each passed the pre-check against the same empty snapshot, and
+        // are committed in one batch: a receipt key twice (another payload, then the same
+        // one), and a new session twice.
+        let thread = || request(&["slack:s:C1:1"], "slack:s:C1:1");
+        let (a, a_rx) = job("k1", "f1", thread(), new_session("slack:s:C1:1"));
+        let (b, b_rx) = job("k1", "f2", thread(), new_session("slack:s:C1:1"));
+        let (c, c_rx) = job("k1", "f1", thread(), new_session("slack:s:C1:1"));
+        let (d, d_rx) = job("k2", "f4", thread(), new_session("slack:s:C1:1"));
+        writer.submit_all(vec![a, b, c, d]);
+        let first = answer(&a_rx).unwrap();
+        assert_eq!(first.status, AcceptStatus::Accepted);
+        match answer(&b_rx) {
+            Err(IngressError::IdempotencyConflict { run_id, session_id }) => {
+                assert_eq!(
+                    (run_id, session_id),
+                    (first.run_id.clone(), first.session_id.clone())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let dup = answer(&c_rx).unwrap();
+        assert_eq!(dup.status, AcceptStatus::Duplicate);
+        assert_eq!(dup.run_id, first.run_id);
+        // The second new session is the first one, found inside the transaction.
+        let same = answer(&d_rx).unwrap();
+        assert_eq!(same.status, AcceptStatus::Accepted);
+        assert_eq!(same.session_id, "slack:s:C1:1");
+        writer.shutdown();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(count(&store, "runs"), 2);
+        assert_eq!(count(&store, "receipts"), 2);
+        assert_eq!(count(&store, "sessions"), 1);
+    }
+
+    #[test]
+    fn a_key_bound_after_the_pre_check_takes_the_event_to_its_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        // `desk` gets bound to the first event's new session; the second event's pre-check
+        // saw it unbound and resolved a new session of its own.
+        let (a, a_rx) = job(
+            "k1",
+            "f1",
+            request(&["desk", "slack:s:C1:1"], "slack:s:C1:1"),
+            new_session("slack:s:C1:1"),
+        );
+        let (b, b_rx) = job(
+            "k2",
+            "f2",
+            request(&["desk", "slack:s:C2:1"], "slack:s:C2:1"),
+            new_session("slack:s:C2:1"),
+        );
+        writer.submit_all(vec![a, b]);
+        let first = answer(&a_rx).unwrap();
+        let second = answer(&b_rx).unwrap();
+        assert_eq!(first.session_id, "slack:s:C1:1");
+        assert_eq!(
+            second.session_id, "slack:s:C1:1",
+            "desk binds it to the first session"
+        );
+        writer.shutdown();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(count(&store, "sessions"), 1);
+        // desk, and C2's natural id bound to the session it joined (C1's own id has no row).
+        assert_eq!(count(&store, "session_bindings"), 2);
     }
 }

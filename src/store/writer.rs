@@ -9,7 +9,10 @@
 //! once, and only then tells each job the outcome. Only when a job fails is the transaction
 //! rolled back and the batch run again with a SAVEPOINT per job, so the failed job is undone
 //! alone and the others still commit (jobs decide from what the transaction sees, so running
-//! one twice is safe). A failed commit fails every job of the batch (nothing was written), each
+//! one twice is safe). An accept's first pass trusts its request-thread pre-check and lets the
+//! schema refuse what changed since (a receipt or a session written meanwhile: primary keys;
+//! a key bound meanwhile: a strict binding); such a refusal sends the batch to the savepoint
+//! pass, where every job is told to check everything ([`WriteJob::check_everything`]). A failed commit fails every job of the batch (nothing was written), each
 //! with the commit's own classified error (a full disk is reported as such, never as a lock).
 //!
 //! Every commit attempt updates the database's [`super::health`]: a failure marks it failing
@@ -280,11 +283,15 @@ impl IngressOps<'_> {
     /// re-bound). `own`, the event's natural id when it IS `session_id`, gets no row: session
     /// resolution finds that binding through the session itself. That saves every
     /// new Slack thread and Telegram chat a row in a B-tree keyed like the sessions' own.
+    ///
+    /// `strict`: a key that is bound already (to any session) is an error instead of being
+    /// left alone, for a caller that trusted an older read (see `AcceptJob::decide`).
     pub fn bind_keys(
         &self,
         session_id: &str,
         keys: &[String],
         own: Option<&str>,
+        strict: bool,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut st = self
@@ -298,8 +305,17 @@ impl IngressOps<'_> {
             if own == Some(key.as_str()) && key == session_id {
                 continue;
             }
-            st.execute(params![key, session_id, now_ms])
+            let inserted = st
+                .execute(params![key, session_id, now_ms])
                 .map_err(|e| self.err("binding session keys", e))?;
+            if strict && inserted == 0 {
+                return Err(self.busy(
+                    "binding session keys",
+                    format!(
+                        "binding key `{key}` was bound meanwhile; accepting again with every check"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -401,6 +417,11 @@ pub trait WriteJob: Send {
     /// twice (the savepoint pass after a failure elsewhere in the batch), so it decides from
     /// what the transaction sees.
     fn apply(&mut self, store: &Store) -> Result<(), StoreError>;
+    /// Called on every job of a batch before the savepoint pass runs it again: a job whose
+    /// first `apply` trusted reads made before the transaction (an accept trusting its
+    /// pre-check, relying on the schema to refuse what changed since) checks everything in
+    /// the transaction from then on.
+    fn check_everything(&mut self) {}
     /// Called once after the batch committed (or failed), off the write lock.
     fn finish(self: Box<Self>, outcome: Result<(), StoreError>);
     /// True when the committed job made a run claimable (a new run, a released claim): the
@@ -787,6 +808,7 @@ fn run_batch(
                 job_errors.push(None);
                 continue;
             }
+            job.check_everything();
             cached(conn, "SAVEPOINT job").map_err(|e| store.err("starting a savepoint", e))?;
             match job.apply(store) {
                 Ok(()) => {
@@ -847,7 +869,9 @@ mod tests {
             now_ms: 1,
         };
         writes.insert_session(&session("s1")).unwrap();
-        writes.bind_keys("s1", &["k1".into()], None, 1).unwrap();
+        writes
+            .bind_keys("s1", &["k1".into()], None, false, 1)
+            .unwrap();
         let ops = store.ingress_ops();
         let keys = ["k1".to_string(), "k2".to_string()];
         ops.in_read_snapshot(|| {
@@ -862,7 +886,9 @@ mod tests {
         // Another connection binds k2 and creates s2; the next snapshot (and a read outside
         // any snapshot) sees both.
         writes.insert_session(&session("s2")).unwrap();
-        writes.bind_keys("s2", &["k2".into()], None, 1).unwrap();
+        writes
+            .bind_keys("s2", &["k2".into()], None, false, 1)
+            .unwrap();
         ops.in_read_snapshot(|| {
             assert_eq!(ops.bound_sessions(&keys).unwrap().len(), 2);
             assert!(ops.session("s2").unwrap().is_some());
