@@ -450,12 +450,17 @@ pub struct DuplicateCounter(Arc<Mutex<Option<mpsc::Sender<Msg>>>>);
 impl DuplicateCounter {
     /// Counts one hit on `receipt_key`; written with a later batch.
     pub fn note(&self, receipt_key: &str, at_ms: i64) {
-        if let Some(s) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = s.send(Msg::DuplicateHit {
-                receipt_key: receipt_key.to_string(),
-                at_ms,
-            });
-        }
+        note_hit(&self.0, receipt_key, at_ms);
+    }
+}
+
+/// Sends one duplicate hit to the writer, if it still runs.
+fn note_hit(sender: &Mutex<Option<mpsc::Sender<Msg>>>, receipt_key: &str, at_ms: i64) {
+    if let Some(s) = sender.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        let _ = s.send(Msg::DuplicateHit {
+            receipt_key: receipt_key.to_string(),
+            at_ms,
+        });
     }
 }
 
@@ -587,7 +592,7 @@ impl GroupWriter {
 
     /// Counts a duplicate hit on a receipt; written with a later batch, never on this path.
     pub fn note_duplicate(&self, receipt_key: &str, at_ms: i64) {
-        self.duplicate_counter().note(receipt_key, at_ms);
+        note_hit(&self.sender, receipt_key, at_ms);
     }
 
     /// A handle that counts duplicate hits from anywhere, including the writer thread itself (a
