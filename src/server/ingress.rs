@@ -120,7 +120,7 @@ pub fn handle(
             kind,
             name: name.to_string(),
         };
-        return reply(None, no_retry_for(kind, response::ingress_error(&err)));
+        return reply(None, response::ingress_error(&err));
     };
     let ctx = IngressCtx {
         ops: store.ingress_ops(),
@@ -155,7 +155,7 @@ pub fn handle(
 /// Maps an ingress answer to its response and counts its outcome ([`count`]).
 fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> ApiResponse {
     count(app, id, &answer);
-    let response = match answer {
+    match answer {
         Ok(answer) => response::answer(&answer),
         Err(err) => {
             if let IngressError::Unavailable { detail } = &err {
@@ -163,20 +163,40 @@ fn render(app: &App, id: &ConnectorId, answer: Result<Answer, IngressError>) -> 
                 let failing = app.writer.health().failure();
                 return response::ingress_error_during(&err, failing.as_ref());
             }
-            response::ingress_error(&err)
+            no_retry_for(id.kind, &err, response::ingress_error(&err))
         }
-    };
-    no_retry_for(id.kind, response)
+    }
 }
 
 /// Slack re-sends an event whose answer is not 2xx (three times, over minutes) unless the answer
-/// carries `X-Slack-No-Retry: 1` (Slack's Events API documentation). Refusals that a re-send
-/// cannot change get it: a bad payload (400), a missing connector (404), an allowlist refusal
-/// (403), an idempotency conflict (409), a body over the limit (413). A bad signature (401, the signing secret may be
-/// mid-rotation), a rate limit (429, Slack honours `Retry-After`) and store failures (503) keep
-/// Slack's retries.
-pub(super) fn no_retry_for(kind: ConnectorKind, response: ApiResponse) -> ApiResponse {
-    if kind == ConnectorKind::Slack && matches!(response.status, 400 | 403 | 404 | 409 | 413) {
+/// carries `X-Slack-No-Retry: 1` (Slack's Events API documentation). Refusals of the event
+/// itself, which every re-send repeats, get it: a payload that breaks the rules (400), an
+/// allowlist refusal (403), another body under an event id already accepted (409
+/// `idempotency_conflict`), a body over the limit (413). Everything that may pass by itself
+/// keeps Slack's retries: a bad signature (401, the secret may be mid-rotation), a connector
+/// not loaded yet (404, the runtime store), a missing session an operator can create (409), a
+/// rate limit (429), a body cut off in transit (400 `invalid_body`), store failures (503).
+pub(super) fn no_retry_for(
+    kind: ConnectorKind,
+    err: &IngressError,
+    response: ApiResponse,
+) -> ApiResponse {
+    use IngressError as E;
+    let permanent = match err {
+        E::PayloadTooLarge { .. }
+        | E::Forbidden { .. }
+        | E::InvalidJson { .. }
+        | E::InvalidPayload { .. }
+        | E::IdempotencyConflict { .. } => true,
+        E::ConnectorNotFound { .. }
+        | E::Unauthorized { .. }
+        | E::SessionNotFound { .. }
+        | E::RateLimited { .. }
+        | E::Unavailable { .. } => false,
+        // The other refusals do not occur on Slack routes; a re-send would repeat them.
+        _ => true,
+    };
+    if kind == ConnectorKind::Slack && permanent {
         response.with_header("X-Slack-No-Retry", "1")
     } else {
         response

@@ -194,8 +194,7 @@ impl Service {
                     name: name.clone(),
                 };
                 return (
-                    super::ingress::no_retry_for(*kind, response::ingress_error(&err))
-                        .with_header("Connection", "close"),
+                    response::ingress_error(&err).with_header("Connection", "close"),
                     None,
                 );
             }
@@ -229,10 +228,15 @@ impl Service {
         let body = match body {
             Ok(body) => body,
             Err(err) => {
+                let too_large = matches!(err, BodyError::TooLarge);
                 let problem = body_problem(err, route.body_limit());
                 return match &route {
-                    Route::Ingress { kind, .. } => {
-                        (super::ingress::no_retry_for(*kind, problem), None)
+                    // A body over the limit is too large on every re-send; see `no_retry_for`.
+                    Route::Ingress { kind, .. } if too_large => {
+                        let err = IngressError::PayloadTooLarge {
+                            limit: route.body_limit(),
+                        };
+                        (super::ingress::no_retry_for(*kind, &err, problem), None)
                     }
                     _ => (problem, None),
                 };
