@@ -108,23 +108,11 @@ pub fn resolve_noting_bindings(
     now_ms: i64,
 ) -> Result<(Resolution, bool), SessionError> {
     let mut keys_bound = req.binding_keys.is_empty();
-    // The session of the event's natural id, when the natural id is one of its keys, no row
-    // binds it and the session exists: ingress binds a new session's own natural id to it
-    // without a row (`IngressOps::bind_keys`), so the session row is the binding.
-    let mut own: Option<Session> = None;
     let session_id = match &req.explicit {
         Some(id) => id.clone(),
         None => {
-            let mut bound = ops.bound_sessions(&req.binding_keys)?;
-            if let Some(natural) = req.natural_id.as_deref() {
-                let is_key = req.binding_keys.iter().any(|k| k == natural);
-                if is_key && !bound.iter().any(|(k, _)| k == natural) {
-                    own = ops.session(natural)?;
-                    if own.is_some() {
-                        bound.push((natural.to_string(), natural.to_string()));
-                    }
-                }
-            }
+            // A self-bound session counts as bound to its own id (migration 11).
+            let bound = ops.bound_sessions(&req.binding_keys)?;
             keys_bound = bound.len() == req.binding_keys.len();
             let mut ids: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
             ids.sort();
@@ -147,11 +135,7 @@ pub fn resolve_noting_bindings(
         }
     };
     let wanted = snapshot(&req.policy);
-    let existing = match own {
-        Some(session) if session.session_id == session_id => Some(session),
-        _ => ops.session(&session_id)?,
-    };
-    match existing {
+    match ops.session(&session_id)? {
         Some(existing) => {
             if existing.policy != wanted {
                 return Err(SessionError::PolicyConflict { session_id });
@@ -207,17 +191,20 @@ mod tests {
     }
 
     fn new_session(ops: &IngressOps<'_>, id: &str, persona: Option<&str>) {
-        ops.insert_session(&NewSession {
-            session_id: id.into(),
-            created_by: "test".into(),
-            policy: PolicySnapshot {
-                persona_id: persona.map(Into::into),
-                ..Default::default()
+        ops.insert_session(
+            &NewSession {
+                session_id: id.into(),
+                created_by: "test".into(),
+                policy: PolicySnapshot {
+                    persona_id: persona.map(Into::into),
+                    ..Default::default()
+                },
+                reply_targets: Vec::new(),
+                metadata: Default::default(),
+                now_ms: 1,
             },
-            reply_targets: Vec::new(),
-            metadata: Default::default(),
-            now_ms: 1,
-        })
+            false,
+        )
         .unwrap();
     }
 
@@ -281,25 +268,39 @@ mod tests {
             panic!("a new thread is a new session")
         };
         assert!(!bound);
-        ops.insert_session(&session).unwrap();
+        // What the accepting transaction does: a self-bound session, no row for its own id.
+        ops.insert_session(&session, true).unwrap();
         ops.bind_keys(
             "slack:s:C1:1",
             &thread.binding_keys,
-            thread.natural_id.as_deref(),
+            Some("slack:s:C1:1"),
             false,
             1,
         )
         .unwrap();
-        // Only `desk` got a row; the natural id is bound through the session itself.
-        assert_eq!(rows(), 1);
+        assert_eq!(rows(), 1, "only `desk` got a row");
+        let both = |keys: &[&str]| {
+            ops.bound_sessions(&keys.iter().map(|k| k.to_string()).collect::<Vec<_>>())
+                .unwrap()
+        };
         assert_eq!(
-            ops.bound_sessions(&thread.binding_keys).unwrap(),
-            vec![("desk".to_string(), "slack:s:C1:1".to_string())]
+            both(&["slack:s:C1:1", "desk"]),
+            vec![
+                ("slack:s:C1:1".to_string(), "slack:s:C1:1".to_string()),
+                ("desk".to_string(), "slack:s:C1:1".to_string())
+            ]
         );
         let (again, bound) = resolve_noting_bindings(&ops, &thread, 2).unwrap();
         assert!(matches!(again, Resolution::Existing(s) if s.session_id == "slack:s:C1:1"));
         assert!(bound, "nothing left to bind");
-        // As with a stored row, the thread's key and a key bound elsewhere are ambiguous.
+        // Any event may carry that id as a plain binding key and joins the thread's session,
+        // as it joined it through the row before (another connector sharing the key).
+        let plain = req(None, &["slack:s:C1:1"], Some("http:h:abc"), true);
+        assert!(matches!(
+            resolve_noting_bindings(&ops, &plain, 3),
+            Ok((Resolution::Existing(s), true)) if s.session_id == "slack:s:C1:1"
+        ));
+        // As with a row, the thread's key and a key bound elsewhere are ambiguous.
         new_session(&ops, "other", None);
         ops.bind_keys("other", &["elsewhere".into()], None, false, 1)
             .unwrap();
@@ -310,20 +311,16 @@ mod tests {
             true,
         );
         assert!(matches!(
-            resolve_noting_bindings(&ops, &mixed, 3),
+            resolve_noting_bindings(&ops, &mixed, 4),
             Err(SessionError::AmbiguousBinding { .. })
         ));
-        // The same string as a plain key (not the event's natural id) is not bound by the
-        // session row: an HTTP-like event with that key resolves to its own natural id.
-        let plain = req(None, &["slack:s:C1:1"], Some("http:h:abc"), true);
-        assert!(matches!(
-            resolve_noting_bindings(&ops, &plain, 4),
-            Ok((Resolution::New(s), false)) if s.session_id == "http:h:abc"
-        ));
-        // A natural id bound to another session by a row follows the row.
+        // A session that is not self-bound (the control plane's `PUT`, or one created before
+        // migration 11, which has its row) binds nothing by its id alone.
+        new_session(&ops, "slack:s:C2:1", None);
+        assert!(both(&["slack:s:C2:1"]).is_empty());
+        // A row wins over the session: a natural id bound elsewhere follows its row.
         ops.bind_keys("other", &["slack:s:C2:1".into()], None, false, 1)
             .unwrap();
-        new_session(&ops, "slack:s:C2:1", None);
         let moved = req(None, &["slack:s:C2:1"], Some("slack:s:C2:1"), true);
         assert!(matches!(
             resolve_noting_bindings(&ops, &moved, 5),

@@ -364,11 +364,10 @@ impl AcceptJob {
     /// The first pass (`fast`) trusts the request thread's pre-check, which read a snapshot a
     /// moment old, and lets the schema catch what changed since: a receipt written meanwhile
     /// fails the receipt insert (primary key), a session created meanwhile fails the session
-    /// insert, and a key of a new session bound meanwhile fails the strict binding. Any such
+    /// insert, and a key bound elsewhere meanwhile fails the strict binding. Any such
     /// failure rolls the batch back, and the writer runs it again with a savepoint per job,
     /// where this job checks everything again inside the transaction: the receipt (a
-    /// duplicate or a conflict) and the whole session resolution. An existing session is
-    /// trusted in both passes (sessions are never deleted).
+    /// duplicate or a conflict) and the whole session resolution.
     fn decide(
         &mut self,
         ops: &IngressOps<'_>,
@@ -388,10 +387,7 @@ impl AcceptJob {
             }
         }
         let resolved = match self.pre_resolved.take() {
-            Some((Resolution::Existing(existing), keys_bound)) => {
-                Ok((Resolution::Existing(existing), keys_bound))
-            }
-            Some((new @ Resolution::New(_), keys_bound)) if fast => Ok((new, keys_bound)),
+            Some(pre) if fast => Ok(pre),
             _ => sessions::resolve_noting_bindings(ops, &self.session_request, self.run.now_ms),
         };
         let resolution = match resolved {
@@ -424,17 +420,26 @@ impl WriteJob for AcceptJob {
         let session_id = resolution.session_id().to_string();
         self.run.policy = resolution.policy().clone();
         let new_session = matches!(resolution, Resolution::New(_));
+        // A new session named after the event's natural id, which is one of its binding keys,
+        // is bound to that id by its own row (`self_bound`) instead of a binding row.
+        let own = self
+            .session_request
+            .natural_id
+            .as_deref()
+            .filter(|n| new_session && *n == session_id)
+            .filter(|n| self.session_request.binding_keys.iter().any(|k| k == n));
         if let Resolution::New(session) = &resolution {
-            ops.insert_session(session)?;
+            ops.insert_session(session, own.is_some())?;
         }
         if !keys_bound {
             ops.bind_keys(
                 &session_id,
                 &self.session_request.binding_keys,
-                self.session_request.natural_id.as_deref(),
-                // Trusting the pre-check for a new session: a key bound meanwhile would have
-                // resolved the event elsewhere, so it sends the job to the checked pass.
-                fast && new_session,
+                own,
+                // Trusting the pre-check: a key bound elsewhere meanwhile would have resolved
+                // the event elsewhere (or made it ambiguous), so it sends the job to the
+                // checked pass.
+                fast,
                 self.run.now_ms,
             )?;
         }
@@ -625,6 +630,73 @@ mod tests {
         assert_eq!(count(&store, "runs"), 2);
         assert_eq!(count(&store, "receipts"), 2);
         assert_eq!(count(&store, "sessions"), 1);
+    }
+
+    #[test]
+    fn a_natural_id_bound_by_another_event_after_the_pre_check_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        // An event of another connector binds the thread's natural id to its own new session;
+        // the thread's first message, pre-checked before that, resolved a new session named
+        // after the id (which gets no binding row of its own).
+        let (a, a_rx) = job(
+            "k1",
+            "f1",
+            request(&["slack:s:C9:1"], "http:h:x"),
+            new_session("http:h:x"),
+        );
+        let (b, b_rx) = job(
+            "k2",
+            "f2",
+            request(&["slack:s:C9:1"], "slack:s:C9:1"),
+            new_session("slack:s:C9:1"),
+        );
+        writer.submit_all(vec![a, b]);
+        assert_eq!(answer(&a_rx).unwrap().session_id, "http:h:x");
+        assert_eq!(answer(&b_rx).unwrap().session_id, "http:h:x");
+        writer.shutdown();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(count(&store, "sessions"), 1);
+    }
+
+    #[test]
+    fn a_key_bound_elsewhere_after_the_pre_check_of_an_existing_session_is_ambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        let (first, first_rx) = job(
+            "k0",
+            "f0",
+            request(&["s-key"], "http:h:s"),
+            new_session("http:h:s"),
+        );
+        writer.submit(first);
+        answer(&first_rx).unwrap();
+        let existing = {
+            let store = Store::open(dir.path()).unwrap();
+            let found = store.ingress_ops().session("http:h:s").unwrap().unwrap();
+            found
+        };
+        // `K` gets bound to a new session by one event while another, pre-checked before,
+        // found its other key bound to the existing session and `K` still free.
+        let (a, a_rx) = job(
+            "k1",
+            "f1",
+            request(&["K"], "http:h:k"),
+            new_session("http:h:k"),
+        );
+        let (b, b_rx) = job(
+            "k2",
+            "f2",
+            request(&["s-key", "K"], "http:h:other"),
+            Resolution::Existing(existing),
+        );
+        writer.submit_all(vec![a, b]);
+        assert_eq!(answer(&a_rx).unwrap().session_id, "http:h:k");
+        assert!(
+            matches!(answer(&b_rx), Err(IngressError::AmbiguousBinding { .. })),
+            "K now names another session"
+        );
+        writer.shutdown();
     }
 
     #[test]

@@ -375,6 +375,20 @@ pub const MIGRATIONS: &[Migration] = &[
         ",
         edits_schema_text: false,
     },
+    // Version 11: a session can be bound to its own id without a `session_bindings` row. Ingress
+    // used to bind a new Slack thread's or Telegram chat's natural id (which is also the new
+    // session's id) with a row: a second B-tree keyed like `sessions`, one more scattered page
+    // per new session and commit. `self_bound = 1` now says the same on the session row:
+    // look-ups of a binding key fall back to a self-bound session of that id, for every
+    // event and connector, as they found the row before. Existing sessions keep their rows.
+    Migration {
+        name: "sessions bound to their own id",
+        sql: "
+            ALTER TABLE sessions ADD COLUMN self_bound INTEGER NOT NULL DEFAULT 0
+                CHECK (self_bound = 0 OR self_bound = 1);
+        ",
+        edits_schema_text: false,
+    },
 ];
 
 /// The schema version this binary writes and understands: the number of migrations.
@@ -667,5 +681,30 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(columns, ["session_created_at_ms", "session_id", "seq"]);
+    }
+
+    #[test]
+    fn migration_11_adds_self_bound_sessions_and_keeps_the_rest_unbound() {
+        let conn = Connection::open_in_memory().unwrap();
+        at_version(&conn, 10);
+        conn.execute_batch(
+            "INSERT INTO sessions VALUES ('old', 5, 5, 'connector:slack/s', NULL, 'c', 'k', '[]', '{}');",
+        )
+        .unwrap();
+        migrate(&conn, ":memory:").unwrap();
+        let flag: i64 = conn
+            .query_row(
+                "SELECT self_bound FROM sessions WHERE session_id = 'old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(flag, 0, "sessions from before keep their binding rows");
+        assert!(conn
+            .execute(
+                "INSERT INTO sessions VALUES ('bad', 5, 5, 'c', NULL, 'c', 'k', '[]', '{}', 2)",
+                []
+            )
+            .is_err());
     }
 }

@@ -213,14 +213,17 @@ impl IngressOps<'_> {
         Ok(found)
     }
 
-    /// `(binding_key, session_id)` for each of `keys` that a row binds. (A session's own
-    /// natural id has no row: [`crate::sessions::resolve_noting_bindings`] finds that binding
-    /// through the session; see [`IngressOps::bind_keys`].)
+    /// `(binding_key, session_id)` for each of `keys` that is bound: by a `session_bindings`
+    /// row, else to the self-bound session of that id (see [`IngressOps::bind_keys`]).
     pub fn bound_sessions(&self, keys: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
         let mut st = self
             .conn
-            .prepare_cached("SELECT session_id FROM session_bindings WHERE binding_key = ?1")
+            .prepare_cached(
+                "SELECT coalesce(\
+                 (SELECT session_id FROM session_bindings WHERE binding_key = ?1), \
+                 (SELECT session_id FROM sessions WHERE session_id = ?1 AND self_bound = 1))",
+            )
             .map_err(|e| self.err("reading session bindings", e))?;
         for key in keys {
             let memoised = self
@@ -231,9 +234,8 @@ impl IngressOps<'_> {
             let found: Option<String> = match memoised {
                 Some(found) => found,
                 None => {
-                    let found = st
+                    let found: Option<String> = st
                         .query_row([key], |row| row.get(0))
-                        .optional()
                         .map_err(|e| self.err("reading session bindings", e))?;
                     if let Some(memo) = self.memo.borrow_mut().as_mut() {
                         memo.bindings.insert(key.clone(), found.clone());
@@ -248,6 +250,24 @@ impl IngressOps<'_> {
         Ok(out)
     }
 
+    /// True when a `session_bindings` row binds `key` to a session other than `session_id`.
+    fn bound_elsewhere(&self, key: &str, session_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM session_bindings WHERE binding_key = ?1 AND session_id <> ?2",
+            )
+            .and_then(|mut st| st.exists([key, session_id]))
+            .map_err(|e| self.err("reading session bindings", e))
+    }
+
+    /// True when a `session_bindings` row binds `key`.
+    fn binding_row_exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM session_bindings WHERE binding_key = ?1")
+            .and_then(|mut st| st.exists([key]))
+            .map_err(|e| self.err("reading session bindings", e))
+    }
+
     /// True when asset `asset_id` exists.
     pub fn asset_exists(&self, asset_id: &str) -> Result<bool, StoreError> {
         self.conn
@@ -256,12 +276,15 @@ impl IngressOps<'_> {
             .map_err(|e| self.err("reading an asset", e))
     }
 
-    pub fn insert_session(&self, s: &NewSession) -> Result<(), StoreError> {
+    /// Creates session `s`. `self_bound`: the session is bound to its own id, as a binding key,
+    /// without a `session_bindings` row (see [`IngressOps::bind_keys`]).
+    pub fn insert_session(&self, s: &NewSession, self_bound: bool) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO sessions (session_id, created_at_ms, updated_at_ms, created_by, \
-                 persona_id, capability_scope, credential_scope, reply_targets, metadata) \
-                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 persona_id, capability_scope, credential_scope, reply_targets, metadata, \
+                 self_bound) \
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -273,6 +296,7 @@ impl IngressOps<'_> {
                     json_text(&s.policy.credential_scope),
                     json_text(&s.reply_targets),
                     json_text(&s.metadata),
+                    self_bound,
                 ])
             })
             .map(drop)
@@ -280,12 +304,14 @@ impl IngressOps<'_> {
     }
 
     /// Binds each key to `session_id` unless it is bound already (a bound key is never
-    /// re-bound). `own`, the event's natural id when it IS `session_id`, gets no row: session
-    /// resolution finds that binding through the session itself. That saves every
-    /// new Slack thread and Telegram chat a row in a B-tree keyed like the sessions' own.
+    /// re-bound). `own`, given when `session_id` is a session created in this transaction with
+    /// `self_bound` and is one of `keys`, gets no row: the session row binds it (migration 11).
+    /// That saves every new Slack thread and Telegram chat a row in a B-tree keyed like the
+    /// sessions' own.
     ///
-    /// `strict`: a key that is bound already (to any session) is an error instead of being
-    /// left alone, for a caller that trusted an older read (see `AcceptJob::decide`).
+    /// `strict`: a key bound already to another session is an error instead of being left
+    /// alone, for a caller that trusted an older read (see `AcceptJob::decide`): the event
+    /// would have resolved elsewhere, or been ambiguous.
     pub fn bind_keys(
         &self,
         session_id: &str,
@@ -303,12 +329,19 @@ impl IngressOps<'_> {
             .map_err(|e| self.err("binding session keys", e))?;
         for key in keys {
             if own == Some(key.as_str()) && key == session_id {
+                // Trusting an older read, a row written meanwhile for this id would go unseen.
+                if strict && self.binding_row_exists(key)? {
+                    return Err(self.busy(
+                        "binding session keys",
+                        format!("binding key `{key}` was bound meanwhile; accepting again with every check"),
+                    ));
+                }
                 continue;
             }
             let inserted = st
                 .execute(params![key, session_id, now_ms])
                 .map_err(|e| self.err("binding session keys", e))?;
-            if strict && inserted == 0 {
+            if strict && inserted == 0 && self.bound_elsewhere(key, session_id)? {
                 return Err(self.busy(
                     "binding session keys",
                     format!(
@@ -873,7 +906,7 @@ mod tests {
             metadata: Default::default(),
             now_ms: 1,
         };
-        writes.insert_session(&session("s1")).unwrap();
+        writes.insert_session(&session("s1"), false).unwrap();
         writes
             .bind_keys("s1", &["k1".into()], None, false, 1)
             .unwrap();
@@ -890,7 +923,7 @@ mod tests {
         });
         // Another connection binds k2 and creates s2; the next snapshot (and a read outside
         // any snapshot) sees both.
-        writes.insert_session(&session("s2")).unwrap();
+        writes.insert_session(&session("s2"), false).unwrap();
         writes
             .bind_keys("s2", &["k2".into()], None, false, 1)
             .unwrap();
@@ -933,14 +966,17 @@ mod tests {
             let ops = store.ingress_ops();
             let ops = &ops;
             if ops.session("s1")?.is_none() {
-                ops.insert_session(&NewSession {
-                    session_id: "s1".into(),
-                    created_by: "test".into(),
-                    policy: PolicySnapshot::default(),
-                    reply_targets: Vec::new(),
-                    metadata: Default::default(),
-                    now_ms: 1,
-                })?;
+                ops.insert_session(
+                    &NewSession {
+                        session_id: "s1".into(),
+                        created_by: "test".into(),
+                        policy: PolicySnapshot::default(),
+                        reply_targets: Vec::new(),
+                        metadata: Default::default(),
+                        now_ms: 1,
+                    },
+                    false,
+                )?;
             }
             ops.insert_run(
                 &NewRun {
