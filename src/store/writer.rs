@@ -260,14 +260,6 @@ impl IngressOps<'_> {
             .map_err(|e| self.err("reading session bindings", e))
     }
 
-    /// True when a `session_bindings` row binds `key`.
-    fn binding_row_exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("SELECT 1 FROM session_bindings WHERE binding_key = ?1")
-            .and_then(|mut st| st.exists([key]))
-            .map_err(|e| self.err("reading session bindings", e))
-    }
-
     /// True when asset `asset_id` exists.
     pub fn asset_exists(&self, asset_id: &str) -> Result<bool, StoreError> {
         self.conn
@@ -330,7 +322,7 @@ impl IngressOps<'_> {
         for key in keys {
             if own == Some(key.as_str()) && key == session_id {
                 // Trusting an older read, a row written meanwhile for this id would go unseen.
-                if strict && self.binding_row_exists(key)? {
+                if strict && self.bound_elsewhere(key, session_id)? {
                     return Err(self.busy(
                         "binding session keys",
                         format!("binding key `{key}` was bound meanwhile; accepting again with every check"),
