@@ -114,6 +114,7 @@ pub fn handle(
     req: &ApiRequest,
     reply: Box<dyn FnOnce(Option<String>, ApiResponse) + Send>,
 ) {
+    app.writer.wait_for_room();
     let connectors = app.connectors();
     let (Some(entry), Some(id)) = (endpoint(kind, path), connectors.id(kind, name).cloned()) else {
         let err = IngressError::ConnectorNotFound {

@@ -26,9 +26,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -512,6 +512,61 @@ pub struct WriterStats {
     pub jobs: AtomicU64,
 }
 
+/// How long [`GroupWriter::wait_for_room`] waits at most: past it the request goes on and
+/// queues behind the backlog, as it would without the gate.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// The jobs queued for the writer and not yet taken into a batch, and the wait for room of
+/// [`GroupWriter::wait_for_room`].
+#[derive(Default)]
+struct Backlog {
+    jobs: AtomicUsize,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    room: Condvar,
+}
+
+impl Backlog {
+    fn full(&self) -> bool {
+        self.jobs.load(Ordering::SeqCst) >= MAX_BATCH
+    }
+
+    fn queued(&self, n: usize) {
+        self.jobs.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// `n` jobs left the queue (taken by the writer, or never sent): wakes the waiters once
+    /// there is room.
+    fn taken(&self, n: usize) {
+        self.jobs.fetch_sub(n, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 && !self.full() {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.room.notify_all();
+        }
+    }
+
+    fn wait_for_room(&self, at_most: Duration) {
+        if !self.full() {
+            return;
+        }
+        let deadline = Instant::now() + at_most;
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.full() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            guard = match self.room.wait_timeout(guard, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The group-commit writer thread. See the module docs.
 pub struct GroupWriter {
     /// `state.db`'s path, for the error a job gets once the writer has stopped.
@@ -523,6 +578,7 @@ pub struct GroupWriter {
     sender: Arc<Mutex<Option<mpsc::Sender<Msg>>>>,
     handle: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<WriterStats>,
+    backlog: Arc<Backlog>,
 }
 
 /// Called after every successful commit with the number of jobs it carried.
@@ -548,10 +604,19 @@ impl GroupWriter {
         let (sender, receiver) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
+        let backlog = Arc::new(Backlog::default());
+        let thread_backlog = Arc::clone(&backlog);
         let handle = std::thread::Builder::new()
             .name("ingress-writer".into())
             .spawn(move || {
-                writer_loop(store, receiver, thread_stats, after_commit, &checkpointer);
+                writer_loop(
+                    store,
+                    receiver,
+                    thread_stats,
+                    &thread_backlog,
+                    after_commit,
+                    &checkpointer,
+                );
                 checkpointer.stop();
             })
             .map_err(|e| StoreError::Io {
@@ -564,6 +629,7 @@ impl GroupWriter {
             sender: Arc::new(Mutex::new(Some(sender))),
             handle: Mutex::new(Some(handle)),
             stats,
+            backlog,
         })
     }
 
@@ -594,11 +660,22 @@ impl GroupWriter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let count = match &msg {
+            Msg::Job(_) => 1,
+            Msg::Jobs(jobs) => jobs.len(),
+            Msg::DuplicateHit { .. } => 0,
+        };
         let unsent = match sender {
-            Some(s) => match s.send(msg) {
-                Ok(()) => return,
-                Err(e) => e.0,
-            },
+            Some(s) => {
+                self.backlog.queued(count);
+                match s.send(msg) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        self.backlog.taken(count);
+                        e.0
+                    }
+                }
+            }
             None => msg,
         };
         let jobs = match unsent {
@@ -632,6 +709,13 @@ impl GroupWriter {
         &self.db_path
     }
 
+    /// Waits (at most [`ROOM_WAIT`]) while a whole batch of jobs is already queued for the
+    /// writer. Called by a request thread before it parses a request: when the writer is the
+    /// bottleneck, work done ahead of it only lengthens its queue and takes the CPU it needs.
+    pub fn wait_for_room(&self) {
+        self.backlog.wait_for_room(ROOM_WAIT);
+    }
+
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
@@ -655,6 +739,7 @@ fn writer_loop(
     store: Store,
     receiver: mpsc::Receiver<Msg>,
     stats: Arc<WriterStats>,
+    backlog: &Backlog,
     after_commit: AfterCommit,
     checkpointer: &super::Checkpointer,
 ) {
@@ -675,8 +760,14 @@ fn writer_loop(
         let first = receiver.recv_timeout(wake_at.saturating_duration_since(Instant::now()));
         let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut take = |msg: Msg, jobs: &mut Vec<Box<dyn WriteJob>>| match msg {
-            Msg::Job(job) => jobs.push(job),
-            Msg::Jobs(batch) => jobs.extend(batch),
+            Msg::Job(job) => {
+                jobs.push(job);
+                backlog.taken(1);
+            }
+            Msg::Jobs(batch) => {
+                backlog.taken(batch.len());
+                jobs.extend(batch);
+            }
             Msg::DuplicateHit { receipt_key, at_ms } => {
                 pending_since.get_or_insert_with(Instant::now);
                 let entry = duplicates.entry(receipt_key).or_insert((0, at_ms));
@@ -1065,5 +1156,96 @@ mod tests {
         let r = store.ingress_ops().receipt("k").unwrap().unwrap();
         assert_eq!(r.duplicate_hits, 2);
         assert_eq!(r.last_duplicate_at_ms, Some(7));
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::*;
+
+    /// Polls `cond` until it holds; panics after `within`.
+    fn eventually(within: Duration, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + within;
+        while !cond() {
+            assert!(Instant::now() < deadline, "condition not reached in time");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_request_waits_while_a_whole_batch_is_queued_and_goes_on_once_the_writer_takes_it() {
+        let backlog = Arc::new(Backlog::default());
+        // Below a whole batch nothing waits (a long limit would hang the test otherwise).
+        backlog.queued(MAX_BATCH - 1);
+        backlog.wait_for_room(Duration::from_secs(600));
+
+        backlog.queued(1);
+        let (tx, rx) = mpsc::channel();
+        let waiter = {
+            let backlog = Arc::clone(&backlog);
+            std::thread::spawn(move || {
+                backlog.wait_for_room(Duration::from_secs(600));
+                tx.send(()).unwrap();
+            })
+        };
+        eventually(Duration::from_secs(30), || {
+            backlog.waiters.load(Ordering::SeqCst) == 1
+        });
+        assert!(
+            rx.try_recv().is_err(),
+            "the request went on with a full queue"
+        );
+        // The writer takes one job: there is room, and the waiter is woken.
+        backlog.taken(1);
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the waiter was not woken when the writer took a job");
+        waiter.join().unwrap();
+        assert_eq!(backlog.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_request_stops_waiting_at_its_limit_when_the_writer_never_catches_up() {
+        let backlog = Backlog::default();
+        backlog.queued(MAX_BATCH * 2);
+        let started = Instant::now();
+        backlog.wait_for_room(Duration::from_millis(20));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert_eq!(backlog.waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(backlog.jobs.load(Ordering::SeqCst), MAX_BATCH * 2);
+    }
+
+    #[test]
+    fn the_backlog_counts_every_job_a_writer_is_sent_and_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = GroupWriter::start(dir.path(), Box::new(|_| {})).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            writer.submit(Box::new(Probe(Some(tx))));
+        }
+        for _ in 0..3 {
+            rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        }
+        assert_eq!(writer.backlog.jobs.load(Ordering::SeqCst), 0);
+        writer.shutdown();
+        // After shutdown a job is finished at once with an error and leaves no count behind.
+        writer.submit(Box::new(Probe(Some(tx))));
+        assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap().is_err());
+        assert_eq!(writer.backlog.jobs.load(Ordering::SeqCst), 0);
+    }
+
+    /// A job that writes nothing and reports its outcome.
+    struct Probe(Option<mpsc::Sender<Result<(), String>>>);
+
+    impl WriteJob for Probe {
+        fn apply(&mut self, _store: &Store) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        fn finish(self: Box<Self>, outcome: Result<(), StoreError>) {
+            if let Some(tx) = &self.0 {
+                let _ = tx.send(outcome.map_err(|e| e.to_string()));
+            }
+        }
     }
 }
