@@ -9,6 +9,11 @@
 //! 300 s window). Each run gets a fresh state root. Events per second are the events ACCEPTED
 //! during the run (from `/metrics`) divided by its length.
 //!
+//! Two Slack runs: top-level channel messages (each starts a thread, so each event creates a
+//! session: the target figure) and thread replies spread over 1 024 threads (each event lands
+//! in an existing session, the work the HTTP run does: its events share the connector's
+//! default binding key). The second isolates what the Slack connector itself costs.
+//!
 //! Environment: `BENCH_SECONDS` (per run, default 5), `BENCH_REQUESTS` (requests per wrk thread,
 //! default 60 000).
 
@@ -42,18 +47,22 @@ fn main() -> std::process::ExitCode {
         format!(r#"{{"content":"event {i} from thread {t}","idempotency_key":"h-{t}-{i}"}}"#)
     });
     let http_script = load::write_script(work, http_target);
-    write_slack_requests(work, per_thread);
-    let slack_script = load::write_replay_script(
-        work,
-        "slack",
-        "/v1/connectors/slack/bench",
-        &[("Content-Type", "application/json")],
-        &["X-Slack-Signature", "X-Slack-Request-Timestamp"],
-    );
+    write_slack_requests(work, "slack", per_thread, false);
+    write_slack_requests(work, "replies", per_thread, true);
+    let slack_script = |set: &str| {
+        load::write_replay_script(
+            work,
+            set,
+            "/v1/connectors/slack/bench",
+            &[("Content-Type", "application/json")],
+            &["X-Slack-Signature", "X-Slack-Request-Timestamp"],
+        )
+    };
 
     let runs = [
         ("http", http_script, "http/bench"),
-        ("slack", slack_script, "slack/bench"),
+        ("slack", slack_script("slack"), "slack/bench"),
+        ("replies", slack_script("replies"), "slack/bench"),
     ];
     let mut rates = Vec::new();
     for (set, script, connector) in runs {
@@ -70,7 +79,7 @@ fn main() -> std::process::ExitCode {
         daemon.stop();
         let (run, events) = (&measured.run, measured.accepted(connector));
         println!(
-            "  {set:<6} req/s {:>9.0}  p50 {:>7.2} ms  p99 {:>7.2} ms  non-2xx {:>6}  accepted events/s {:>9.0}",
+            "  {set:<7} req/s {:>9.0}  p50 {:>7.2} ms  p99 {:>7.2} ms  non-2xx {:>6}  accepted events/s {:>9.0}",
             run.rps,
             run.p50_ms,
             run.p99_ms,
@@ -82,6 +91,10 @@ fn main() -> std::process::ExitCode {
     println!(
         "\n  signed slack vs signed http ingress: {:.2}x (target >= 0.8x)",
         rates[1] / rates[0].max(1.0)
+    );
+    println!(
+        "  the same with slack thread replies (existing sessions, as the http run): {:.2}x",
+        rates[2] / rates[0].max(1.0)
     );
     std::process::ExitCode::SUCCESS
 }
@@ -99,8 +112,11 @@ fn config() -> String {
     )
 }
 
-/// `signature \t timestamp \t body` lines per wrk thread: one new channel message each.
-fn write_slack_requests(dir: &Path, per_thread: usize) {
+/// `signature \t timestamp \t body` lines per wrk thread, in files `SET-<thread>.txt`: one
+/// new event each. Top-level channel messages (`replies = false`) each start a thread, so each
+/// creates a session; replies go to 16 threads per channel (1 024 in all), so after its first
+/// message a thread's session exists, as the HTTP run's one session does.
+fn write_slack_requests(dir: &Path, set: &str, per_thread: usize, replies: bool) {
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -108,14 +124,19 @@ fn write_slack_requests(dir: &Path, per_thread: usize) {
     for t in 0..WRK_THREADS {
         let mut out = String::with_capacity(per_thread * 600);
         for i in 0..per_thread {
+            let thread = if replies {
+                format!(r#""thread_ts":"1690000000.{:06}","#, (i / 64) % 16)
+            } else {
+                String::new()
+            };
             let body = format!(
-                r#"{{"token":"unused","team_id":"T1","api_app_id":"A1","event":{{"type":"message","channel":"C{c}","user":"U{u}","text":"message {i} from thread {t}","ts":"1700000000.{t}{i:06}","event_ts":"1700000000.{t}{i:06}","channel_type":"channel"}},"type":"event_callback","event_id":"Ev{t}x{i}","event_time":1700000000,"authorizations":[{{"enterprise_id":null,"team_id":"T1","user_id":"U0","is_bot":true,"is_enterprise_install":false}}]}}"#,
+                r#"{{"token":"unused","team_id":"T1","api_app_id":"A1","event":{{"type":"message","channel":"C{c}","user":"U{u}","text":"message {i} from thread {t}","ts":"1700000000.{t}{i:06}",{thread}"event_ts":"1700000000.{t}{i:06}","channel_type":"channel"}},"type":"event_callback","event_id":"Ev{t}x{i}","event_time":1700000000,"authorizations":[{{"enterprise_id":null,"team_id":"T1","user_id":"U0","is_bot":true,"is_enterprise_install":false}}]}}"#,
                 c = i % 64,
                 u = i % 100
             );
             let sig = slack_v0_signature(SIGNING.as_bytes(), ts, body.as_bytes());
             writeln!(out, "{sig}\t{ts}\t{body}").unwrap();
         }
-        std::fs::write(dir.join(format!("slack-{t}.txt")), out).unwrap();
+        std::fs::write(dir.join(format!("{set}-{t}.txt")), out).unwrap();
     }
 }
