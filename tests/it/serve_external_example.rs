@@ -8,7 +8,7 @@
 //! external delivery transport; the supervision half (the example becoming ready and fetching
 //! its credential through a lease) is also covered in `serve_external_sidecars.rs`.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,21 +31,14 @@ fn python() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
-}
-
-/// The shipped example config, pointed into `sandbox` on `port`.
-fn example_config(port: u16, deliveries: &std::path::Path) -> String {
+/// The shipped example config, pointed into `sandbox` on `addr`.
+fn example_config(addr: SocketAddr, deliveries: &std::path::Path) -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/sidecar.toml")).unwrap();
     let script: PathBuf = repo_root().join("examples/sidecar.py");
     let replaced = text
         .replace(
             "base_url = \"http://127.0.0.1:8787\"",
-            &format!("base_url = \"http://127.0.0.1:{port}\""),
+            &format!("base_url = \"http://{addr}\""),
         )
         .replace(
             "command = \"python3\"",
@@ -78,10 +71,10 @@ fn readme_sidecar_walkthrough_event_in_echo_out() {
             .run()
             .success();
     }
-    let port = free_port();
+    let addr = crate::serve_external_sidecars::free_sidecar_addr();
     let deliveries = sandbox.path().join("sidecar-deliveries.jsonl");
     let daemon = Daemon::builder(&sandbox)
-        .config(&example_config(port, &deliveries))
+        .config(&example_config(addr, &deliveries))
         .env("KHEISH_MASTER_KEY", MASTER_KEY)
         .args(&["--handler", "echo"])
         .start();
@@ -96,7 +89,7 @@ fn readme_sidecar_walkthrough_event_in_echo_out() {
     });
 
     // The operator's `curl … /inject` of the README.
-    let sidecar: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sidecar = addr;
     let body = json!({"text": "hello sidecar", "thread": "t1", "event_id": "readme-1"}).to_string();
     let auth = format!("Bearer {SHARED_TOKEN}");
     let res = http::send(

@@ -12,8 +12,9 @@
 //! changed env restarts the child; a removed connector stops it; SIGTERM of the daemon stops
 //! the child's whole process group. Nothing sleeps: every wait polls with a deadline.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -71,18 +72,29 @@ pub(crate) fn python() -> String {
         .clone()
 }
 
-/// A free loopback port: bound, then released for the sidecar to bind.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// An address for a sidecar to bind: a 127.x address that nothing else in the suite binds
+/// (every other socket is on 127.0.0.1), with a port that was free on it. A port merely
+/// released on 127.0.0.1 can be taken again before the sidecar binds it, by another test's
+/// listener or an outgoing connection's ephemeral port. The sidecar then restarts with backoff
+/// for as long as the port stays taken: under load that once outlasted a test's deadline.
+pub(crate) fn free_sidecar_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let ip = Ipv4Addr::new(
+        127,
+        90 + (std::process::id() % 100) as u8,
+        1 + (n / 250 % 250) as u8,
+        1 + (n % 250) as u8,
+    );
+    TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
+        .expect("binding a 127.x loopback address")
 }
 
 /// One sandbox with the sidecar script, its secrets and a port.
 struct Setup {
     sandbox: Sandbox,
-    port: u16,
+    addr: SocketAddr,
     script: PathBuf,
     dump: PathBuf,
 }
@@ -105,7 +117,7 @@ impl Setup {
                 .success();
         }
         Setup {
-            port: free_port(),
+            addr: free_sidecar_addr(),
             sandbox,
             script,
             dump,
@@ -125,7 +137,7 @@ bearer_token_env = "ORDERS_TOKEN"
 name = "chat"
 platform = "fake"
 mode = "child_process"
-base_url = "http://127.0.0.1:{port}"
+base_url = "http://{addr}"
 shared_token_secret_ref = "connectors.external.chat.shared_token"
 
 [external_connectors.child_process]
@@ -143,7 +155,7 @@ BOT_TOKEN = "connectors.external.chat.bot_token"
 [external_connectors.session_policy]
 create_if_missing = true
 "#,
-            port = self.port,
+            addr = self.addr,
             python = python(),
             script = self.script.display(),
             dump = self.dump.display(),
@@ -301,7 +313,7 @@ fn a_child_gets_only_its_environment_and_its_credentials_through_a_lease() {
     assert_eq!(env["KHEISH_EXTERNAL_CONNECTOR_NAME"], "chat");
     assert_eq!(
         env["KHEISH_EXTERNAL_CONNECTOR_BASE_URL"],
-        format!("http://127.0.0.1:{}", setup.port).as_str()
+        format!("http://{}", setup.addr).as_str()
     );
     assert_eq!(
         env["KHEISH_EXTERNAL_CONNECTOR_DAEMON_BASE_URL"],
@@ -588,11 +600,11 @@ fn the_shipped_example_sidecar_becomes_ready_with_its_credential() {
             .run()
             .success();
     }
-    let port = free_port();
+    let addr = free_sidecar_addr();
     let root = crate::support::repo_root();
     let shipped = std::fs::read_to_string(root.join("examples/sidecar.toml")).unwrap();
     let config = shipped
-        .replace("127.0.0.1:8787", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:8787", &addr.to_string())
         .replace("\"python3\"", &format!("\"{}\"", python()))
         .replace(
             "\"examples/sidecar.py\"",
@@ -616,7 +628,7 @@ fn the_shipped_example_sidecar_becomes_ready_with_its_credential() {
     // It fetched its credential through a lease and says so without the value.
     let log = daemon.wait_for_log("fetched credential DEMO_API_KEY (", LONG);
     // Its /inject refuses a caller without the shared token.
-    let sidecar: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sidecar = addr;
     let res = crate::support::http::send(
         sidecar,
         &crate::support::http::request_bytes(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::serve_external_sidecars::{free_port, gone, python, SIDECAR};
+use crate::serve_external_sidecars::{free_sidecar_addr, gone, python, SIDECAR};
 use crate::support::daemon::Daemon;
 use crate::support::problem::assert_problem;
 use crate::support::wait::wait_until;
@@ -337,12 +337,12 @@ fn a_daemon_managed_sidecar_starts_restarts_on_a_spec_change_and_stops_on_delete
         .config(FILE)
         .env("KHEISH_SIDECAR_INITIAL_RESTART_MS", "50")
         .start();
-    let port = free_port();
+    let addr = free_sidecar_addr();
     let spec = |tag: &str| {
         json!({
             "platform": "fake",
             "mode": "child_process",
-            "base_url": format!("http://127.0.0.1:{port}"),
+            "base_url": format!("http://{addr}"),
             "allow_unauthenticated_ingress": true,
             "child_process": {
                 "command": python(),
