@@ -105,7 +105,7 @@ pub fn accept_event(
 
 /// `POST /v1/connectors/external/{name}/events/batch`: `{"protocol_version","events":[...]}`,
 /// answered 200 `{"results":[...]}` in request order. The size of the batch is checked before
-/// authentication (SPEC §10.2); events are independent (non-atomic), but every accepted one
+/// authentication (issue 11), any other malformed body after it; events are independent (non-atomic), but every accepted one
 /// goes to the writer in the same message, so the batch shares one commit.
 pub fn accept_batch(
     ctx: &IngressCtx<'_>,
@@ -117,13 +117,19 @@ pub fn accept_batch(
     let Some(rt) = set.external.get(name) else {
         return done(Err(not_found(name)));
     };
-    let (obj, events) = match batch_envelope(req.body) {
-        Ok(envelope) => envelope,
-        Err(refusal) => return done(Err(refusal)),
-    };
+    // Only a batch over the limit is refused before authentication (issue 11); any other
+    // malformed body is answered after it, in SPEC §6.1's order (401 before 400).
+    let envelope = batch_envelope(req.body);
+    if let Err(BatchRefusal::TooLarge(refusal)) = envelope {
+        return done(Err(refusal));
+    }
     if let Err(refusal) = authenticate(rt, req, ctx.now_ms) {
         return done(Err(refusal));
     }
+    let (obj, events) = match envelope {
+        Ok(envelope) => envelope,
+        Err(refusal) => return done(Err(refusal.into_error())),
+    };
     let version = Version::Envelope(obj.get("protocol_version").cloned());
     let collector = Arc::new(Mutex::new(Collector {
         slots: vec![None; events.len()],
@@ -188,22 +194,43 @@ pub fn authenticate(
     }
 }
 
-/// A batch body: the envelope object and its events, or the 400 that says why it is not one
-/// (checked before authentication, SPEC §10.2).
-fn batch_envelope(body: &[u8]) -> Result<(Map<String, Value>, Vec<Value>), IngressError> {
-    let mut obj = object_body(body)?;
+/// Why a batch body is not one (both are 400s).
+#[derive(Debug)]
+enum BatchRefusal {
+    /// More than [`MAX_BATCH_EVENTS`] events: refused before authentication (issue 11).
+    TooLarge(IngressError),
+    /// Not JSON, not an object, no `events` array: refused after authentication (SPEC §6.1).
+    Malformed(IngressError),
+}
+
+impl BatchRefusal {
+    fn into_error(self) -> IngressError {
+        match self {
+            BatchRefusal::TooLarge(e) | BatchRefusal::Malformed(e) => e,
+        }
+    }
+}
+
+/// A batch body: the envelope object and its events, or the 400 that says why it is not one.
+fn batch_envelope(body: &[u8]) -> Result<(Map<String, Value>, Vec<Value>), BatchRefusal> {
+    let mut obj = object_body(body).map_err(BatchRefusal::Malformed)?;
     let events = match obj.remove("events") {
         Some(Value::Array(events)) => events,
-        _ => return Err(invalid("$.events", "must be an array of event objects")),
+        _ => {
+            return Err(BatchRefusal::Malformed(invalid(
+                "$.events",
+                "must be an array of event objects",
+            )))
+        }
     };
     if events.len() > MAX_BATCH_EVENTS {
-        return Err(invalid(
+        return Err(BatchRefusal::TooLarge(invalid(
             "$.events",
             format!(
                 "{} events; a batch holds at most {MAX_BATCH_EVENTS}: split it",
                 events.len()
             ),
-        ));
+        )));
     }
     Ok((obj, events))
 }
@@ -221,7 +248,7 @@ pub fn check_request(
     now_ms: i64,
 ) -> Result<Vec<Result<String, String>>, IngressError> {
     let (version, events) = if batch {
-        let (obj, events) = batch_envelope(body)?;
+        let (obj, events) = batch_envelope(body).map_err(BatchRefusal::into_error)?;
         (
             Version::Envelope(obj.get("protocol_version").cloned()),
             events,
@@ -596,6 +623,7 @@ fn fields(obj: &Map<String, Value>, now_ms: i64) -> Result<Fields, String> {
                 assets_allowed: true,
                 mixing: Mixing::NonEmpty,
                 content_base64_alias: true,
+                lenient_items: true,
             },
             now_ms,
         )

@@ -233,6 +233,7 @@ fn parse_payload(rt: &HttpRuntime, body: &[u8], now_ms: i64) -> Result<Parsed, I
             assets_allowed: authenticated,
             mixing: Mixing::Present,
             content_base64_alias: false,
+            lenient_items: false,
         },
         now_ms,
     )?;

@@ -7,6 +7,8 @@
 //! [`ContentRules`] says so; everything else — member paths in errors, limits, the stored
 //! shape of items — is one code path, so the kinds cannot drift.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
@@ -83,6 +85,11 @@ pub struct ContentRules {
     /// Also accept `content_base64` as the data member of an `inline_asset` (the name the
     /// Kheish sidecar SDK writes); `data_base64` is always accepted.
     pub content_base64_alias: bool,
+    /// The sidecar dialect of items (SPEC §10.2): a member set to JSON `null` is absent, and
+    /// members an item's type does not use are ignored, as they are on the event itself. Real
+    /// sidecars write one asset shape with every member and `null` for the unused ones. When
+    /// false (HTTP, §7.1) an item's unknown member is refused.
+    pub lenient_items: bool,
 }
 
 /// An event's content after the rules: the run input, and the assets to store with the run.
@@ -160,9 +167,11 @@ pub fn content(
             let Value::Object(item) = item else {
                 return Err(invalid(path, "must be an object"));
             };
+            let item = &item_members(item, rules);
             match item.get("type").and_then(Value::as_str) {
                 Some("text") => {
-                    if let Some(k) = item.keys().find(|k| !matches!(k.as_str(), "type" | "text")) {
+                    let unknown = item.keys().find(|k| !matches!(k.as_str(), "type" | "text"));
+                    if let (Some(k), false) = (unknown, rules.lenient_items) {
                         return Err(invalid(format!("{path}.{k}"), "unknown member"));
                     }
                     let text = item
@@ -199,6 +208,7 @@ pub fn content(
             let Value::Object(item) = item else {
                 return Err(invalid(path, "must be an object"));
             };
+            let item = &item_members(item, rules);
             stored.push(asset_item(item, &path, rules, now_ms, &mut out)?);
         }
         out.input.attachments = Some(stored);
@@ -220,6 +230,20 @@ pub fn content(
     Ok(out)
 }
 
+/// An item's members as the rules read them: without its `null` members in the sidecar
+/// dialect (borrowed unchanged otherwise, or when it has none).
+fn item_members(item: &Map<String, Value>, rules: ContentRules) -> Cow<'_, Map<String, Value>> {
+    if !rules.lenient_items || !item.values().any(Value::is_null) {
+        return Cow::Borrowed(item);
+    }
+    Cow::Owned(
+        item.iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
 /// Parses an asset item (`inline_asset` / `asset_reference`) into its stored form: an inline
 /// asset is decoded into `out.assets` and replaced by a reference; a reference is recorded in
 /// `out.referenced_assets`.
@@ -232,8 +256,8 @@ fn asset_item(
 ) -> Result<Value, IngressError> {
     let ty = item.get("type").and_then(Value::as_str).unwrap_or_default();
     let only = |allowed: &[&str]| match item.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(invalid(format!("{path}.{k}"), "unknown member")),
-        None => Ok(()),
+        Some(k) if !rules.lenient_items => Err(invalid(format!("{path}.{k}"), "unknown member")),
+        _ => Ok(()),
     };
     match ty {
         "inline_asset" => {
@@ -366,11 +390,13 @@ mod tests {
         assets_allowed: true,
         mixing: Mixing::Present,
         content_base64_alias: false,
+        lenient_items: false,
     };
     const EXTERNAL: ContentRules = ContentRules {
         assets_allowed: true,
         mixing: Mixing::NonEmpty,
         content_base64_alias: true,
+        lenient_items: true,
     };
 
     fn check(rules: ContentRules, body: &str) -> Result<Content, IngressError> {
@@ -378,6 +404,48 @@ mod tests {
             panic!("not an object: {body}")
         };
         content(&obj, rules, 1_700_000_000_000)
+    }
+
+    #[test]
+    fn sidecar_items_read_null_members_as_absent_and_ignore_unused_ones() {
+        // One asset shape with every member, unused ones null: how real sidecars write items.
+        let body = r#"{"input_items":[
+            {"type":"text","text":"see","file_name":null,"asset_id":null},
+            {"type":"inline_asset","media_type":"text/plain","data_base64":null,
+             "content_base64":"aGk=","file_name":null,"asset_id":null},
+            {"type":"inline_asset","media_type":"text/plain","data_base64":"aGk=",
+             "content_base64":null,"file_name":"a.txt"},
+            {"type":"asset_reference","asset_id":"asset_1","media_type":null,
+             "file_name":"x.png","content_base64":null}
+        ]}"#;
+        let parsed = check(EXTERNAL, body).unwrap();
+        let items = parsed.input.input_items.unwrap();
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0], serde_json::json!({"type": "text", "text": "see"}));
+        assert_eq!(parsed.assets.len(), 2);
+        assert_eq!(parsed.assets[0].data, b"hi");
+        assert_eq!(parsed.assets[1].file_name.as_deref(), Some("a.txt"));
+        assert_eq!(parsed.referenced_assets, ["asset_1"]);
+        assert_eq!(
+            items[3],
+            serde_json::json!({"type": "asset_reference", "asset_id": "asset_1"})
+        );
+        // Attachments read the same way.
+        let attachments = r#"{"content":"hi","attachments":[{"type":"inline_asset",
+            "media_type":"text/plain","data_base64":null,"content_base64":"aGk="}]}"#;
+        assert_eq!(check(EXTERNAL, attachments).unwrap().assets.len(), 1);
+        // Both data members set is still a refusal, and a null required member is missing.
+        let both = r#"{"input_items":[{"type":"inline_asset","media_type":"text/plain",
+            "data_base64":"aGk=","content_base64":"aGk="}]}"#;
+        assert!(check(EXTERNAL, both).is_err());
+        let no_data = r#"{"input_items":[{"type":"inline_asset","media_type":"text/plain",
+            "data_base64":null,"content_base64":null}]}"#;
+        let err = check(EXTERNAL, no_data).unwrap_err().to_string();
+        assert!(err.contains("data_base64"), "{err}");
+        // HTTP (§7.1) keeps refusing a member its item type does not have, even null.
+        let http = r#"{"input_items":[{"type":"text","text":"t","file_name":null}]}"#;
+        let err = check(HTTP, http).unwrap_err().to_string();
+        assert!(err.contains("file_name"), "{err}");
     }
 
     #[test]

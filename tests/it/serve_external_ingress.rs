@@ -412,7 +412,7 @@ fn a_rotated_shared_token_keeps_verifying_during_its_grace_window() {
 }
 
 #[test]
-fn envelope_refusals_are_400_and_a_batch_over_64_is_refused_before_authentication() {
+fn envelope_refusals_are_400_after_auth_and_a_batch_over_64_is_refused_before_it() {
     let (_sandbox, daemon) = start();
     let before = written(&daemon);
     let events: Vec<Value> = (0..65)
@@ -461,6 +461,12 @@ fn envelope_refusals_are_400_and_a_batch_over_64_is_refused_before_authenticatio
     ] {
         let resp = post_raw(&daemon, &target, Some(TOKEN), body.as_bytes());
         assert_problem(&resp, 400, code);
+        // Only the batch size comes before authentication: any other malformed body from a
+        // caller without the token is 401 (SPEC §6.1).
+        for token in [None, Some("wrong")] {
+            let resp = post_raw(&daemon, &target, token, body.as_bytes());
+            assert_problem(&resp, 401, "unauthorized");
+        }
     }
     // Over the 2 MiB body cap: 413 before reading.
     let huge = vec![b'x'; 2 * 1024 * 1024 + 1];
@@ -788,6 +794,41 @@ fn inline_assets_are_stored_and_referenced() {
         "{input}"
     );
     assert!(input.get("content").is_none(), "{input}");
+
+    // Items in the shape a sidecar writes them: one asset struct with every member, the
+    // unused ones explicit nulls (SPEC §10.2). The nulls are absent, the unused members
+    // ignored; the first item's asset is then referenced by id from an attachment.
+    let asset_id = input["input_items"][1]["asset_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sdk_items = with(
+        with(sdk_event("as-3", "", &["t"]), "content", json!("")),
+        "input_items",
+        json!([
+            {"type": "text", "text": "look", "asset_id": null, "media_type": null,
+             "file_name": null, "content_base64": null},
+            {"type": "inline_asset", "text": null, "asset_id": null, "media_type": "text/plain",
+             "file_name": null, "content_base64": "aGk=", "data_base64": null},
+            {"type": "asset_reference", "text": null, "asset_id": asset_id, "media_type": null,
+             "file_name": null, "content_base64": null},
+        ]),
+    );
+    let (run_id, _) = assert_accepted(&answer(&post_event(&daemon, "side", &sdk_items)), "as-3");
+    let input = &run(&daemon, &run_id)["input"];
+    assert_eq!(
+        input["input_items"][0],
+        json!({"type": "text", "text": "look"})
+    );
+    assert_eq!(input["input_items"][1]["size"], 2, "{input}");
+    assert_eq!(input["input_items"][2]["asset_id"], asset_id.as_str());
+    let attached = with(
+        sdk_event("as-4", "again", &["t"]),
+        "attachments",
+        json!([{"type": "asset_reference", "asset_id": asset_id, "media_type": "text/plain",
+                "file_name": null, "content_base64": null}]),
+    );
+    assert_accepted(&answer(&post_event(&daemon, "side", &attached)), "as-4");
 }
 
 #[test]
