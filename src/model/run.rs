@@ -114,6 +114,21 @@ pub struct Run {
     pub error: Option<String>,
 }
 
+impl Run {
+    /// The run as it stands at `now_ms`: a claim that expired before then has returned the
+    /// run to the queue (SPEC §11.1), so it reads `queued`, without the old claim's owner and
+    /// expiry. The row itself changes at the next claim; `claim_count` keeps counting.
+    pub fn as_of(mut self, now_ms: i64) -> Run {
+        if self.status == RunStatus::Claimed && self.claim_expires_at_ms.is_some_and(|t| t < now_ms)
+        {
+            self.status = RunStatus::Queued;
+            self.claim_owner = None;
+            self.claim_expires_at_ms = None;
+        }
+        self
+    }
+}
+
 /// One output record of a run (SPEC §11.1 `POST /v1/runs/{id}/output`). The delivery queue
 /// turns each into one delivery per reply target.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -193,12 +193,19 @@ struct FailBody {
 }
 
 fn list_runs(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
-    let filter = run_filter(&req.query, now_ms())?;
+    let now = now_ms();
+    let filter = RunFilter {
+        now_ms: Some(now),
+        ..run_filter(&req.query, now)?
+    };
     let runs = ctx
         .store
         .list_runs(&filter)
         .map_err(|e| store_error(ctx, &e))?;
-    let views: Vec<Value> = runs.iter().map(|r| Value::Object(run_view(r))).collect();
+    let views: Vec<Value> = runs
+        .into_iter()
+        .map(|r| Value::Object(run_view(&r.as_of(now))))
+        .collect();
     Ok(ApiResponse::json(200, &json!({ "runs": views })))
 }
 
@@ -207,7 +214,8 @@ fn get_run(ctx: &RequestCtx<'_>, id: &str) -> Reply {
         .store
         .get_run(id)
         .map_err(|e| store_error(ctx, &e))?
-        .ok_or_else(|| run_not_found(id))?;
+        .ok_or_else(|| run_not_found(id))?
+        .as_of(now_ms());
     let outputs = ctx
         .store
         .list_outputs(id)

@@ -85,6 +85,11 @@ pub struct RunFilter {
     pub since_ms: Option<i64>,
     /// At most this many runs (default [`DEFAULT_LIST_LIMIT`], capped at [`MAX_LIST_LIMIT`]).
     pub limit: Option<u32>,
+    /// The time that decides whether a claim has expired (Unix ms): a run whose claim expired
+    /// before it is listed as `queued` (SPEC §11.1: an expired claim returns the run to the
+    /// queue), under `status=queued` and not under `status=claimed`. `None` reads the stored
+    /// status as is.
+    pub now_ms: Option<i64>,
 }
 
 /// One output to record for a claimed run. At least one of `content` and `parts` should be
@@ -656,9 +661,27 @@ pub(super) mod test_support {
 fn run_list_query(filter: &RunFilter) -> (String, Vec<rusqlite::types::Value>) {
     let mut clauses: Vec<&str> = Vec::new();
     let mut values: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(status) = filter.status {
-        clauses.push("status = ?");
-        values.push(status.as_str().to_string().into());
+    match (filter.status, filter.now_ms) {
+        (Some(RunStatus::Queued), Some(now)) => {
+            // The first term is the `runs_open` index's own condition.
+            clauses.push(
+                "status IN ('queued', 'claimed') \
+                 AND (status = 'queued' OR claim_expires_at_ms < ?)",
+            );
+            values.push(now.into());
+        }
+        (Some(RunStatus::Claimed), Some(now)) => {
+            clauses.push(
+                "status IN ('queued', 'claimed') \
+                 AND status = 'claimed' AND claim_expires_at_ms >= ?",
+            );
+            values.push(now.into());
+        }
+        (Some(status), _) => {
+            clauses.push("status = ?");
+            values.push(status.as_str().to_string().into());
+        }
+        (None, _) => {}
     }
     if let Some((kind, name)) = &filter.connector {
         clauses.push("connector_kind = ? AND connector_name = ?");

@@ -270,6 +270,66 @@ fn an_expired_lease_lets_another_claimer_take_the_run() {
 }
 
 #[test]
+fn a_run_whose_claim_expired_reads_queued_again() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
+    let run_id = ingest(&daemon, "hello", "k1");
+    let listed = |status: &str| -> Vec<Value> {
+        let resp = daemon.admin("GET", &format!("/v1/runs?status={status}"), None);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()["runs"].as_array().unwrap().clone()
+    };
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+
+    let claim = admin_json(&daemon, "POST", "/v1/runs/claim", json!({"lease_ms": 1000}));
+    assert_eq!(claim.status, 200, "{}", claim.text());
+    let expires = claim.json()["lease_expires_at_ms"].as_i64().unwrap();
+    // While the lease runs (as far as this clock can tell) the run reads claimed.
+    let run = get_run(&daemon, &run_id);
+    let claimed = listed("claimed");
+    if clock() < expires {
+        assert_eq!(run["status"], "claimed", "{run}");
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+    }
+
+    // Once it has expired the run is back in the queue: the view and both lists say so,
+    // though nobody has claimed it again yet.
+    let run = wait_until("the claim to expire", Duration::from_secs(20), || {
+        let run = get_run(&daemon, &run_id);
+        if run["status"] == "queued" {
+            Ok(run)
+        } else {
+            Err(run.to_string())
+        }
+    });
+    assert!(run["claim_owner"].is_null(), "{run}");
+    assert!(run["claim_expires_at_ms"].is_null(), "{run}");
+    assert_eq!(run["claim_count"], 1, "{run}");
+    let queued = listed("queued");
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["run_id"], run_id.as_str());
+    assert_eq!(queued[0]["status"], "queued");
+    assert!(listed("claimed").is_empty());
+
+    // And the next claim takes it.
+    let again = admin_json(
+        &daemon,
+        "POST",
+        "/v1/runs/claim",
+        json!({"lease_ms": 60000}),
+    );
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["claim_count"], 2);
+    assert_eq!(get_run(&daemon, &run_id)["status"], "claimed");
+    assert!(listed("queued").is_empty());
+}
+
+#[test]
 fn batch_claims_take_up_to_max_runs_and_never_the_same_run_twice() {
     let sandbox = Sandbox::new();
     let daemon = Daemon::builder(&sandbox).config(CONFIG).start();
