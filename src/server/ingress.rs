@@ -222,21 +222,25 @@ pub fn count(app: &App, id: &ConnectorId, answer: &Result<Answer, IngressError>)
             },
         ),
         Ok(Answer::Protocol(_)) => app.metrics.ingress(id, IngressOutcome::Ignored),
-        Err(err) => {
-            app.metrics.ingress(id, error_outcome(err));
-            // A single external event refused by its rate limit or the store is an event
-            // status too (`rate_limited`, `error`) even though it is answered 429/503.
-            if id.kind == ConnectorKind::External {
-                match err {
-                    IngressError::RateLimited { .. } => app
-                        .metrics
-                        .external_event(id, EventOutcome::RateLimited.status()),
-                    IngressError::Unavailable { .. } => {
-                        app.metrics.external_event(id, EventOutcome::Error.status())
-                    }
-                    _ => {}
-                }
+        Err(err) => count_refusal(app, id, err),
+    }
+}
+
+/// Counts a refusal of connector `id`'s route: by the pipeline, or before it (a body over
+/// the limit).
+pub fn count_refusal(app: &App, id: &ConnectorId, err: &IngressError) {
+    app.metrics.ingress(id, error_outcome(err));
+    // A single external event refused by its rate limit or the store is an event status
+    // too (`rate_limited`, `error`) even though it is answered 429/503.
+    if id.kind == ConnectorKind::External {
+        match err {
+            IngressError::RateLimited { .. } => app
+                .metrics
+                .external_event(id, EventOutcome::RateLimited.status()),
+            IngressError::Unavailable { .. } => {
+                app.metrics.external_event(id, EventOutcome::Error.status())
             }
+            _ => {}
         }
     }
 }

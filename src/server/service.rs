@@ -232,10 +232,14 @@ impl Service {
                 let problem = body_problem(err, route.body_limit());
                 return match &route {
                     // A body over the limit is too large on every re-send; see `no_retry_for`.
-                    Route::Ingress { kind, .. } if too_large => {
+                    Route::Ingress { kind, name, .. } if too_large => {
                         let err = IngressError::PayloadTooLarge {
                             limit: route.body_limit(),
                         };
+                        // Counted like any other refusal of the connector (`rejected`).
+                        if let Some(id) = self.app.connectors().id(*kind, name) {
+                            super::ingress::count_refusal(&self.app, id, &err);
+                        }
                         (super::ingress::no_retry_for(*kind, &err, problem), None)
                     }
                     _ => (problem, None),

@@ -256,6 +256,18 @@ fn routing_and_size_problems_get_404_405_413_and_write_nothing() {
             "{what}: {v}"
         );
     }
+    // Each counts as a refusal of its connector in /metrics (SPEC §13).
+    let metrics = daemon.admin("GET", "/metrics", None).text();
+    for connector in ["http/orders", "http/open"] {
+        let series = format!(
+            r#"kheish_ingress_requests_total{{connector="{connector}",outcome="rejected"}}"#
+        );
+        assert_eq!(
+            crate::support::metric_sample(&metrics, &series),
+            Some(2.0),
+            "{series}"
+        );
+    }
     // Exactly 1 MiB is not too large (it is refused later, for its JSON).
     let at_limit = vec![b' '; MIB];
     assert_problem(&daemon.post_json(OPEN, &at_limit), 400, "invalid_json");
