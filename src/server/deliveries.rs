@@ -51,7 +51,7 @@ use crate::delivery::{self, ReplayItem};
 use crate::model::delivery::DeliveryStatus;
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::{now_ms, parse_when, ConnectorId};
-use crate::store::deliveries::{target_key, DeliveryFilter};
+use crate::store::deliveries::DeliveryFilter;
 use crate::store::StoreError;
 
 use crate::views::{
@@ -283,34 +283,51 @@ fn reset_backpressure(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
         Some(p) => Some(check_plugin(p).map_err(|e| invalid(format!("`plugin`: {e}")))?),
         None => None,
     };
-    let target_key = match &body.target {
+    let now = now_ms();
+    let reset = match &body.target {
+        None => ctx
+            .store
+            .reset_backpressure(plugin.as_deref(), None, body.dry_run, now)
+            .map_err(|e| store_problem(ctx, &e))?,
         Some(t) => {
-            let plugin = ReplyPlugin::parse(t.plugin.trim())
-                .map_err(|e| invalid(format!("`target.plugin`: {e}")))?;
-            let address = match &t.address {
-                Value::String(s) => s.clone(),
-                obj @ Value::Object(_) => obj.to_string(),
-                _ => {
-                    return Err(invalid(
-                        "`target.address` must be a string or a JSON object",
-                    ))
-                }
+            let selector = ReplyTarget {
+                plugin: ReplyPlugin::parse(t.plugin.trim())
+                    .map_err(|e| invalid(format!("`target.plugin`: {e}")))?,
+                address: match &t.address {
+                    Value::String(s) => s.clone(),
+                    obj @ Value::Object(_) => obj.to_string(),
+                    _ => {
+                        return Err(invalid(
+                            "`target.address` must be a string or a JSON object",
+                        ))
+                    }
+                },
             };
-            // The key of the target as stored; an address that no longer validates can still
-            // name a paused target, so it is not re-validated here.
-            Some(target_key(&ReplyTarget { plugin, address }))
+            if plugin
+                .as_deref()
+                .is_some_and(|p| p != selector.plugin.as_str())
+            {
+                Vec::new()
+            } else {
+                // The selector names a target however it is spelled (member order, spacing,
+                // a URL string or its `{"url"}` form): the paused targets of its plugin are
+                // few, so each is compared with it as a parsed address.
+                let paused = ctx
+                    .store
+                    .paused_targets(Some(selector.plugin.as_str()), None, now)
+                    .map_err(|e| store_problem(ctx, &e))?;
+                let mut reset = Vec::new();
+                for p in paused.iter().filter(|p| same_target(&p.target, &selector)) {
+                    reset.extend(
+                        ctx.store
+                            .reset_backpressure(None, Some(&p.target_key), body.dry_run, now)
+                            .map_err(|e| store_problem(ctx, &e))?,
+                    );
+                }
+                reset
+            }
         }
-        None => None,
     };
-    let reset = ctx
-        .store
-        .reset_backpressure(
-            plugin.as_deref(),
-            target_key.as_deref(),
-            body.dry_run,
-            now_ms(),
-        )
-        .map_err(|e| store_problem(ctx, &e))?;
     if !body.dry_run && !reset.is_empty() {
         // Unpaused targets may be due now.
         ctx.app.deliveries_queued.notify_all();
@@ -325,6 +342,21 @@ fn reset_backpressure(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {
             "targets": targets,
         }),
     ))
+}
+
+/// Whether `stored` and `selector` name the same target: the same address string, or the same
+/// parsed address (an address that no longer validates matches its exact string only).
+fn same_target(stored: &ReplyTarget, selector: &ReplyTarget) -> bool {
+    if stored.plugin != selector.plugin {
+        return false;
+    }
+    if stored.address == selector.address {
+        return true;
+    }
+    match (stored.parsed(), selector.parsed()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn replay_bulk(ctx: &RequestCtx<'_>, req: &ApiRequest) -> Reply {

@@ -1123,6 +1123,24 @@ fn a_paused_target_shows_in_views_and_the_reset_route_clears_it() {
     let other = reset(json!({"target": {"plugin": "http", "address": "https://example.com/x"}}));
     assert_eq!(other.json()["matched"], 0, "{}", other.text());
 
+    // The target selector names it however it is spelled: other member order and spacing
+    // than the stored address, or the JSON object itself.
+    let respelled = format!(
+        r#"{{ "url": "{}",  "allow_private_network": true }}"#,
+        receiver.url("/sink")
+    );
+    for address in [
+        json!(respelled),
+        json!({"url": receiver.url("/sink"), "allow_private_network": true}),
+    ] {
+        let dry = reset(json!({"target": {"plugin": "http", "address": address}, "dry_run": true}));
+        assert_eq!(dry.json()["matched"], 1, "{address}: {}", dry.text());
+    }
+    // A plugin selector that contradicts the target's matches nothing.
+    let both = reset(json!({"plugin": "slack", "dry_run": true,
+        "target": {"plugin": "http", "address": receiver.address("/sink")}}));
+    assert_eq!(both.json()["matched"], 0, "{}", both.text());
+
     // The target selector names it as written; the reset unpauses it and sending resumes.
     receiver.set_default(Answer::Status(200));
     let done = reset(json!({"target": {"plugin": "http", "address": receiver.address("/sink")}}));
