@@ -424,7 +424,8 @@ references (env vars present and non-empty, secret-store slots present and non-e
 problem is reported in one run as FILE:LINE:COL with the connector and field it concerns; secret \
 values are never printed.\n\n\
 Exit status: 0 when there is no error (warnings allowed unless --deny-warnings), 1 when there is, \
-4 when the file or the state root cannot be read.\n\n\
+4 when the file or the state root cannot be read or the file is not TOML (its syntax errors are \
+still listed).\n\n\
 Examples:\n  kheishctl validate examples/kheishctl.toml\n  kheishctl validate --offline --json connectors.toml\n  KHEISH_CONNECTORS_CONFIG=connectors.toml kheishctl validate --deny-warnings"
 )]
 pub struct ValidateArgs {

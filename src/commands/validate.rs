@@ -36,14 +36,19 @@ pub fn run(ctx: &Context, args: ValidateArgs) -> Result<ExitStatus> {
         None => config::Loaded {
             config: config::Config::default(),
             diagnostics: Vec::new(),
+            unparsable: false,
         },
     };
+    let unparsable = loaded.unparsable;
     let mut diagnostics = loaded.diagnostics;
     let env = |name: &str| std::env::var(name).ok();
     let mut daemon = Config::default();
     if !args.offline {
         let store = SecretStore::open_existing(&ctx.state_root)?;
-        if let Some(path) = path.as_ref().filter(|_| !loaded_has_errors(&diagnostics)) {
+        // Every problem in one run (SPEC §1.3): the sources of the connectors that parsed are
+        // checked even when other fields have errors (after a TOML syntax error nothing parsed,
+        // so nothing is checked).
+        if let Some(path) = &path {
             let file = path.display().to_string();
             let online = config::check_secret_sources(&loaded.config, &file, |source| {
                 source_problem(source, store.as_ref(), &env, ctx)
@@ -113,6 +118,9 @@ pub fn run(ctx: &Context, args: ValidateArgs) -> Result<ExitStatus> {
     }
     Ok(if valid {
         ExitStatus::Success
+    } else if unparsable {
+        // Not TOML: the config could not be parsed (SPEC §1.2), as `serve` says for it too.
+        ExitStatus::Unavailable
     } else {
         ExitStatus::Failure
     })
@@ -154,10 +162,6 @@ fn daemon_managed(
     }));
     diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
     Ok((daemon, diagnostics))
-}
-
-fn loaded_has_errors(diagnostics: &[Diagnostic]) -> bool {
-    diagnostics.iter().any(|d| d.severity == Severity::Error)
 }
 
 fn plural(n: usize, word: &str) -> String {

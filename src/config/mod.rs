@@ -224,6 +224,9 @@ impl Config {
 pub struct Loaded {
     pub config: Config,
     pub diagnostics: Vec<Diagnostic>,
+    /// The text is not TOML at all (syntax errors, reported in `diagnostics`): the file could
+    /// not be parsed, which `validate` exits 4 for (SPEC §1.2), not 1.
+    pub unparsable: bool,
 }
 
 impl Loaded {

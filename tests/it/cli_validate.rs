@@ -50,7 +50,8 @@ fn valid_file_passes_offline() {
 #[test]
 fn broken_syntax() {
     let run = validate("broken_syntax.toml", &["--offline"]);
-    run.status(1)
+    // Not TOML at all: the config could not be parsed (SPEC §1.2), exit 4 as for `serve`.
+    run.status(4)
         .stderr_contains("error: broken_syntax.toml:3:20: invalid TOML:");
 }
 
@@ -258,6 +259,37 @@ fn unreadable_file_exits_4() {
         .arg(sandbox.path())
         .run()
         .status(4);
+}
+
+#[test]
+fn online_problems_are_reported_with_the_files_own_errors() {
+    // SPEC §1.3: every problem in one run. A typo in one field does not hide that the
+    // connector's (or another connector's) environment variable is unset.
+    let sandbox = Sandbox::new();
+    let file = sandbox.path().join("two.toml");
+    std::fs::write(
+        &file,
+        "[[http_connectors]]\nname = \"orders\"\nbearer_tokn = \"x\"\n\
+         bearer_token_env = \"KHEISH_TEST_UNSET_A\"\n\n\
+         [[http_connectors]]\nname = \"other\"\nbearer_token_env = \"KHEISH_TEST_UNSET_B\"\n\
+         ingress_events_per_second = -1\n",
+    )
+    .unwrap();
+    sandbox
+        .cmd()
+        .arg("validate")
+        .arg(&file)
+        .run()
+        .status(1)
+        .stderr_contains("http_connectors[orders].bearer_tokn: unknown key `bearer_tokn`")
+        .stderr_contains(
+            "http_connectors[orders].bearer_token_env: environment variable `KHEISH_TEST_UNSET_A` is not set",
+        )
+        .stderr_contains(
+            "http_connectors[other].bearer_token_env: environment variable `KHEISH_TEST_UNSET_B` is not set",
+        )
+        .stderr_contains("http_connectors[other].ingress_events_per_second: must be at least 1")
+        .stdout_contains("(4 errors, 0 warnings)");
 }
 
 #[test]

@@ -64,7 +64,10 @@ pub fn parse_str(file: &str, text: &str) -> Loaded {
                 Some("fix the syntax at this position; strings need quotes, tables `[[http_connectors]]`".into()),
             );
         }
-        return finish(w, Config::default());
+        return Loaded {
+            unparsable: true,
+            ..finish(w, Config::default())
+        };
     }
     let config = w.document(&Table::toml_root(root.get_ref()));
     finish(w, config)
@@ -133,6 +136,7 @@ fn finish(mut w: Walker<'_>, config: Config) -> Loaded {
     Loaded {
         config,
         diagnostics: w.diags,
+        unparsable: false,
     }
 }
 
