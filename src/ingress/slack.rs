@@ -376,6 +376,12 @@ fn event_callback(
         Some(Value::Array(files)) => files.clone(),
         Some(_) => return Err(invalid("$.event.files", "must be an array")),
     };
+    // SPEC §6.7 (every kind): no text and nothing else is `missing_content`. A message that
+    // shares files is taken even without text: its files are its content, and a file that
+    // cannot be fetched is still recorded in the run (`slack_files`).
+    if content.trim().is_empty() && files.is_empty() {
+        return Err(IngressError::MissingContent);
+    }
 
     let prefix = scope.prefix();
     let event_id = text(obj, "event_id");

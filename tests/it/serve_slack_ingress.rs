@@ -385,6 +385,15 @@ fn bad_signatures_and_bodies_are_refused_without_writing() {
         );
         assert_eq!(v["path"], path, "{v}");
     }
+    // A message with no text and no files has no content (SPEC §6.7), whatever else it
+    // carries; Slack is told not to re-send it.
+    let mut blocks_only = message("C1", "1700000030.000005", "");
+    blocks_only["blocks"] = json!([{"type": "divider"}]);
+    for event in [message("C1", "1700000030.000006", "  "), blocks_only] {
+        let empty = signed(envelope("Ev14", event).to_string().as_bytes());
+        assert_problem(&empty, 400, "missing_content");
+        assert_eq!(empty.header("x-slack-no-retry"), Some("1"));
+    }
     let after = written(&daemon);
     // Only the in-window event was written.
     assert_ne!(before, after);
