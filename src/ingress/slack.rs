@@ -35,6 +35,8 @@
 //! (a pipeline [`Stage`](super::pipeline::Stage)) through [`crate::net::slack_api`]; see
 //! [`attach_files`].
 
+use std::time::Instant;
+
 use serde_json::{json, Map, Value};
 
 use super::auth;
@@ -46,7 +48,7 @@ use super::{receipt_key, sha256_hex, Answer, IngressError};
 use crate::model::reply::{ReplyPlugin, ReplyTarget};
 use crate::model::run::{new_id, NewAsset, RunInput};
 use crate::model::ConnectorKind;
-use crate::net::slack_api::SlackClients;
+use crate::net::slack_api::{DownloadError, SlackClients};
 use crate::registry::{ConnectorSet, SlackRuntime};
 use crate::sessions::SessionRequest;
 
@@ -464,7 +466,9 @@ fn event_callback(
 /// `slack_files` with its `status` (`downloaded` | `skipped`) and, when skipped, a `reason`:
 /// `unauthenticated_ingress` (no signing secret: nothing is fetched for unauthenticated
 /// callers), `too_many_files` (past [`MAX_FILES`]), `no_url`, `no_bot_token`, `too_large`,
-/// `host_not_allowed`, `not_https`, `redirected`, `download_failed`. A skipped file never
+/// `host_not_allowed`, `not_https`, `redirected`, `download_failed`, `time_budget` (the
+/// message's downloads took the whole [`SlackClients::file_budget`], `KHEISH_SLACK_FILE_BUDGET_MS`,
+/// 2.5 s by default, so that Slack gets its answer within its 3 s). A skipped file never
 /// refuses the message.
 pub fn attach_files(
     rt: &SlackRuntime,
@@ -479,6 +483,7 @@ pub fn attach_files(
     let token = rt.token_for(team);
     let mut records = Vec::new();
     let mut items = Vec::new();
+    let deadline = Instant::now() + clients.file_budget();
     for (idx, file) in files.iter().enumerate() {
         let empty = Map::new();
         let f = file.as_object().unwrap_or(&empty);
@@ -496,13 +501,19 @@ pub fn attach_files(
             (_, None, _) => skip("no_bot_token"),
             _ if size.is_some_and(|s| s > MAX_FILE_BYTES) => skip("too_large"),
             (_, _, None) => skip("download_failed"),
+            _ if Instant::now() >= deadline => skip("time_budget"),
             (Some(url), Some(token), Some(client)) => {
                 match client.download(
                     token.expose(),
                     url,
                     &rt.config.allowed_file_hosts,
                     MAX_FILE_BYTES,
+                    deadline.saturating_duration_since(Instant::now()),
                 ) {
+                    // Cut off by the message's budget rather than failed by itself.
+                    Err(DownloadError::Failed(_)) if Instant::now() >= deadline => {
+                        skip("time_budget")
+                    }
                     Err(e) => skip(e.code()),
                     Ok(data) => {
                         let asset_id = new_id("asset", now_ms);

@@ -48,13 +48,57 @@ pub type ApiStats = super::CallStats;
 /// The clients of a process, one per `api_base_url`, sharing one [`ApiStats`]: ingress (file
 /// downloads) and the `slack` delivery transport take theirs from here, so keep-alive
 /// connections are reused and every call is counted once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SlackClients {
     stats: Arc<ApiStats>,
     clients: Mutex<std::collections::HashMap<String, Arc<SlackApi>>>,
+    file_budget: Duration,
+}
+
+/// How long Slack ingress may spend downloading one message's files by default (issue 13
+/// leaves it open): Slack takes an answer slower than 3 s as a failed delivery and re-sends the
+/// event, so the downloads of one message stop in time for the answer to beat that.
+pub const DEFAULT_FILE_BUDGET: Duration = Duration::from_millis(2_500);
+
+/// The variable that overrides [`DEFAULT_FILE_BUDGET`] (milliseconds, 100 to 600 000).
+pub const FILE_BUDGET_VAR: &str = "KHEISH_SLACK_FILE_BUDGET_MS";
+
+/// Reads [`FILE_BUDGET_VAR`] through `env`: unset or empty is the default; anything else must
+/// be a whole number of milliseconds in range (the daemon refuses to start otherwise, exit 4).
+pub fn file_budget_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Duration, String> {
+    let Some(value) = env(FILE_BUDGET_VAR).filter(|v| !v.trim().is_empty()) else {
+        return Ok(DEFAULT_FILE_BUDGET);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(ms) if (100..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{FILE_BUDGET_VAR}=`{value}` is invalid: must be a whole number of milliseconds \
+             between 100 and 600000"
+        )),
+    }
+}
+
+impl Default for SlackClients {
+    fn default() -> SlackClients {
+        SlackClients::with_file_budget(DEFAULT_FILE_BUDGET)
+    }
 }
 
 impl SlackClients {
+    /// Clients whose ingress downloads of one message take at most `file_budget` in all.
+    pub fn with_file_budget(file_budget: Duration) -> SlackClients {
+        SlackClients {
+            stats: Arc::default(),
+            clients: Mutex::default(),
+            file_budget,
+        }
+    }
+
+    /// How long the downloads of one message's files may take in all.
+    pub fn file_budget(&self) -> Duration {
+        self.file_budget
+    }
+
     /// The client of `api_base_url`, built on first use.
     pub fn get(&self, api_base_url: &str) -> Result<Arc<SlackApi>, String> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,6 +439,7 @@ impl SlackApi {
         raw_url: &str,
         allowed_hosts: &[String],
         max_bytes: u64,
+        timeout: Duration,
     ) -> Result<Vec<u8>, DownloadError> {
         const METHOD: &str = "files.download";
         let url = url::Url::parse(raw_url).map_err(|_| DownloadError::HostNotAllowed)?;
@@ -413,6 +458,10 @@ impl SlackApi {
         let res = self
             .agent_for(&url)
             .get(url.as_str())
+            .config()
+            // The message's remaining budget, never more than a Web API call's own limit.
+            .timeout_global(Some(timeout.min(api_config().total_timeout)))
+            .build()
             .header("Authorization", format!("Bearer {token}"))
             .call();
         let mut response = match res {
@@ -611,6 +660,33 @@ fn classify_io_reason(e: &std::io::Error, target: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_file_budget_comes_from_its_variable_or_the_default() {
+        let env = |value: Option<&'static str>| {
+            move |name: &str| {
+                assert_eq!(name, FILE_BUDGET_VAR);
+                value.map(str::to_string)
+            }
+        };
+        assert_eq!(file_budget_from_env(&env(None)), Ok(DEFAULT_FILE_BUDGET));
+        assert_eq!(
+            file_budget_from_env(&env(Some(" "))),
+            Ok(DEFAULT_FILE_BUDGET)
+        );
+        assert_eq!(
+            file_budget_from_env(&env(Some("100"))),
+            Ok(Duration::from_millis(100))
+        );
+        assert_eq!(
+            file_budget_from_env(&env(Some(" 600000 "))),
+            Ok(Duration::from_secs(600))
+        );
+        for bad in ["0", "99", "600001", "-5", "2s"] {
+            let err = file_budget_from_env(&env(Some(bad))).unwrap_err();
+            assert!(err.contains(FILE_BUDGET_VAR) && err.contains(bad), "{err}");
+        }
+    }
+
     fn api(base: &str) -> SlackApi {
         SlackApi::new(base, Arc::default()).unwrap()
     }
@@ -619,7 +695,8 @@ mod tests {
     fn file_hosts_follow_the_spec() {
         let prod = api("https://slack.com/api");
         let allowed = vec!["cdn.example.com".to_string()];
-        let check = |url: &str| match prod.download("t", url, &allowed, 10) {
+        let check = |url: &str| match prod.download("t", url, &allowed, 10, Duration::from_secs(1))
+        {
             Err(DownloadError::HostNotAllowed) => "host",
             Err(DownloadError::NotHttps) => "https",
             _ => "tried",

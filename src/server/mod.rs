@@ -93,6 +93,8 @@ pub struct AppParts {
     pub connectors: ConnectorSet,
     pub writer: Arc<GroupWriter>,
     pub admin: AdminAuth,
+    /// How long Slack ingress may download one message's files (`KHEISH_SLACK_FILE_BUDGET_MS`).
+    pub slack_file_budget: std::time::Duration,
 }
 
 impl App {
@@ -110,7 +112,7 @@ impl App {
             writer: parts.writer,
             limiter: RateLimiter::new(),
             in_flight: Arc::new(crate::ingress::in_flight::InFlight::new(hits)),
-            slack_api: Arc::default(),
+            slack_api: Arc::new(SlackClients::with_file_budget(parts.slack_file_budget)),
             telegram: Arc::new(crate::ingress::telegram::TelegramIo::new(Arc::default())),
             admin: parts.admin,
             phase: AtomicU8::new(Phase::Starting as u8),

@@ -10,11 +10,12 @@ use serde_json::{json, Value};
 use kheishctl::ingress::sha256_hex;
 
 use crate::support::db::StateDb;
-use crate::support::fake_slack::Reply;
+use crate::support::fake_slack::{FakeSlack, Reply};
 use crate::support::ingress::{now_secs, written};
 use crate::support::metric_sample;
 use crate::support::problem::{assert_problem, assert_problem_detail};
 use crate::support::slack::*;
+use crate::support::Sandbox;
 
 fn metrics(daemon: &crate::support::daemon::Daemon) -> String {
     let resp = daemon.admin("GET", "/metrics", None);
@@ -789,8 +790,16 @@ fn a_rotated_signing_secret_verifies_during_its_grace_window() {
 #[test]
 fn a_retry_sent_while_the_original_still_downloads_waits_for_it_and_takes_no_token() {
     // Slack re-sends an event it got no answer for within 3 s: here the original holds the
-    // connector's only token (`slow`: one per second) and waits for its file download.
-    let (fake, _sandbox, daemon) = start(&[]);
+    // connector's only token (`slow`: one per second) and waits for its file download, which
+    // here may take as long as the test needs (the budget is ten minutes).
+    let fake = FakeSlack::start();
+    let _sandbox = Sandbox::new();
+    let daemon = daemon(
+        &fake,
+        &_sandbox,
+        &[],
+        &[("KHEISH_SLACK_FILE_BUDGET_MS", "600000")],
+    );
     fake.tokens(&[BOT]);
     fake.file("slow.txt", Reply::Hang);
     let payload = envelope(
@@ -866,4 +875,63 @@ fn a_retry_sent_while_the_original_still_downloads_waits_for_it_and_takes_no_tok
             }
         },
     );
+}
+
+#[test]
+fn the_downloads_of_one_message_stop_at_the_file_budget() {
+    // Slack re-sends an event it got no answer for within 3 s: a message's downloads share
+    // one budget (1 s here), and what it cuts off is recorded as `time_budget`, not refused.
+    let fake = FakeSlack::start();
+    let sandbox = Sandbox::new();
+    let daemon = daemon(
+        &fake,
+        &sandbox,
+        &[],
+        &[("KHEISH_SLACK_FILE_BUDGET_MS", "1000")],
+    );
+    fake.tokens(&[BOT]);
+    fake.file("hang.txt", Reply::Hang);
+    fake.file(
+        "next.txt",
+        Reply::Raw(
+            200,
+            vec![("Content-Type".into(), "text/plain".into())],
+            b"x".to_vec(),
+        ),
+    );
+    let files = vec![
+        file_object("F1", "hang.txt", &fake.file_url("hang.txt"), 4),
+        file_object("F2", "next.txt", &fake.file_url("next.txt"), 1),
+    ];
+    let payload = envelope(
+        "EvBudget1",
+        file_share("C1", "1700000080.000001", "two files", files),
+    );
+    let body = payload.to_string().into_bytes();
+    let resp = post_raw(&daemon, "support", &signed_headers(&body), &body);
+    let (run_id, _) = accepted(&resp, "slack/support");
+    let files = &run(&daemon, &run_id)["metadata"]["slack_files"];
+    assert_eq!(files[0]["status"], "skipped", "{files}");
+    assert_eq!(files[0]["reason"], "time_budget", "{files}");
+    assert_eq!(files[1]["reason"], "time_budget", "{files}");
+    // The second file was never asked for: the first used the whole budget.
+    assert_eq!(fake.calls_to("/files/hang.txt").len(), 1);
+    assert!(fake.calls_to("/files/next.txt").is_empty());
+    fake.release(200, &[], b"late");
+}
+
+#[test]
+fn an_invalid_file_budget_stops_the_start() {
+    for value in ["0", "99", "600001", "soon"] {
+        let sandbox = Sandbox::new();
+        let res = crate::support::daemon::Daemon::builder(&sandbox)
+            .config("")
+            .env("KHEISH_SLACK_FILE_BUDGET_MS", value)
+            .try_start();
+        let Err((code, stderr)) = res else {
+            panic!("KHEISH_SLACK_FILE_BUDGET_MS={value} started the daemon");
+        };
+        assert_eq!(code, Some(4), "{value}: {stderr}");
+        assert!(stderr.contains("KHEISH_SLACK_FILE_BUDGET_MS"), "{stderr}");
+    }
 }
