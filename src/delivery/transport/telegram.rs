@@ -88,10 +88,16 @@ pub fn chunks(text: &str) -> Vec<String> {
 /// The steps of an output: `content` chunks, then per part its text chunks or its asset.
 fn steps(job: &DeliveryJob) -> Vec<Step> {
     let mut out: Vec<Step> = Vec::new();
+    // A chunk of whitespace alone (the end of a text just over the limit, such as 4096
+    // characters and a newline) is not sent: the Bot API trims message text and refuses an
+    // empty one (`400 Bad Request: message text is empty`).
     let mut text = |t: &str| {
-        if !t.trim().is_empty() {
-            out.extend(chunks(t).into_iter().map(Step::Text));
-        }
+        out.extend(
+            chunks(t)
+                .into_iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(Step::Text),
+        );
     };
     if let Some(content) = &job.content {
         text(content);
@@ -353,6 +359,40 @@ mod tests {
         assert_eq!(chunks(&"é".repeat(4096)).len(), 1);
         assert_eq!(chunks(&"é".repeat(8193)).len(), 3);
         assert!(chunks("").is_empty());
+    }
+
+    #[test]
+    fn a_chunk_of_whitespace_alone_is_not_a_step() {
+        let job = |content: String| DeliveryJob {
+            delivery: crate::model::delivery::Delivery::sample(
+                "dlv_1",
+                crate::model::reply::ReplyTarget {
+                    plugin: ReplyPlugin::Telegram,
+                    address: r#"{"connector":"t","chat_id":5}"#.into(),
+                },
+                crate::model::delivery::DeliveryStatus::Pending,
+            ),
+            attempt: 1,
+            content: Some(content),
+            parts: None,
+            assets: Vec::new(),
+        };
+        let texts = |content: String| -> Vec<usize> {
+            steps(&job(content))
+                .into_iter()
+                .map(|s| match s {
+                    Step::Text(t) => t.chars().count(),
+                    Step::Asset(_) => 0,
+                })
+                .collect()
+        };
+        assert_eq!(texts(format!("{}\n", "x".repeat(4096))), [4096]);
+        assert_eq!(texts(format!("{}   \n ", "x".repeat(4096))), [4096]);
+        assert_eq!(
+            texts(format!("{}{}y", "x".repeat(4096), " ".repeat(4096))),
+            [4096, 1]
+        );
+        assert!(texts("  \n".into()).is_empty());
     }
 
     fn rejected(status: u16, description: &str, retry_after: Option<u64>) -> ApiError {
