@@ -353,8 +353,8 @@ impl ConnectorSet {
     /// validated when stored and again when delivered): an `external` target must name an
     /// external connector of this set; a `slack` target a Slack connector of this set whose
     /// allowlists admit its channel, team and enterprise; a `telegram` target a Telegram
-    /// connector of this set, with a chat its `allowed_chat_ids` allows. The message names the
-    /// member, never a secret.
+    /// connector of this set that has a bot token, with a chat its `allowed_chat_ids` allows.
+    /// The message names the member, never a secret.
     pub fn check_target(&self, target: &crate::model::reply::ReplyTarget) -> Result<(), String> {
         use crate::model::reply::{ReplyPlugin, TargetAddress};
         if target.plugin == ReplyPlugin::Slack {
@@ -379,7 +379,14 @@ impl ConnectorSet {
                     address.connector
                 ));
             };
-            return check_telegram_chat(rt, &address.chat_id);
+            check_telegram_chat(rt, &address.chat_id)?;
+            if rt.bot_token.is_none() {
+                return Err(format!(
+                    "`connector`: telegram connector `{}` has no bot token, so it cannot send",
+                    address.connector
+                ));
+            }
+            return Ok(());
         }
         if target.plugin != ReplyPlugin::External {
             return Ok(());

@@ -199,6 +199,46 @@ fn targets_outside_allowed_chat_ids_are_refused_when_stored() {
 }
 
 #[test]
+fn a_target_naming_a_connector_without_a_bot_token_is_refused_when_stored() {
+    let fake = FakeTelegram::start();
+    let sandbox = Sandbox::new();
+    // `listener` takes webhooks but has no bot token: nothing could send to it.
+    let listener = "[[telegram_connectors]]\nname = \"listener\"\n\
+                    secret_token_env = \"TG_SECRET\"\ninclude_self_output = false\n";
+    let daemon = Daemon::builder(&sandbox)
+        .config(&format!(
+            "{}{listener}",
+            crate::serve_telegram::config(&fake, "")
+        ))
+        .env("TG_BOT", BOT_TOKEN)
+        .env("TG_SECRET", SECRET)
+        .start();
+    let (run_id, session_id) =
+        assert_accepted(&send(&daemon, "bot", &message(1, 100, "q")), "telegram/bot");
+    daemon.admin("POST", "/v1/runs/claim", Some(&json!({})));
+    let target =
+        json!([{"plugin": "telegram", "address": {"connector": "listener", "chat_id": 5}}]);
+    let out = daemon.admin(
+        "POST",
+        &format!("/v1/runs/{run_id}/output"),
+        Some(&json!({"content": "x", "reply_targets": target})),
+    );
+    assert_eq!(out.status, 400, "{}", out.text());
+    assert!(out.text().contains("has no bot token"), "{}", out.text());
+    let defaults = daemon.admin(
+        "PUT",
+        &format!("/v1/sessions/{session_id}/reply-targets"),
+        Some(&json!({"reply_targets": target})),
+    );
+    assert_eq!(defaults.status, 400, "{}", defaults.text());
+    assert!(
+        defaults.text().contains("has no bot token"),
+        "{}",
+        defaults.text()
+    );
+}
+
+#[test]
 fn a_sigkill_mid_delivery_never_resends_a_sent_chunk() {
     let fake = FakeTelegram::start();
     let sandbox = Sandbox::new();

@@ -117,6 +117,17 @@ impl Walker<'_> {
                 else {
                     return;
                 };
+                if c.bot_token.is_none() {
+                    // Nothing could ever send it (SPEC §11.2: checked when stored).
+                    self.err_help(
+                        &r.ctx,
+                        &r.at,
+                        &r.field,
+                        format!("telegram connector `{name}` has no bot token, so it cannot send"),
+                        format!("set `bot_token_secret_ref` or `bot_token_env` on `{name}`"),
+                    );
+                    return;
+                }
                 if c.allowed_chat_ids.is_empty() {
                     return;
                 }
@@ -186,6 +197,35 @@ allowed_channel_ids = ["C1"]
                     "unknown plugin",
                 ),
             ],
+        );
+    }
+
+    #[test]
+    fn a_telegram_target_needs_a_connector_that_can_send() {
+        let text = r#"[[http_connectors]]
+name = "orders"
+allow_unauthenticated_ingress = true
+default_reply_targets = [
+  { plugin = "telegram", address = '{"connector":"listener","chat_id":1}' },
+  { plugin = "telegram", address = '{"connector":"bot","chat_id":1}' },
+]
+[[telegram_connectors]]
+name = "listener"
+secret_token_env = "S"
+include_self_output = false
+[[telegram_connectors]]
+name = "bot"
+secret_token_env = "S"
+bot_token_env = "B"
+"#;
+        check(
+            text,
+            &[(
+                "error",
+                5,
+                "http_connectors[orders].default_reply_targets[0].address",
+                "telegram connector `listener` has no bot token, so it cannot send",
+            )],
         );
     }
 }
