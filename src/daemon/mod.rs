@@ -114,7 +114,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         &settings.state_root,
         &env,
     )
-    .context("resolving the admin token")?;
+    // A token that cannot be read is a secret that cannot be resolved: exit 4 (SPEC §1.3).
+    .map_err(|e| StartRefused(format!("resolving the admin token: {e:#}")))?;
     let admin = admin_auth(token, &origin, &settings)?;
     let runs_queued = Arc::new(Notify::new());
     let notify = Arc::clone(&runs_queued);
@@ -271,7 +272,7 @@ fn admin_auth(token: Secret, origin: &TokenOrigin, settings: &Settings) -> Resul
         settings.readonly_token_file.as_deref(),
         &env,
     )
-    .context("resolving the read-only token")?;
+    .map_err(|e| StartRefused(format!("resolving the read-only token: {e:#}")))?;
     let readonly = match readonly {
         Some((value, _)) if value.is_blank() => {
             return Err(StartRefused("the read-only token is empty; give it a value".into()).into())

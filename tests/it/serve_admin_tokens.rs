@@ -120,4 +120,20 @@ fn a_readonly_token_equal_to_the_admin_token_or_empty_refuses_the_start() {
         .expect_err("an empty read-only token must refuse the start");
     assert_eq!(code, Some(4), "{stderr}");
     assert!(stderr.contains("read-only token is empty"), "{stderr}");
+
+    // An admin token that cannot be resolved is a missing secret too: exit 4 (SPEC §1.3).
+    let (code, stderr) = Daemon::builder(&sandbox)
+        .env("KHEISH_TEST_ADMIN_TOKEN", "")
+        .try_start()
+        .map(|_| ())
+        .expect_err("an empty admin token variable must refuse the start");
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("KHEISH_TEST_ADMIN_TOKEN"), "{stderr}");
+    let (code, stderr) = Daemon::builder(&sandbox)
+        .args(&["--readonly-token-file", "/nonexistent/ro.token"])
+        .try_start()
+        .map(|_| ())
+        .expect_err("an unreadable read-only token file must refuse the start");
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("ro.token"), "{stderr}");
 }
