@@ -190,7 +190,7 @@ impl Resolver for GuardedResolver {
             };
             ureq::Error::Other(Box::new(BlockedPrivateAddress { target, address }))
         };
-        if !self.allow_private_network && is_localhost_name(bare_host) {
+        if !self.allow_private_network && is_local_or_metadata_name(bare_host) {
             return Err(blocked(None));
         }
         let answers = match bare_host.parse::<IpAddr>() {
@@ -466,6 +466,24 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 pub fn is_localhost_name(host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     host == "localhost" || host.ends_with(".localhost")
+}
+
+/// The names of cloud instance-metadata services (SPEC §2.4 refuses metadata hosts): they
+/// resolve to a link-local address inside the cloud, which the address guard refuses too,
+/// but a name is refused before any look-up, wherever it would resolve.
+const METADATA_NAMES: [&str; 6] = [
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.azure.internal",
+];
+
+/// True for a localhost name (see [`is_localhost_name`]) or a cloud metadata service's name.
+pub fn is_local_or_metadata_name(host: &str) -> bool {
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    is_localhost_name(&lower) || METADATA_NAMES.contains(&lower.as_str())
 }
 
 /// True when `host` (a URL host: name, IPv4, or bracketed IPv6) is a loopback address or a
@@ -806,6 +824,15 @@ mod tests {
 
     #[test]
     fn localhost_names() {
+        for name in [
+            "metadata.google.internal",
+            "METADATA.GOOGLE.INTERNAL.",
+            "metadata",
+        ] {
+            assert!(is_local_or_metadata_name(name), "{name}");
+        }
+        assert!(is_local_or_metadata_name("api.localhost"));
+        assert!(!is_local_or_metadata_name("metadata.example.com"));
         assert!(is_localhost_name("localhost"));
         assert!(is_localhost_name("LOCALHOST."));
         assert!(is_localhost_name("api.localhost"));

@@ -169,7 +169,7 @@ impl Walker<'_> {
             }
             ExternalMode::RemoteHttp => {
                 let private = match &host {
-                    url::Host::Domain(d) => crate::net::is_localhost_name(d),
+                    url::Host::Domain(d) => crate::net::is_local_or_metadata_name(d),
                     url::Host::Ipv4(v4) => !crate::net::is_public_ip((*v4).into()),
                     url::Host::Ipv6(v6) => !crate::net::is_public_ip((*v6).into()),
                 };
@@ -178,7 +178,7 @@ impl Walker<'_> {
                         ctx,
                         at,
                         "base_url",
-                        "points at a loopback, private, link-local or otherwise non-public address",
+                        "points at a loopback, private, link-local, metadata or otherwise non-public address",
                         "set `allow_private_network = true` for a trusted local sidecar",
                     );
                 }
@@ -331,6 +331,11 @@ mod tests {
         check(
             &format!("{head}base_url = \"http://127.0.0.1:8787\"\n"),
             &[("error", 5, "external_connectors[d].base_url", "non-public")],
+        );
+        // A cloud metadata service by name, whatever it would resolve to here.
+        check(
+            &format!("{head}base_url = \"http://metadata.google.internal:8080\"\n"),
+            &[("error", 5, "external_connectors[d].base_url", "metadata")],
         );
         assert!(diags(&format!(
             "{head}base_url = \"http://127.0.0.1:8787\"\nallow_private_network = true\n"
