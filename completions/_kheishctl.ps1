@@ -209,7 +209,7 @@ Register-ArgumentCompleter -Native -CommandName 'kheishctl' -ScriptBlock {
         }
         'kheishctl;inspect-receipts' {
             [CompletionResult]::new('--connector', '--connector', [CompletionResultType]::ParameterName, 'Only receipts of this connector (KIND/NAME, e.g. http/orders)')
-            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it). With --connector it is one look-up; without, the receipts of every connector are searched for the key''s digest')
             [CompletionResult]::new('--run', '--run', [CompletionResultType]::ParameterName, 'Only the receipt of this run')
             [CompletionResult]::new('--session', '--session', [CompletionResultType]::ParameterName, 'Only receipts of this session')
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time)')

@@ -199,7 +199,7 @@ set edit:completion:arg-completer[kheishctl] = {|@words|
         }
         &'kheishctl;inspect-receipts'= {
             cand --connector 'Only receipts of this connector (KIND/NAME, e.g. http/orders)'
-            cand --key 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)'
+            cand --key 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it). With --connector it is one look-up; without, the receipts of every connector are searched for the key''s digest'
             cand --run 'Only the receipt of this run'
             cand --session 'Only receipts of this session'
             cand --since 'Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time)'

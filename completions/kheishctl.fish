@@ -186,7 +186,7 @@ complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s v -l verb
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand replay" -s V -l version -d 'Print version'
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l connector -d 'Only receipts of this connector (KIND/NAME, e.g. http/orders)' -r
-complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l key -d 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it; needs --connector)' -r
+complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l key -d 'Find the receipt of this raw idempotency key / event id / update id (hashed the way ingress hashes it). With --connector it is one look-up; without, the receipts of every connector are searched for the key\'s digest' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l run -d 'Only the receipt of this run' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l session -d 'Only receipts of this session' -r
 complete -c kheishctl -n "__fish_kheishctl_using_subcommand inspect-receipts" -l since -d 'Only receipts received since WHEN (a duration ago like 1h, or an RFC 3339 time)' -r

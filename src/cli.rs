@@ -387,6 +387,7 @@ Exit status: 0, or 1 when a --key or --run lookup finds nothing; 4 when the stat
 be read.\n\n\
 Examples:\n  kheishctl inspect-receipts --connector http/orders --since 1h\n  \
 kheishctl inspect-receipts --connector http/orders --key order-123 --json\n  \
+kheishctl inspect-receipts --key order-123\n  \
 kheishctl inspect-receipts --run run_0192f3a4b5c6_9f8e7d6c5b4a3928"
 )]
 pub struct InspectReceiptsArgs {
@@ -395,8 +396,9 @@ pub struct InspectReceiptsArgs {
     pub connector: Option<crate::model::ConnectorId>,
 
     /// Find the receipt of this raw idempotency key / event id / update id (hashed the way
-    /// ingress hashes it; needs --connector).
-    #[arg(long, value_name = "RAW_KEY", requires = "connector")]
+    /// ingress hashes it). With --connector it is one look-up; without, the receipts of every
+    /// connector are searched for the key's digest.
+    #[arg(long, value_name = "RAW_KEY")]
     pub key: Option<String>,
 
     /// Only the receipt of this run.

@@ -406,7 +406,9 @@ pub fn parse_receipt_query(
 
 /// Builds the store filter from the operator's terms, shared by `inspect-receipts` and
 /// `GET /v1/receipts`. A raw key is hashed exactly as ingress hashes it
-/// ([`ingress::receipt_key`]), which needs the connector: the error says so.
+/// ([`ingress::receipt_key`]): with the connector that gives its stored key (one index look-up);
+/// without one, the receipts of every connector whose key has the same digest (the key as given
+/// and trimmed, as each kind hashes it), found by a scan.
 pub fn receipt_filter(
     connector: Option<&ConnectorId>,
     raw_key: Option<&str>,
@@ -415,16 +417,25 @@ pub fn receipt_filter(
     since_ms: Option<i64>,
     limit: u32,
 ) -> Result<ReceiptFilter, &'static str> {
-    let receipt_key = match (raw_key, connector) {
-        (None, _) => None,
-        (Some(raw), Some(id)) => Some(ingress::receipt_key(id.kind, id.name.as_str(), raw).0),
-        (Some(_), None) => {
-            return Err("a key lookup needs `connector` (KIND/NAME): keys are hashed per connector")
+    let (receipt_key, key_sha256) = match (raw_key, connector) {
+        (None, _) => (None, None),
+        (Some(raw), Some(id)) => (
+            Some(ingress::receipt_key(id.kind, id.name.as_str(), raw).0),
+            None,
+        ),
+        (Some(raw), None) => {
+            let mut digests = vec![ingress::sha256_hex(raw.as_bytes())];
+            let trimmed = ingress::sha256_hex(raw.trim().as_bytes());
+            if trimmed != digests[0] {
+                digests.push(trimmed);
+            }
+            (None, Some(digests))
         }
     };
     Ok(ReceiptFilter {
         connector: connector.map(|id| (id.kind, id.name.as_str().to_string())),
         receipt_key,
+        key_sha256,
         run_id,
         session_id,
         since_ms,
@@ -653,6 +664,7 @@ mod tests {
                     receipt_key: Some(
                         ingress::receipt_key(ConnectorKind::Http, "orders", "order-1").0
                     ),
+                    key_sha256: None,
                     run_id: Some("r1".into()),
                     session_id: Some("s:1".into()),
                     since_ms: Some(NOW - 600_000),
@@ -666,10 +678,24 @@ mod tests {
         }
 
         #[test]
+        fn a_key_without_a_connector_is_looked_up_by_its_digests() {
+            let f = parse("key=+order-1+").unwrap();
+            assert_eq!(f.receipt_key, None);
+            assert_eq!(
+                f.key_sha256,
+                Some(vec![
+                    ingress::sha256_hex(b" order-1 "),
+                    ingress::sha256_hex(b"order-1")
+                ])
+            );
+            let f = parse("key=order-1").unwrap();
+            assert_eq!(f.key_sha256, Some(vec![ingress::sha256_hex(b"order-1")]));
+        }
+
+        #[test]
         fn bad_parameters_are_named() {
             bad("connector=orders", "connector");
             bad("connector=ftp/orders", "connector");
-            bad("key=order-1", "key");
             bad("since=yesterday", "since");
             bad("limit=0", "limit");
             bad("limit=1001", "limit");

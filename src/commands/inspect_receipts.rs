@@ -74,6 +74,11 @@ fn not_found(args: &InspectReceiptsArgs) -> String {
             "connector `{id}` and a key whose SHA-256 starts `{}`",
             &digest[..12]
         ));
+    } else if let Some(raw) = &args.key {
+        what.push(format!(
+            "any connector and a key whose SHA-256 starts `{}`",
+            &ingress::sha256_hex(raw.trim().as_bytes())[..12]
+        ));
     } else if let Some(id) = &args.connector {
         what.push(format!("connector `{id}`"));
     }

@@ -25,6 +25,10 @@ pub struct ReceiptFilter {
     /// Only the receipt with this STORED key (`http:orders:<hash>`, as
     /// `ingress::receipt_key` derives it from a raw key); never a raw key.
     pub receipt_key: Option<String>,
+    /// Only receipts whose raw key has one of these SHA-256 digests (`key_sha256`), of any
+    /// connector: a key lookup without a connector. Read without an index (a scan of the
+    /// receipts), so the connector form above is the fast one.
+    pub key_sha256: Option<Vec<String>>,
     /// Only the receipt of this run.
     pub run_id: Option<String>,
     /// Only receipts of this session.
@@ -41,6 +45,7 @@ impl ReceiptFilter {
         ReceiptFilter {
             connector: None,
             receipt_key: None,
+            key_sha256: None,
             run_id: None,
             session_id: None,
             since_ms: None,
@@ -238,6 +243,16 @@ fn receipt_query(filter: &ReceiptFilter) -> (String, Vec<Value>) {
     }
     if let Some(key) = &filter.receipt_key {
         bind(&mut sql, "receipt_key =", Value::Text(key.clone()));
+    }
+    if let Some(digests) = &filter.key_sha256 {
+        // The digests as one JSON array parameter; an empty list matches nothing.
+        let list = serde_json::Value::from(digests.clone()).to_string();
+        bind(
+            &mut sql,
+            "key_sha256 IN (SELECT value FROM json_each(",
+            Value::Text(list),
+        );
+        sql.push_str("))");
     }
     if let Some(run_id) = &filter.run_id {
         bind(&mut sql, "run_id =", Value::Text(run_id.clone()));

@@ -94,6 +94,16 @@ fn inspect_receipts_finds_an_accepted_event_beside_the_running_daemon() {
         .run();
     by_run.success();
     assert_eq!(by_run.json(), json);
+    // By key alone (SPEC §1.3: `--connector` is optional): every connector's receipts are
+    // searched for the key's digest, as sent or trimmed.
+    for raw in ["order-1", " order-1 "] {
+        let by_key = sandbox
+            .cmd()
+            .args(["inspect-receipts", "--key", raw, "--json"])
+            .run();
+        by_key.success();
+        assert_eq!(by_key.json(), json, "{raw:?}");
+    }
 
     // A key nobody sent: exit 1, and the message shows only a hash prefix of it.
     let raw_missing = "missing-key-7f3a9c";
@@ -110,6 +120,15 @@ fn inspect_receipts_finds_an_accepted_event_beside_the_running_daemon() {
         .status(1)
         .stdout_is("")
         .stderr_contains("no ingress receipt for connector `http/orders`")
+        .stderr_contains(&sha256_hex(raw_missing.as_bytes())[..12])
+        .never_shows(raw_missing);
+    sandbox
+        .cmd()
+        .args(["inspect-receipts", "--key", raw_missing])
+        .run()
+        .status(1)
+        .stdout_is("")
+        .stderr_contains("no ingress receipt for any connector")
         .stderr_contains(&sha256_hex(raw_missing.as_bytes())[..12])
         .never_shows(raw_missing);
     sandbox
@@ -157,6 +176,8 @@ fn inspect_receipts_finds_an_accepted_event_beside_the_running_daemon() {
     );
     assert_eq!(api.status, 200, "{}", api.text());
     assert_eq!(api.json(), json);
+    let by_key = daemon.admin("GET", "/v1/receipts?key=order-1", None);
+    assert_eq!(by_key.json(), json, "{}", by_key.text());
     let all = daemon.admin("GET", &format!("/v1/receipts?run={run_id}&limit=5"), None);
     assert_eq!(all.json(), json);
 }
@@ -171,7 +192,6 @@ fn the_receipts_api_checks_its_parameters_and_the_admin_token() {
     assert_eq!(empty.json(), serde_json::json!({ "receipts": [] }));
 
     for (query, parameter) in [
-        ("key=order-1", "key"),
         ("connector=orders", "connector"),
         ("since=someday", "since"),
         ("limit=0", "limit"),
@@ -401,12 +421,12 @@ fn without_a_state_root_listings_are_empty_and_lookups_fail() {
 #[test]
 fn inspect_receipts_usage_errors_exit_2() {
     let sandbox = Sandbox::new();
+    // `--key` alone is a lookup (SPEC §1.3), not a usage error: nothing found is exit 1.
     sandbox
         .cmd()
         .args(["inspect-receipts", "--key", "order-1"])
         .run()
-        .status(2)
-        .stderr_contains("--connector");
+        .status(1);
     sandbox
         .cmd()
         .args(["inspect-receipts", "--since", "someday"])
