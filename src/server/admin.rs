@@ -97,6 +97,16 @@ impl Watched {
         Some((path.clone(), secrets::read_value_file(path)))
     }
 
+    /// True when the token file changed since it was last read: a rotation the periodic
+    /// [`AdminAuth::refresh`] has not picked up yet.
+    fn rotation_pending(&self) -> bool {
+        let Some((path, state)) = self.file.as_ref() else {
+            return false;
+        };
+        let recorded = state.lock().unwrap_or_else(|p| p.into_inner()).1;
+        stamp(path) != recorded
+    }
+
     fn set(&self, value: Secret) {
         *self.value.write().unwrap_or_else(|p| p.into_inner()) = value;
     }
@@ -177,7 +187,8 @@ impl AdminAuth {
                     path.display()
                 )),
                 Ok(value) if other.is_some_and(|o| o.equals(&value)) => log.push(format!(
-                    "{what} token file {} now holds the other token; the read-only and admin                      tokens must differ, so the previous token stays in force",
+                    "{what} token file {} now holds the other token; the read-only and admin \
+                     tokens must differ, so the previous token stays in force",
                     path.display()
                 )),
                 Ok(value) => {
@@ -185,7 +196,8 @@ impl AdminAuth {
                     log.push(format!("{what} token re-read from {}", path.display()));
                 }
                 Err(e) => log.push(format!(
-                    "{what} token file changed but cannot be read ({e}); the previous token                      stays in force"
+                    "{what} token file changed but cannot be read ({e}); the previous token \
+                     stays in force"
                 )),
             }
         }
@@ -240,6 +252,15 @@ impl AdminAuth {
             Ok(_) => {
                 failures.remove(&client);
             }
+            // A token file rewritten in the last second holds a token not in force yet: a
+            // client that already uses it is not counted towards the lockout (it gets 401 until
+            // the re-read, at most a second later, then succeeds).
+            Err(_)
+                if self.admin.rotation_pending()
+                    || self
+                        .readonly
+                        .as_ref()
+                        .is_some_and(Watched::rotation_pending) => {}
             Err(_) => {
                 let entry = failures.entry(client).or_insert((0, now));
                 if now.saturating_duration_since(entry.1) >= WINDOW {
@@ -473,5 +494,42 @@ mod tests {
             auth.check(None, &["Bearer ro-1"], false, t0),
             Ok(Access::ReadOnly)
         );
+    }
+
+    #[test]
+    fn a_client_using_a_rotated_token_before_the_re_read_is_not_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin");
+        std::fs::write(&path, "admin-1\n").unwrap();
+        let auth = AdminAuth::with_sources(
+            TokenSource {
+                value: secrets::read_value_file(&path).unwrap(),
+                file: Some(path.clone()),
+            },
+            None,
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        std::fs::write(&path, "admin-rotated\n").unwrap();
+        // Before the periodic re-read the new token is refused, but never counted.
+        for _ in 0..MAX_FAILURES * 2 {
+            assert_eq!(
+                auth.check(None, &["Bearer admin-rotated"], true, t0),
+                Err(AdminRefusal::Unauthorized("admin token does not match"))
+            );
+        }
+        auth.refresh(t0 + RECHECK);
+        assert_eq!(
+            auth.check(None, &["Bearer admin-rotated"], true, t0),
+            Ok(Access::Admin)
+        );
+        // Once re-read, wrong tokens count again.
+        for _ in 0..MAX_FAILURES {
+            assert!(auth.check(None, &["Bearer nope"], true, t0).is_err());
+        }
+        assert!(matches!(
+            auth.check(None, &["Bearer admin-rotated"], true, t0),
+            Err(AdminRefusal::Locked { .. })
+        ));
     }
 }
