@@ -521,6 +521,42 @@ fn a_child_that_never_becomes_ready_is_stopped_and_restarted() {
 }
 
 #[test]
+fn a_child_speaking_another_protocol_is_refused_at_once_not_after_the_readiness_timeout() {
+    let setup = Setup::new();
+    // A readiness timeout far beyond the wait below: the refusal must not wait for it.
+    let daemon = setup.start(
+        "FAKE_MODE = \"protocol2\"",
+        &[("KHEISH_SIDECAR_READY_TIMEOUT_MS", "600000")],
+    );
+    let log = daemon.wait_for_log("sidecar `chat`: cannot be used:", LONG);
+    assert!(
+        log.contains("the manifest says protocol_version 2; this daemon speaks 1"),
+        "{log}"
+    );
+    assert!(!log.contains("not ready within"), "{log}");
+}
+
+#[test]
+fn a_missing_working_directory_is_named_as_the_field_to_check() {
+    let setup = Setup::new();
+    let config = setup.config("").replacen(
+        "[external_connectors.child_process]\n",
+        "[external_connectors.child_process]\nworking_dir = \"/nonexistent/kheish-sidecar-dir\"\n",
+        1,
+    );
+    let daemon = Daemon::builder(&setup.sandbox)
+        .config(&config)
+        .env("KHEISH_MASTER_KEY", MASTER_KEY)
+        .env("ORDERS_TOKEN", ORDERS_TOKEN)
+        .start();
+    let log = daemon.wait_for_log("sidecar `chat`: cannot start", LONG);
+    assert!(
+        log.contains("`/nonexistent/kheish-sidecar-dir` is not a directory; check `child_process.working_dir`"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_child_flooding_its_output_is_rate_limited_in_the_log() {
     let setup = Setup::new();
     let daemon = setup.start("FAKE_MODE = \"flood\"", &[]);

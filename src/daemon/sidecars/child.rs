@@ -178,13 +178,21 @@ fn run_once(ctx: &Ctx, spec: &ChildSpec, spawn: u64, inbox: &mut Inbox) -> Ended
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let dir = spec
-                .working_dir
-                .as_ref()
-                .map(|d| format!(" in `{}`", d.display()))
-                .unwrap_or_default();
+            // A missing working directory fails the spawn like a missing command does: name
+            // the field that is wrong.
+            let check = match &spec.working_dir {
+                Some(dir) if !dir.is_dir() => format!(
+                    "`{}` is not a directory; check `child_process.working_dir`",
+                    dir.display()
+                ),
+                Some(dir) => format!(
+                    "in `{}`; check `child_process.command` and `child_process.working_dir`",
+                    dir.display()
+                ),
+                None => "check `child_process.command`".to_string(),
+            };
             out.error(&format!(
-                "sidecar `{name}`: cannot start `{}`{dir}: {e}; check `child_process.command`",
+                "sidecar `{name}`: cannot start `{}`: {e}; {check}",
                 spec.command
             ));
             return Ended::Failed { was_ready: false };
@@ -246,6 +254,13 @@ fn run_once(ctx: &Ctx, spec: &ChildSpec, spawn: u64, inbox: &mut Inbox) -> Ended
             stop_child(ctx, name, pid, spawn, inbox);
             return Ended::Failed { was_ready: false };
         }
+        Ready::Refused(reason) => {
+            out.warn(&format!(
+                "sidecar `{name}`: cannot be used: {reason}; stopping it"
+            ));
+            stop_child(ctx, name, pid, spawn, inbox);
+            return Ended::Failed { was_ready: false };
+        }
     };
     ctx.app.sidecars.update(name, |s| {
         s.instance_id = Some(instance_id.clone());
@@ -290,7 +305,10 @@ impl Drop for Revoke<'_> {
 /// The outcome of the readiness wait.
 enum Ready {
     Yes(String, HealthStatus),
+    /// Not ready by the deadline.
     No(String),
+    /// Can never be ready (a protocol this daemon does not speak): refused at once.
+    Refused(String),
     Exited(Option<ExitStatus>),
     Stop,
 }
@@ -313,7 +331,7 @@ fn await_ready(
             Ok((instance_id, status)) => return Ready::Yes(instance_id, status),
             Err((check, reason, true)) => {
                 ctx.stats.failure(name, check);
-                return Ready::No(reason);
+                return Ready::Refused(reason);
             }
             Err((check, reason, false)) => (check, reason),
         };

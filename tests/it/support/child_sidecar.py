@@ -3,7 +3,8 @@
 It speaks the runtime contract of SPEC 10.1 on KHEISH_EXTERNAL_CONNECTOR_BASE_URL (manifest,
 health, deliver) and is steered by its configured env:
 
-  FAKE_MODE   normal | exit (exit 3 at once) | never_ready (health stays `starting`)
+  FAKE_MODE   normal | exit (exit 3 at once) | never_ready (health stays `starting`) |
+              protocol2 (the manifest says protocol_version 2)
               | flood (20000 lines on stdout, then stdout closed, then normal)
   FAKE_DUMP   path: {"pid", "grandchild_pid", "env", "credentials"} written atomically once
               the sidecar fetched its credentials through the lease route and started serving
@@ -93,7 +94,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(401, {"error": "unauthorized"})
         if self.path == "/manifest":
             return self._json(200, {
-                "protocol_version": 1,
+                "protocol_version": 2 if MODE == "protocol2" else 1,
                 "instance_id": INSTANCE,
                 "capabilities": {"attachments_in": False, "attachments_out": False, "threads": False},
             })
