@@ -63,6 +63,10 @@ pub struct ConnectorView {
     pub connector: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at_ms: Option<i64>,
+    /// An external connector's live sidecar state (`{"health","instance_id","restarts"}`), filled
+    /// in by the daemon's control plane from what its supervisor last saw; absent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<Value>,
 }
 
 /// What an upsert did (or would do, for a dry run).
@@ -195,6 +199,7 @@ pub fn list(file_documents: &[Document], records: &[RuntimeConnectorRecord]) -> 
             source: Source::File,
             connector: docs::redacted_view(*kind, doc),
             updated_at_ms: None,
+            sidecar: None,
         })
         .collect();
     out.extend(records.iter().map(daemon_view));
@@ -208,6 +213,7 @@ fn daemon_view(r: &RuntimeConnectorRecord) -> ConnectorView {
         source: Source::Daemon,
         connector: docs::redacted_view(r.kind, &r.document),
         updated_at_ms: Some(r.updated_at_ms),
+        sidecar: None,
     }
 }
 
@@ -393,6 +399,7 @@ pub fn get(
             source: Source::File,
             connector: docs::redacted_view(*k, doc),
             updated_at_ms: None,
+            sidecar: None,
         });
     }
     records(state_root)?

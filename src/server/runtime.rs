@@ -53,7 +53,10 @@ fn list(ctx: &RequestCtx<'_>) -> Reply {
         .store
         .runtime_connectors()
         .map_err(|e| response::store_error(&ctx.app.out, "listing runtime connectors", &e))?;
-    let views = runtime::list(&set.sources.file_documents, &records);
+    let views: Vec<_> = runtime::list(&set.sources.file_documents, &records)
+        .into_iter()
+        .map(|view| with_sidecar(ctx, view))
+        .collect();
     Ok(ApiResponse::json(200, &json!({ "connectors": views })))
 }
 
@@ -61,8 +64,23 @@ fn get(ctx: &RequestCtx<'_>, kind: &str, name: &str) -> Reply {
     let kind = kind_of(kind)?;
     let set = ctx.app.connectors();
     runtime::get(&ctx.app.state_root, &set.sources.file_documents, kind, name)
-        .map(|view| ApiResponse::json(200, &view))
+        .map(|view| ApiResponse::json(200, &with_sidecar(ctx, view)))
         .map_err(|e| error(ctx, &e))
+}
+
+/// An external connector's view with its supervised sidecar's live state (issue 11: health is
+/// polled and exported), when the supervisor has one for it.
+fn with_sidecar(ctx: &RequestCtx<'_>, mut view: runtime::ConnectorView) -> runtime::ConnectorView {
+    if view.kind == ConnectorKind::External {
+        if let Some(state) = ctx.app.sidecars.get(&view.name) {
+            view.sidecar = Some(json!({
+                "health": state.health,
+                "instance_id": state.instance_id,
+                "restarts": state.restarts,
+            }));
+        }
+    }
+    view
 }
 
 fn put(ctx: &RequestCtx<'_>, kind: &str, name: &str, req: &ApiRequest) -> Reply {

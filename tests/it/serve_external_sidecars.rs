@@ -291,6 +291,31 @@ fn a_child_gets_only_its_environment_and_its_credentials_through_a_lease() {
     let daemon = setup.start("FAKE_TAG = \"one\"", &[]);
     let dump = setup.dump_after(&daemon, 0);
     wait_ready(&daemon);
+    // The connector's view carries the sidecar's live state (issue 11: health is exported).
+    let view = daemon.admin("GET", "/v1/runtime/connectors/external/chat", None);
+    assert_eq!(view.status, 200, "{}", view.text());
+    let sidecar = &view.json()["sidecar"];
+    assert_eq!(sidecar["health"], "ready", "{sidecar}");
+    let instance = format!("fake-{}", dump["pid"]);
+    assert_eq!(sidecar["instance_id"], instance.as_str(), "{sidecar}");
+    assert_eq!(sidecar["restarts"], 0, "{sidecar}");
+    let listed = daemon.admin("GET", "/v1/runtime/connectors", None).json();
+    let chat = listed["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "external" && c["name"] == "chat")
+        .cloned()
+        .unwrap();
+    assert_eq!(chat["sidecar"]["health"], "ready", "{chat}");
+    let orders = listed["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "orders")
+        .cloned()
+        .unwrap();
+    assert!(orders.get("sidecar").is_none(), "{orders}");
 
     // The environment: the allowed inherited variables, the configured env, the reserved ones.
     let env = env_of(&dump);
