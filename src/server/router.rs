@@ -173,8 +173,10 @@ pub enum NoRoute {
     },
 }
 
-/// Matches a request. `path` is the request target without the query string.
+/// Matches a request. `path` is the request target without the query string. `HEAD` matches
+/// every `GET` route (the answer is the `GET` one; the listener sends its head only).
 pub fn route(method: &str, path: &str) -> Result<Route, NoRoute> {
+    let method = if method == "HEAD" { "GET" } else { method };
     let segments: Vec<String> = match path.strip_prefix('/') {
         Some(rest) => rest
             .split('/')
@@ -350,6 +352,8 @@ mod tests {
     #[test]
     fn routes() {
         check("GET", "/healthz", Ok(Route::Healthz));
+        check("HEAD", "/healthz", Ok(Route::Healthz));
+        check("HEAD", "/v1/runs", Ok(Route::ListRuns));
         check(
             "POST",
             "/v1/connectors/http/orders",

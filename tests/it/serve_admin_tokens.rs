@@ -18,7 +18,12 @@ fn the_readonly_token_reads_and_never_writes() {
     for target in ["/metrics", "/v1/deliveries", "/v1/receipts", "/v1/runs"] {
         let resp = daemon.admin_as("read-only-token-abcdef", "GET", target);
         assert_eq!(resp.status, 200, "GET {target}: {}", resp.text());
+        // HEAD answers like GET, head only.
+        let head = daemon.admin_as("read-only-token-abcdef", "HEAD", target);
+        assert_eq!(head.status, 200, "HEAD {target}: {}", head.text());
+        assert!(head.body.is_empty(), "HEAD {target}: {}", head.text());
     }
+    assert_eq!(daemon.request("HEAD", "/healthz", &[], b"").status, 200);
     for (method, target) in [
         ("POST", "/v1/runs/claim"),
         ("POST", "/v1/deliveries/replay-bulk"),
