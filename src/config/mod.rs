@@ -7,6 +7,7 @@
 //! JSON documents and go through the same rules ([`validate::parse_json`],
 //! [`validate::parse_connector_json`]), with JSON pointers for positions.
 
+pub mod knobs;
 pub mod runtime;
 pub mod validate;
 

@@ -33,7 +33,7 @@ use crate::delivery::transport;
 use crate::delivery::transport::external::SidecarStats;
 use crate::delivery::{self, Observer, WorkerConfig, WorkerPool};
 use crate::metrics::{Collector, Sample};
-use crate::net::slack_api::{self, SlackClients};
+use crate::net::slack_api::SlackClients;
 use crate::notify::Notify;
 use crate::output::Printer;
 use crate::secrets::Secret;
@@ -98,7 +98,8 @@ pub fn serve(out: &Printer, settings: Settings) -> Result<()> {
         policy::lease_from_env(&env, DEFAULT_LEASE).map_err(|e| StartRefused(e.to_string()))?;
     let sidecar_timings =
         sidecars::Timings::from_env(&env).map_err(|e| StartRefused(e.to_string()))?;
-    let slack_file_budget = slack_api::file_budget_from_env(&env).map_err(StartRefused)?;
+    let slack_file_budget =
+        crate::config::knobs::slack_file_budget_from_env(&env).map_err(StartRefused)?;
     // Opening here creates the state root and migrates it before any thread needs it.
     let store = Store::open(&settings.state_root)?;
     // Before handlers and delivery workers start: the claims of a crashed daemon (or drain) of

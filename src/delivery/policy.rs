@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::config::knobs::{self, Refused};
 use crate::store::deliveries::TargetPacing;
 
 /// Retry knobs, from the `KHEISH_DELIVERY_*` environment variables or their defaults.
@@ -55,21 +56,18 @@ impl RetryPolicy {
         let d = RetryPolicy::default();
         let read =
             |var: &'static str, default: u64, min: u64, max: u64| -> Result<u64, PolicyError> {
-                match env(var).filter(|v| !v.trim().is_empty()) {
-                    None => Ok(default),
-                    Some(v) => match v.trim().parse::<u64>() {
-                        Ok(n) if (min..=max).contains(&n) => Ok(n),
-                        Ok(_) => Err(PolicyError {
-                            var,
-                            value: v.clone(),
-                            problem: format!("must be between {min} and {max}"),
-                        }),
-                        Err(_) => Err(PolicyError {
-                            var,
-                            value: v.clone(),
-                            problem: "must be a whole number".into(),
-                        }),
-                    },
+                match knobs::number(env, var, min, max) {
+                    Ok(n) => Ok(n.unwrap_or(default)),
+                    Err(Refused::OutOfRange(value)) => Err(PolicyError {
+                        var,
+                        value,
+                        problem: format!("must be between {min} and {max}"),
+                    }),
+                    Err(Refused::NotANumber(value)) => Err(PolicyError {
+                        var,
+                        value,
+                        problem: "must be a whole number".into(),
+                    }),
                 }
             };
         let policy = RetryPolicy {
@@ -179,21 +177,18 @@ pub fn lease_from_env(
     default: Duration,
 ) -> Result<Duration, PolicyError> {
     const VAR: &str = "KHEISH_DELIVERY_LEASE_MS";
-    match env(VAR).filter(|v| !v.trim().is_empty()) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if (1000..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
-            Ok(_) => Err(PolicyError {
-                var: VAR,
-                value: v.clone(),
-                problem: "must be between 1000 and 3600000".into(),
-            }),
-            Err(_) => Err(PolicyError {
-                var: VAR,
-                value: v.clone(),
-                problem: "must be a whole number of milliseconds".into(),
-            }),
-        },
+    match knobs::number(env, VAR, 1000, 3_600_000) {
+        Ok(ms) => Ok(ms.map_or(default, Duration::from_millis)),
+        Err(Refused::OutOfRange(value)) => Err(PolicyError {
+            var: VAR,
+            value,
+            problem: "must be between 1000 and 3600000".into(),
+        }),
+        Err(Refused::NotANumber(value)) => Err(PolicyError {
+            var: VAR,
+            value,
+            problem: "must be a whole number of milliseconds".into(),
+        }),
     }
 }
 

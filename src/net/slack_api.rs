@@ -60,24 +60,6 @@ pub struct SlackClients {
 /// event, so the downloads of one message stop in time for the answer to beat that.
 pub const DEFAULT_FILE_BUDGET: Duration = Duration::from_millis(2_500);
 
-/// The variable that overrides [`DEFAULT_FILE_BUDGET`] (milliseconds, 100 to 600 000).
-pub const FILE_BUDGET_VAR: &str = "KHEISH_SLACK_FILE_BUDGET_MS";
-
-/// Reads [`FILE_BUDGET_VAR`] through `env`: unset or empty is the default; anything else must
-/// be a whole number of milliseconds in range (the daemon refuses to start otherwise, exit 4).
-pub fn file_budget_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Duration, String> {
-    let Some(value) = env(FILE_BUDGET_VAR).filter(|v| !v.trim().is_empty()) else {
-        return Ok(DEFAULT_FILE_BUDGET);
-    };
-    match value.trim().parse::<u64>() {
-        Ok(ms) if (100..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
-        _ => Err(format!(
-            "{FILE_BUDGET_VAR}=`{value}` is invalid: must be a whole number of milliseconds \
-             between 100 and 600000"
-        )),
-    }
-}
-
 impl Default for SlackClients {
     fn default() -> SlackClients {
         SlackClients::with_file_budget(DEFAULT_FILE_BUDGET)
@@ -659,33 +641,6 @@ fn classify_io_reason(e: &std::io::Error, target: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_file_budget_comes_from_its_variable_or_the_default() {
-        let env = |value: Option<&'static str>| {
-            move |name: &str| {
-                assert_eq!(name, FILE_BUDGET_VAR);
-                value.map(str::to_string)
-            }
-        };
-        assert_eq!(file_budget_from_env(&env(None)), Ok(DEFAULT_FILE_BUDGET));
-        assert_eq!(
-            file_budget_from_env(&env(Some(" "))),
-            Ok(DEFAULT_FILE_BUDGET)
-        );
-        assert_eq!(
-            file_budget_from_env(&env(Some("100"))),
-            Ok(Duration::from_millis(100))
-        );
-        assert_eq!(
-            file_budget_from_env(&env(Some(" 600000 "))),
-            Ok(Duration::from_secs(600))
-        );
-        for bad in ["0", "99", "600001", "-5", "2s"] {
-            let err = file_budget_from_env(&env(Some(bad))).unwrap_err();
-            assert!(err.contains(FILE_BUDGET_VAR) && err.contains(bad), "{err}");
-        }
-    }
 
     fn api(base: &str) -> SlackApi {
         SlackApi::new(base, Arc::default()).unwrap()

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::config::knobs::{self, Refused};
 use crate::config::ExternalMode;
 use crate::registry::ConnectorSet;
 use crate::secrets::Secret;
@@ -81,23 +82,20 @@ impl Timings {
     /// Reads the `KHEISH_SIDECAR_*` variables through `env`; unset or empty means the default.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Timings, TimingError> {
         let d = Timings::default();
-        let read = |var: &'static str, default: Duration, min: u64, max: u64| {
-            let Some(v) = env(var).filter(|v| !v.trim().is_empty()) else {
-                return Ok(default);
-            };
-            match v.trim().parse::<u64>() {
-                Ok(ms) if (min..=max).contains(&ms) => Ok(Duration::from_millis(ms)),
-                Ok(_) => Err(TimingError {
-                    var,
-                    value: v.clone(),
-                    problem: format!("must be between {min} and {max} milliseconds"),
-                }),
-                Err(_) => Err(TimingError {
-                    var,
-                    value: v.clone(),
-                    problem: "must be a whole number of milliseconds".into(),
-                }),
-            }
+        let read = |var: &'static str, default: Duration, min: u64, max: u64| match knobs::number(
+            env, var, min, max,
+        ) {
+            Ok(ms) => Ok(ms.map_or(default, Duration::from_millis)),
+            Err(Refused::OutOfRange(value)) => Err(TimingError {
+                var,
+                value,
+                problem: format!("must be between {min} and {max} milliseconds"),
+            }),
+            Err(Refused::NotANumber(value)) => Err(TimingError {
+                var,
+                value,
+                problem: "must be a whole number of milliseconds".into(),
+            }),
         };
         let t = Timings {
             initial_restart: read(
